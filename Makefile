@@ -1,0 +1,62 @@
+# CallPulse. Quickstart: `make demo` (main job), `make test` (test suite). Both install what is missing.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GENERATED := agentassist/v1/agent_assist_pb2.py
+# torch is installed on its own first so that the dependency resolver never picks another build.
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu gives the small CPU-only wheel on machines that can reach it.
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+MODEL_DIR ?= models/emotion2vec_plus_large
+MODEL_ID ?= iic/emotion2vec_plus_large
+HUB ?= ms
+
+.PHONY: help sysdeps install proto test demo model serve clean
+
+help:
+	@echo "make demo   - start redis (if needed) + the service, stream the sample call, print the alerts"
+	@echo "make test   - run the test suite"
+	@echo "make model  - download $(MODEL_ID) into $(MODEL_DIR) (needs a reachable model hub)"
+	@echo "make serve  - run the service in the foreground (CALLPULSE_* variables configure it)"
+
+sysdeps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | sysdeps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+$(GENERATED): proto/agentassist/v1/agent_assist.proto $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $<
+	touch agentassist/__init__.py agentassist/v1/__init__.py
+
+proto: $(GENERATED)
+
+test: sysdeps proto
+	$(PY) -m pytest -q
+
+demo: sysdeps proto
+	$(PY) -m clients.demo --model $(MODEL_DIR)
+
+model: proto
+	$(PY) -m service download-model $(MODEL_ID) --out $(MODEL_DIR) --hub $(HUB)
+
+serve: proto
+	$(PY) -m service serve
+
+clean:
+	rm -rf $(VENV) agentassist .pytest_cache

@@ -1,0 +1,1 @@
+"""CallPulse clients: a telephony bridge emulator, alert subscribers and the demo."""

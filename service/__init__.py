@@ -1,0 +1,1 @@
+"""CallPulse: real-time emotion alerts for contact-center calls."""

@@ -1,0 +1,113 @@
+"""Command line: serve, make-test-model, check-rules, download-model."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from service.errors import CallPulseError
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.app import App
+    from service.config import load_config
+
+    cli = {k: getattr(args, k) for k in (
+        "host", "grpc_port", "metrics_port", "max_calls", "redis_url", "redis_prefix",
+        "model", "hub", "device", "threads", "rules", "log_level",
+    )}
+    config = load_config(cli)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    app = App(config)
+
+    def announce(ready: App) -> None:
+        # One JSON line on stdout so that scripts using port 0 learn the ports.
+        print(json.dumps({"event": "ready", "grpc_port": ready.grpc_port, "metrics_port": ready.metrics_port,
+                          "model": ready.model.name if ready.model else None}), flush=True)
+
+    asyncio.run(app.run_until_signalled(on_ready=announce))
+    return 0
+
+
+def _make_test_model(args: argparse.Namespace) -> int:
+    from service.inference.testmodel import make_test_model
+
+    info = make_test_model(args.out_dir, size=args.size, favor=args.favor, seed=args.seed)
+    print(json.dumps({"out_dir": args.out_dir, **info}))
+    return 0
+
+
+def _check_rules(args: argparse.Namespace) -> int:
+    from service.rules import load_rules
+
+    rules = load_rules(args.file)
+    if args.labels:
+        rules.check_labels([x.strip() for x in args.labels.split(",")])
+    print(f"{args.file}: {len(rules.rules)} rule(s) OK: {', '.join(r.id for r in rules.rules)}")
+    return 0
+
+
+def _download_model(args: argparse.Namespace) -> int:
+    from service.inference.download import download_model
+
+    print(download_model(args.model_id, args.out, hub=args.hub))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description="CallPulse real-time emotion alert service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC service (options override CALLPULSE_* variables)")
+    serve.add_argument("--host")
+    serve.add_argument("--grpc-port", type=int)
+    serve.add_argument("--metrics-port", type=int, help="-1 disables /metrics")
+    serve.add_argument("--max-calls", type=int)
+    serve.add_argument("--redis-url")
+    serve.add_argument("--redis-prefix")
+    serve.add_argument("--model", help="hub id or local funasr model directory")
+    serve.add_argument("--hub", choices=["ms", "hf"])
+    serve.add_argument("--device", help="cpu, cuda or cuda:N")
+    serve.add_argument("--threads", type=int, help="torch CPU threads (0 = torch default)")
+    serve.add_argument("--rules", help="rules YAML file")
+    serve.add_argument("--log-level")
+    serve.set_defaults(func=_serve)
+
+    mk = sub.add_parser("make-test-model", help="write an UNTRAINED emotion2vec test checkpoint (funasr layout)")
+    mk.add_argument("out_dir")
+    mk.add_argument("--size", choices=["tiny", "base", "large"], default="tiny")
+    mk.add_argument("--favor", help="label that wins on any input, e.g. angry or neutral")
+    mk.add_argument("--seed", type=int, default=0)
+    mk.set_defaults(func=_make_test_model)
+
+    check = sub.add_parser("check-rules", help="validate a rules file")
+    check.add_argument("file")
+    check.add_argument("--labels", help="comma-separated labels the model produces (checks rule labels)")
+    check.set_defaults(func=_check_rules)
+
+    dl = sub.add_parser("download-model", help="download a published model (needs a reachable model hub)")
+    dl.add_argument("model_id", nargs="?", default="iic/emotion2vec_plus_large")
+    dl.add_argument("--out", default="models/emotion2vec_plus_large")
+    dl.add_argument("--hub", choices=["ms", "hf"], default="ms")
+    dl.set_defaults(func=_download_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CallPulseError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

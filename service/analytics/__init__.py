@@ -1,0 +1,1 @@
+"""Per-speaker analytics: prosody figures and the emotion timeline a call summary is built from."""

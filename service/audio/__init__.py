@@ -1,0 +1,1 @@
+"""Audio ingest: decoding, per-channel buffering, voice activity detection and analysis windows."""

@@ -1,0 +1,190 @@
+"""One speaker's channel: 20 ms VAD frames at the native rate -> speech segments -> analysis windows.
+
+Segments are never merged: a segment closes after `trailing_silence_ms` of unvoiced audio or at
+`max_segment_ms`. While a segment is open, a window of the last `window_ms` of that segment is cut
+every `hop_ms` of speech so that a long utterance is scored while it happens; one more window is cut
+when the segment closes if enough new speech came since the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import webrtcvad
+
+from service.audio.ring import SampleRing
+from service.config import VadConfig, WindowConfig
+from service.domain import Role
+
+# The closing window of a segment is cut only if at least this much speech is new since the
+# previous window; shorter tails are already represented by the previous window.
+MIN_TAIL_MS = 100
+
+
+@dataclass(frozen=True)
+class AnalysisWindow:
+    """A span of one speaker's speech to be scored, in native-rate samples from the call start."""
+
+    role: Role
+    segment_index: int
+    sample_rate: int
+    start_sample: int
+    end_sample: int
+    new_from_sample: int
+    """Start of the audio no earlier window of this segment covered; [new_from, end) is new speech."""
+    final: bool
+    """The window closes its segment."""
+    arrival: float
+    """time.monotonic() at which the chunk that completed this window arrived."""
+    samples: np.ndarray
+    """int16 samples at the native rate."""
+
+    @property
+    def start_ms(self) -> int:
+        return self.start_sample * 1000 // self.sample_rate
+
+    @property
+    def end_ms(self) -> int:
+        return self.end_sample * 1000 // self.sample_rate
+
+    @property
+    def new_speech_ms(self) -> int:
+        return (self.end_sample - self.new_from_sample) * 1000 // self.sample_rate
+
+
+class ChannelPipeline:
+    """Per-channel VAD segmentation and window scheduling; memory is bounded by the window length."""
+
+    def __init__(self, role: Role, sample_rate: int, vad: VadConfig, windows: WindowConfig, scored: bool = True) -> None:
+        self.role = role
+        self.sample_rate = sample_rate
+        self.scored = scored
+        self._vad = webrtcvad.Vad(vad.aggressiveness)
+        self._frame = sample_rate * vad.frame_ms // 1000
+        ms = sample_rate // 1000
+        self._start_frames = max(1, vad.start_speech_ms // vad.frame_ms)
+        self._trailing_frames = max(1, vad.trailing_silence_ms // vad.frame_ms)
+        self._max_segment = vad.max_segment_ms * ms
+        self._window = windows.window_ms * ms
+        self._hop = windows.hop_ms * ms
+        self._min_window = windows.min_window_ms * ms
+        self._min_tail = MIN_TAIL_MS * ms
+        capacity = self._window + (vad.trailing_silence_ms + vad.start_speech_ms) * ms + 2 * self._frame
+        self._ring = SampleRing(capacity)
+        self._carry = np.zeros(0, dtype=np.int16)
+        # segmentation state
+        self._in_segment = False
+        self._voiced_run = 0
+        self._run_start = 0
+        self._unvoiced_run = 0
+        self._resume = False
+        self._seg_start = 0
+        self._last_voiced_end = 0
+        self._last_window_end = 0
+        # totals
+        self.segments = 0
+        self.speech_samples = 0
+
+    @property
+    def position(self) -> int:
+        """Samples of this channel consumed by the VAD (whole frames)."""
+        return self._ring.end
+
+    @property
+    def buffered_samples(self) -> int:
+        """Samples held in memory for this channel (bounded, independent of call length)."""
+        return self._ring.capacity + len(self._carry)
+
+    @property
+    def speech_ms(self) -> int:
+        return self.speech_samples * 1000 // self.sample_rate
+
+    def push(self, samples: np.ndarray, arrival: float) -> list[AnalysisWindow]:
+        """Feed int16 samples; returns the windows that became ready."""
+        if len(self._carry):
+            samples = np.concatenate([self._carry, samples])
+        whole = len(samples) - len(samples) % self._frame
+        self._carry = samples[whole:].copy()
+        out: list[AnalysisWindow] = []
+        for offset in range(0, whole, self._frame):
+            self._frame_step(samples[offset : offset + self._frame], arrival, out)
+        return out
+
+    def flush(self, arrival: float) -> list[AnalysisWindow]:
+        """End of audio: close an open segment (a partial trailing frame is ignored)."""
+        out: list[AnalysisWindow] = []
+        if self._in_segment:
+            self._close(arrival, out)
+        self._carry = np.zeros(0, dtype=np.int16)
+        return out
+
+    def _frame_step(self, frame: np.ndarray, arrival: float, out: list[AnalysisWindow]) -> None:
+        voiced = self._vad.is_speech(frame.tobytes(), self.sample_rate)
+        frame_start = self._ring.end
+        self._ring.append(frame)
+        frame_end = self._ring.end
+        if not self._in_segment:
+            if not voiced:
+                self._voiced_run = 0
+                self._resume = False
+                return
+            if self._voiced_run == 0:
+                self._run_start = frame_start
+            self._voiced_run += 1
+            if self._voiced_run >= self._start_frames or self._resume:
+                self._in_segment = True
+                self._resume = False
+                self._seg_start = self._run_start
+                self._last_window_end = self._seg_start
+                self._last_voiced_end = frame_end
+                self._unvoiced_run = 0
+                self._maybe_window(arrival, out)
+            return
+        if voiced:
+            self._last_voiced_end = frame_end
+            self._unvoiced_run = 0
+            self._maybe_window(arrival, out)
+        else:
+            self._unvoiced_run += 1
+            if self._unvoiced_run >= self._trailing_frames:
+                self._close(arrival, out)
+                return
+        if frame_end - self._seg_start >= self._max_segment:
+            self._close(arrival, out)
+            self._resume = True  # speech that goes on opens the next segment at its first voiced frame
+
+    def _maybe_window(self, arrival: float, out: list[AnalysisWindow]) -> None:
+        end = self._last_voiced_end
+        if not self.scored:
+            return
+        if end - self._last_window_end >= self._hop and end - self._seg_start >= self._min_window:
+            out.append(self._cut(end, final=False, arrival=arrival))
+
+    def _close(self, arrival: float, out: list[AnalysisWindow]) -> None:
+        end = self._last_voiced_end
+        length = end - self._seg_start
+        new = end - self._last_window_end
+        if self.scored and length >= self._min_window and (new >= self._min_tail or self._last_window_end == self._seg_start):
+            out.append(self._cut(end, final=True, arrival=arrival))
+        self.segments += 1
+        self.speech_samples += length
+        self._in_segment = False
+        self._voiced_run = 0
+        self._unvoiced_run = 0
+
+    def _cut(self, end: int, final: bool, arrival: float) -> AnalysisWindow:
+        start = max(self._seg_start, end - self._window)
+        window = AnalysisWindow(
+            role=self.role,
+            segment_index=self.segments,
+            sample_rate=self.sample_rate,
+            start_sample=start,
+            end_sample=end,
+            new_from_sample=max(start, self._last_window_end),
+            final=final,
+            arrival=arrival,
+            samples=self._ring.slice(start, end),
+        )
+        self._last_window_end = end
+        return window

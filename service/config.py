@@ -1,0 +1,285 @@
+"""Service configuration: frozen, validated dataclasses; the only module that reads the environment.
+
+Every setting has a default, can be set by an environment variable (`CALLPULSE_*`, see ENV_VARS)
+and, for the common ones, by a command-line option; the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from service.errors import ConfigError
+
+DEFAULT_RULES_PATH = str(Path(__file__).resolve().parent / "rules" / "default.yaml")
+SUPPORTED_SAMPLE_RATES = (8000, 16000)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    """Limits on what a bridge may send for one call."""
+
+    max_chunk_bytes: int = 65536
+    """Largest AudioChunk payload accepted, in bytes (a 20 ms stereo 16 kHz PCM16 chunk is 1280)."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_chunk_bytes >= 64, f"max_chunk_bytes must be >= 64, got {self.max_chunk_bytes}")
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    """Voice activity detection per channel (webrtcvad at the channel's native rate)."""
+
+    aggressiveness: int = 2
+    """webrtcvad mode 0..3; higher rejects more non-speech."""
+    frame_ms: int = 20
+    """VAD frame length: 10, 20 or 30 ms."""
+    start_speech_ms: int = 60
+    """Consecutive voiced audio needed to open a segment."""
+    trailing_silence_ms: int = 300
+    """Unvoiced audio that closes a segment (segments are never merged afterwards)."""
+    max_segment_ms: int = 10000
+    """A segment longer than this is cut; speech that goes on opens the next one at once."""
+
+    def __post_init__(self) -> None:
+        _check(self.aggressiveness in (0, 1, 2, 3), f"vad aggressiveness must be 0..3, got {self.aggressiveness}")
+        _check(self.frame_ms in (10, 20, 30), f"vad frame_ms must be 10, 20 or 30, got {self.frame_ms}")
+        _check(self.start_speech_ms >= self.frame_ms, "vad start_speech_ms must be at least one frame")
+        _check(self.trailing_silence_ms >= self.frame_ms, "vad trailing_silence_ms must be at least one frame")
+        _check(self.max_segment_ms >= 1000, "vad max_segment_ms must be >= 1000")
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Which audio goes to the emotion model, and how often, while a speaker talks."""
+
+    window_ms: int = 3000
+    """Longest analysis window: the last window_ms of the current speech segment."""
+    hop_ms: int = 500
+    """A new window is scored every hop_ms of speech (and once more when the segment ends)."""
+    min_window_ms: int = 300
+    """Speech shorter than this is not scored on its own."""
+    max_pending_windows: int = 16
+    """Windows of one call waiting for the model; when full the newest window is dropped and counted."""
+
+    def __post_init__(self) -> None:
+        _check(500 <= self.window_ms <= 30000, f"window_ms must be 500..30000, got {self.window_ms}")
+        _check(100 <= self.hop_ms <= self.window_ms, f"hop_ms must be 100..window_ms, got {self.hop_ms}")
+        _check(100 <= self.min_window_ms <= self.window_ms, "min_window_ms must be 100..window_ms")
+        _check(self.max_pending_windows >= 1, "max_pending_windows must be >= 1")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """The emotion model and the one worker that owns it."""
+
+    model: str = "iic/emotion2vec_plus_large"
+    """A model hub id or a local funasr model directory (config.yaml, model.pt, tokens.txt)."""
+    hub: str = "ms"
+    """Model hub for hub ids: ms (ModelScope) or hf (Hugging Face)."""
+    device: str = "cpu"
+    """cpu, cuda or cuda:N."""
+    threads: int = 0
+    """Torch intra-op threads for the CPU path; 0 leaves torch's default."""
+    max_batch: int = 32
+    """Most windows in one forward pass."""
+    max_wait_ms: float = 5.0
+    """How long the worker waits for more windows before running a partial batch."""
+    queue_size: int = 1024
+    """Windows waiting for the worker across all calls; when full a new window is dropped and counted."""
+
+    def __post_init__(self) -> None:
+        _check(bool(self.model), "model must not be empty")
+        _check(self.hub in ("ms", "hf"), f"hub must be ms or hf, got {self.hub!r}")
+        _check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be cpu or cuda[:N], got {self.device!r}")
+        _check(self.threads >= 0, "threads must be >= 0")
+        _check(1 <= self.max_batch <= 1024, f"max_batch must be 1..1024, got {self.max_batch}")
+        _check(0 <= self.max_wait_ms <= 1000, f"max_wait_ms must be 0..1000, got {self.max_wait_ms}")
+        _check(self.queue_size >= 1, "queue_size must be >= 1")
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Where alerts and call summaries are published."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """redis:// or rediss:// URL."""
+    prefix: str = "agentassist"
+    """Prefix of every channel and stream name."""
+    stream_maxlen: int = 100000
+    """Approximate cap of the durable alert stream (XADD MAXLEN ~)."""
+    publish_queue: int = 10000
+    """Alerts and call events waiting to be published; when full a new one is dropped, logged and counted."""
+
+    def __post_init__(self) -> None:
+        _check(self.url.startswith(("redis://", "rediss://", "unix://")), f"redis url must start with redis://, rediss:// or unix://, got {self.url!r}")
+        _check(bool(self.prefix) and ":" not in self.prefix, f"redis prefix must be non-empty without ':', got {self.prefix!r}")
+        _check(self.stream_maxlen >= 100, "stream_maxlen must be >= 100")
+        _check(self.publish_queue >= 1, "publish_queue must be >= 1")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Network endpoints and call admission."""
+
+    host: str = "0.0.0.0"
+    """Address the gRPC and metrics servers bind to."""
+    grpc_port: int = 50051
+    """gRPC port; 0 picks a free one."""
+    metrics_port: int = 9100
+    """Prometheus /metrics port; 0 picks a free one, -1 disables it."""
+    max_calls: int = 500
+    """Concurrent calls; one more is refused with RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = 4 * 1024 * 1024
+    """Largest gRPC message accepted by the transport itself."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.grpc_port <= 65535, f"grpc_port must be 0..65535, got {self.grpc_port}")
+        _check(-1 <= self.metrics_port <= 65535, f"metrics_port must be -1..65535, got {self.metrics_port}")
+        _check(self.max_calls >= 1, "max_calls must be >= 1")
+        _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Everything the composition root needs to build the service."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    """Network endpoints and call admission."""
+    audio: AudioLimits = field(default_factory=AudioLimits)
+    """Per-call input limits."""
+    vad: VadConfig = field(default_factory=VadConfig)
+    """Voice activity detection."""
+    windows: WindowConfig = field(default_factory=WindowConfig)
+    """Analysis window cadence."""
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    """Emotion model and batching."""
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    """Alert publishing."""
+    rules_path: str = DEFAULT_RULES_PATH
+    """YAML rules file."""
+    log_level: str = "INFO"
+    """Python logging level name."""
+
+    def __post_init__(self) -> None:
+        _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), f"log_level {self.log_level!r} is not a logging level")
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+# name -> (section, field, parser); section "" is ServiceConfig itself.
+ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
+    "CALLPULSE_HOST": ("server", "host", str),
+    "CALLPULSE_GRPC_PORT": ("server", "grpc_port", int),
+    "CALLPULSE_METRICS_PORT": ("server", "metrics_port", int),
+    "CALLPULSE_MAX_CALLS": ("server", "max_calls", int),
+    "CALLPULSE_MAX_CHUNK_BYTES": ("audio", "max_chunk_bytes", int),
+    "CALLPULSE_VAD_AGGRESSIVENESS": ("vad", "aggressiveness", int),
+    "CALLPULSE_VAD_TRAILING_SILENCE_MS": ("vad", "trailing_silence_ms", int),
+    "CALLPULSE_VAD_MAX_SEGMENT_MS": ("vad", "max_segment_ms", int),
+    "CALLPULSE_WINDOW_MS": ("windows", "window_ms", int),
+    "CALLPULSE_HOP_MS": ("windows", "hop_ms", int),
+    "CALLPULSE_MODEL": ("inference", "model", str),
+    "CALLPULSE_HUB": ("inference", "hub", str),
+    "CALLPULSE_DEVICE": ("inference", "device", str),
+    "CALLPULSE_THREADS": ("inference", "threads", int),
+    "CALLPULSE_MAX_BATCH": ("inference", "max_batch", int),
+    "CALLPULSE_MAX_WAIT_MS": ("inference", "max_wait_ms", float),
+    "CALLPULSE_QUEUE_SIZE": ("inference", "queue_size", int),
+    "CALLPULSE_REDIS_URL": ("redis", "url", str),
+    "CALLPULSE_REDIS_PREFIX": ("redis", "prefix", str),
+    "CALLPULSE_RULES": ("", "rules_path", str),
+    "CALLPULSE_LOG_LEVEL": ("", "log_level", str),
+}
+
+# command-line option dest -> (section, field)
+CLI_OPTIONS: dict[str, tuple[str, str]] = {
+    "host": ("server", "host"),
+    "grpc_port": ("server", "grpc_port"),
+    "metrics_port": ("server", "metrics_port"),
+    "max_calls": ("server", "max_calls"),
+    "redis_url": ("redis", "url"),
+    "redis_prefix": ("redis", "prefix"),
+    "model": ("inference", "model"),
+    "hub": ("inference", "hub"),
+    "device": ("inference", "device"),
+    "threads": ("inference", "threads"),
+    "rules": ("", "rules_path"),
+    "log_level": ("", "log_level"),
+}
+
+
+def _apply(config: ServiceConfig, changes: dict[tuple[str, str], Any]) -> ServiceConfig:
+    by_section: dict[str, dict[str, Any]] = {}
+    for (section, name), value in changes.items():
+        by_section.setdefault(section, {})[name] = value
+    top = dict(by_section.pop("", {}))
+    for section, values in by_section.items():
+        top[section] = replace(getattr(config, section), **values)
+    return replace(config, **top)
+
+
+def load_config(
+    cli: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    base: ServiceConfig | None = None,
+) -> ServiceConfig:
+    """Build the configuration from defaults, then `CALLPULSE_*` variables, then command-line values.
+
+    `cli` maps option names of CLI_OPTIONS to values; None values are ignored. Raises ConfigError
+    naming the variable or option that is wrong.
+    """
+    environ = os.environ if environ is None else environ
+    config = base or ServiceConfig()
+    changes: dict[tuple[str, str], Any] = {}
+    for name, (section, attr, parse) in ENV_VARS.items():
+        raw = environ.get(name)
+        if raw is None or raw == "":
+            continue
+        try:
+            changes[(section, attr)] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {name}={raw!r}: {exc}") from None
+    for option, value in (cli or {}).items():
+        if value is None:
+            continue
+        if option not in CLI_OPTIONS:
+            raise ConfigError(f"unknown option {option!r}")
+        changes[CLI_OPTIONS[option]] = value
+    try:
+        return _apply(config, changes)
+    except ConfigError:
+        raise
+    except TypeError as exc:  # a wrong field name is a programming error worth a clear message
+        raise ConfigError(str(exc)) from None
+
+
+def config_as_dict(config: ServiceConfig) -> dict[str, Any]:
+    """Flatten the configuration for logging at start-up (contains no secrets other than the Redis URL's password, which is masked)."""
+    out: dict[str, Any] = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if hasattr(value, "__dataclass_fields__"):
+            for g in fields(value):
+                out[f"{f.name}.{g.name}"] = getattr(value, g.name)
+        else:
+            out[f.name] = value
+    url = out.get("redis.url", "")
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        out["redis.url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return out

@@ -1,0 +1,59 @@
+"""The emotion model's batch interface (Triton-style: one result per input; one bad item never fails the batch)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+MODEL_SAMPLE_RATE = 16000
+MASKED_LABEL_PREFIX = "unuse"
+
+
+@dataclass(frozen=True)
+class WindowScores:
+    """The model's output for one window."""
+
+    scores: np.ndarray
+    """Probabilities over the model's labels: softmax of the mean frame logit."""
+    frame_logits: np.ndarray
+    """(frames, labels) logits at 50 Hz; the emotion of any span is softmax(mean over its frames)."""
+
+
+class EmotionModel(ABC):
+    """A speech-emotion model scoring 16 kHz float32 windows in batches."""
+
+    name: str
+    """Human-readable model name reported in events and alerts."""
+    labels: tuple[str, ...]
+    """English labels in the model's own order (masked labels removed)."""
+
+    @abstractmethod
+    def score_batch(self, windows: Sequence[np.ndarray]) -> list[WindowScores | Exception]:
+        """Score every window; item i of the result is window i's scores or the error it caused."""
+
+    def warm_up(self) -> None:
+        """Run one forward pass so the first call does not pay for lazy initialisation."""
+        result = self.score_batch([np.zeros(MODEL_SAMPLE_RATE, dtype=np.float32)])[0]
+        if isinstance(result, Exception):
+            raise result
+
+    def close(self) -> None:
+        """Release the model's resources."""
+
+
+def english_label(token: str) -> str:
+    """Map a funasr emotion token to its English label: '生气/angry' -> 'angry', '<unk>' -> 'unknown'."""
+    token = token.strip()
+    if token == "<unk>":
+        return "unknown"
+    return token.rsplit("/", 1)[-1].strip().lower()
+
+
+def softmax_mean(frame_logits: np.ndarray) -> np.ndarray:
+    """Scores of a span of frames: softmax of their mean logit."""
+    mean = frame_logits.astype(np.float64).mean(axis=0)
+    exp = np.exp(mean - mean.max())
+    return (exp / exp.sum()).astype(np.float32)

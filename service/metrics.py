@@ -1,0 +1,93 @@
+"""Prometheus metrics behind small named functions; labels are bounded (role, rule, kind), never call or agent ids."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_MODEL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+ACTIVE_CALLS = Gauge("callpulse_active_calls", "Calls currently streaming")
+CALLS = Counter("callpulse_calls_total", "Calls ended, by outcome", ["outcome"])
+AUDIO_SECONDS = Counter("callpulse_audio_seconds_total", "Seconds of channel audio ingested", ["role"])
+VAD_SEGMENTS = Counter("callpulse_vad_segments_total", "Speech segments closed by the VAD", ["role"])
+WINDOWS = Counter("callpulse_windows_total", "Analysis windows, by outcome", ["outcome"])
+BATCH_SIZE = Histogram("callpulse_inference_batch_size", "Windows per model call", buckets=_BATCH_BUCKETS)
+BATCH_SECONDS = Histogram("callpulse_inference_batch_seconds", "Model time per batch", buckets=_MODEL_BUCKETS)
+QUEUE_DEPTH = Gauge("callpulse_inference_queue_depth", "Windows waiting for the inference worker")
+QUEUE_WAIT = Histogram("callpulse_inference_queue_wait_seconds", "Time a window waited for the worker", buckets=_MODEL_BUCKETS)
+UPDATE_LATENCY = Histogram(
+    "callpulse_emotion_update_latency_seconds", "Audio arrival to EmotionUpdate emitted", buckets=_LATENCY_BUCKETS
+)
+ALERTS = Counter("callpulse_alerts_total", "Alerts raised", ["rule", "severity"])
+ALERT_LATENCY = Histogram(
+    "callpulse_alert_latency_seconds", "Audio arrival to alert published on Redis", buckets=_LATENCY_BUCKETS
+)
+PUBLISH_FAILURES = Counter("callpulse_publish_failures_total", "Redis publish attempts that failed")
+ERRORS = Counter("callpulse_errors_total", "Errors, by kind", ["kind"])
+EVENTS_DROPPED = Counter("callpulse_events_dropped_total", "Events not delivered to a slow bridge", ["type"])
+
+
+def serve(port: int, host: str) -> int:
+    """Start the /metrics HTTP server in a background thread; returns the bound port."""
+    server, _thread = start_http_server(port, addr=host)
+    return server.server_port
+
+
+def call_opened() -> None:
+    ACTIVE_CALLS.inc()
+
+
+def call_closed(outcome: str) -> None:
+    ACTIVE_CALLS.dec()
+    CALLS.labels(outcome).inc()
+
+
+def audio_ingested(role: str, seconds: float) -> None:
+    AUDIO_SECONDS.labels(role).inc(seconds)
+
+
+def vad_segment(role: str) -> None:
+    VAD_SEGMENTS.labels(role).inc()
+
+
+def window(outcome: str) -> None:
+    WINDOWS.labels(outcome).inc()
+
+
+def inference_batch(size: int, seconds: float) -> None:
+    BATCH_SIZE.observe(size)
+    BATCH_SECONDS.observe(seconds)
+
+
+def inference_queue_depth(depth: int) -> None:
+    QUEUE_DEPTH.set(depth)
+
+
+def inference_queue_wait(seconds: float) -> None:
+    QUEUE_WAIT.observe(seconds)
+
+
+def emotion_update_latency(seconds: float) -> None:
+    UPDATE_LATENCY.observe(seconds)
+
+
+def alert_raised(rule: str, severity: str) -> None:
+    ALERTS.labels(rule, severity).inc()
+
+
+def alert_latency(seconds: float) -> None:
+    ALERT_LATENCY.observe(seconds)
+
+
+def publish_failed() -> None:
+    PUBLISH_FAILURES.inc()
+
+
+def error(kind: str) -> None:
+    ERRORS.labels(kind).inc()
+
+
+def event_dropped(event_type: str) -> None:
+    EVENTS_DROPPED.labels(event_type).inc()

@@ -1,0 +1,394 @@
+"""One call: decode -> per-speaker VAD and windows -> inference -> timeline -> rules -> alerts and events.
+
+A CallSession never sees a transport. A transport adapter calls `start`, `push_audio`, `finish`
+(or `abort` when the bridge goes away, `fail` when its input was bad) and forwards what `events()`
+yields. Audio is processed inline on the event loop (decoding and VAD are cheap); scoring happens on
+the inference worker, and results are handled in window order by one task per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import AsyncIterator, Callable
+
+import numpy as np
+
+from service import metrics
+from service.alerts import AlertPublisher, build_alert, wall_time_iso
+from service.analytics.prosody import loudness_dbfs
+from service.analytics.timeline import ChannelTimeline
+from service.audio.channel import AnalysisWindow, ChannelPipeline
+from service.audio.codecs import decode
+from service.audio.resample import to_model_input
+from service.config import AudioLimits, VadConfig, WindowConfig
+from service.domain import (
+    Alert,
+    CallConfig,
+    CallEvent,
+    CallSummary,
+    EmotionUpdate,
+    Role,
+    SessionStarted,
+    Warning,
+)
+from service.errors import CallPulseError, InvalidArgument
+from service.inference.base import WindowScores
+from service.inference.batcher import InferenceBatcher, QueueFull
+from service.rules import ChannelRuleState, RuleEngine, ScoredWindow
+
+log = logging.getLogger(__name__)
+
+EVENT_BUFFER = 256
+SUMMARY_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """What every session shares: configuration and the service-wide components."""
+
+    vad: VadConfig
+    windows: WindowConfig
+    limits: AudioLimits
+    batcher: InferenceBatcher
+    rules: Callable[[], RuleEngine]
+    """Returns the current rule engine (rules may be replaced while calls run)."""
+    publisher: AlertPublisher
+    model_name: str
+    labels: tuple[str, ...]
+
+
+class EventBuffer:
+    """Bounded outbound events of one call.
+
+    Policy when full: a new EmotionUpdate is dropped; any other event evicts the oldest queued
+    EmotionUpdate (alerts and summaries also reach Redis, updates are superseded by the next one).
+    Every drop is counted. The final summary is always accepted.
+    """
+
+    def __init__(self, maxsize: int = EVENT_BUFFER) -> None:
+        self._items: deque[CallEvent] = deque()
+        self._maxsize = maxsize
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._error: BaseException | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, event: CallEvent, final: bool = False) -> None:
+        if self._closed:
+            return
+        if len(self._items) >= self._maxsize and not final:
+            if isinstance(event, EmotionUpdate):
+                metrics.event_dropped("emotion_update")
+                return
+            victim = next((e for e in self._items if isinstance(e, EmotionUpdate)), None)
+            if victim is None:
+                metrics.event_dropped(type(event).__name__.lower())
+                log.error("event buffer full of non-update events; a %s was not sent to the bridge", type(event).__name__)
+                return
+            self._items.remove(victim)
+            metrics.event_dropped("emotion_update")
+        self._items.append(event)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._closed = True
+        self._wakeup.set()
+
+    async def __aiter__(self) -> AsyncIterator[CallEvent]:
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._items:
+                yield self._items.popleft()
+                continue
+            if self._closed:
+                return
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+
+class CallSession:
+    """The state and processing of one call."""
+
+    def __init__(self, config: CallConfig, ctx: SessionContext) -> None:
+        self.config = config
+        self._ctx = ctx
+        fmt = config.audio
+        self._pipelines = [
+            ChannelPipeline(role, fmt.sample_rate, ctx.vad, ctx.windows, scored=role in config.score_roles)
+            for role in fmt.channel_roles
+        ]
+        self._timelines = {role: ChannelTimeline(role) for role in fmt.channel_roles}
+        self._rule_states: dict[Role, ChannelRuleState] = {}
+        self._segments_seen = [0] * len(self._pipelines)
+        self._last_seq: int | None = None
+        self._pending: asyncio.Queue[tuple[AnalysisWindow, asyncio.Future] | None] = asyncio.Queue()
+        self._in_flight = 0
+        self._overloaded = False
+        self._events = EventBuffer()
+        self._alerts: list[Alert] = []
+        self._state = "new"
+        self._scorer: asyncio.Task | None = None
+        self.started_at = time.monotonic()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> SessionStarted:
+        """Begin processing; returns the SessionStarted event (also queued for `events()`)."""
+        self._state = "open"
+        self._scorer = asyncio.create_task(self._score_loop(), name="call-scorer")
+        started = SessionStarted(
+            call_id=self.config.call_id,
+            model=self._ctx.model_name,
+            labels=self._ctx.labels,
+            scored_roles=self.config.score_roles,
+            window_ms=self._ctx.windows.window_ms,
+            hop_ms=self._ctx.windows.hop_ms,
+        )
+        self._events.put(started)
+        self._ctx.publisher.publish_call_event(self._lifecycle_document("call_started"))
+        return started
+
+    def events(self) -> AsyncIterator[CallEvent]:
+        """Events for the bridge, ending after the CallSummary (or raising the error passed to `fail`)."""
+        return self._events.__aiter__()
+
+    def push_audio(self, seq: int, data: bytes, arrival: float | None = None) -> None:
+        """Ingest one chunk. Raises InvalidArgument (and changes nothing) if the chunk is bad."""
+        if self._state != "open":
+            raise InvalidArgument(f"audio chunk seq={seq} arrived after the end of the call")
+        limit = self._ctx.limits.max_chunk_bytes
+        if len(data) > limit:
+            raise InvalidArgument(f"audio chunk seq={seq} is {len(data)} bytes; the limit is {limit} bytes")
+        if self._last_seq is not None and seq <= self._last_seq:
+            raise InvalidArgument(f"audio chunk seq={seq} is not after the previous seq={self._last_seq}; seq must increase")
+        try:
+            frames = decode(self.config.audio, data)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"audio chunk seq={seq}: {exc}") from None
+        self._last_seq = seq
+        arrival = time.monotonic() if arrival is None else arrival
+        rate = self.config.audio.sample_rate
+        for index, pipeline in enumerate(self._pipelines):
+            metrics.audio_ingested(pipeline.role.value, len(frames) / rate)
+            for window in pipeline.push(np.ascontiguousarray(frames[:, index]), arrival):
+                self._submit(window)
+            self._count_segments(index)
+
+    async def finish(self, reason: str = "end_of_call") -> CallSummary:
+        """End of call: close open segments, wait for their scores, emit and publish the summary."""
+        if self._state != "open":
+            raise InvalidArgument("EndOfCall was already received")
+        self._state = "ending"
+        arrival = time.monotonic()
+        for index, pipeline in enumerate(self._pipelines):
+            for window in pipeline.flush(arrival):
+                self._submit(window)
+            self._count_segments(index)
+        self._pending.put_nowait(None)
+        if self._scorer is not None:
+            await self._scorer
+        summary = self._summary(reason)
+        self._ctx.publisher.publish_call_event(summary.document)
+        self._events.put(summary, final=True)
+        self._events.close()
+        self._state = "closed"
+        return summary
+
+    def abort(self, reason: str) -> None:
+        """The bridge went away or the call was refused mid-stream: drop pending work, free everything."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        if self._scorer is not None:
+            self._scorer.cancel()
+        while not self._pending.empty():
+            item = self._pending.get_nowait()
+            if item is not None:
+                item[1].cancel()
+        self._events.close()
+        self._ctx.publisher.publish_call_event(self._lifecycle_document("call_ended", reason=reason))
+
+    def fail(self, error: CallPulseError) -> None:
+        """Bad input from the bridge: make `events()` raise `error` so the transport can report it."""
+        self._events.fail(error)
+
+    @property
+    def closed(self) -> bool:
+        return self._state == "closed"
+
+    def memory_report(self) -> dict[str, int]:
+        """Sizes of this call's buffers (all bounded regardless of call length)."""
+        return {
+            "channel_samples": sum(p.buffered_samples for p in self._pipelines),
+            "pending_windows": self._in_flight,
+            "queued_events": len(self._events),
+            "timeline_updates": sum(len(t.recent) for t in self._timelines.values()),
+        }
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _count_segments(self, index: int) -> None:
+        pipeline = self._pipelines[index]
+        for _ in range(pipeline.segments - self._segments_seen[index]):
+            metrics.vad_segment(pipeline.role.value)
+        self._segments_seen[index] = pipeline.segments
+
+    def _submit(self, window: AnalysisWindow) -> None:
+        timeline = self._timelines[window.role]
+        if self._in_flight >= self._ctx.windows.max_pending_windows:
+            self._drop(timeline, "dropped_call_backlog")
+            return
+        try:
+            future = self._ctx.batcher.submit(to_model_input(window.samples, window.sample_rate))
+        except QueueFull:
+            self._drop(timeline, "dropped_queue_full")
+            return
+        self._in_flight += 1
+        self._pending.put_nowait((window, asyncio.wrap_future(future)))
+
+    def _drop(self, timeline: ChannelTimeline, outcome: str) -> None:
+        timeline.dropped()
+        metrics.window(outcome)
+        if not self._overloaded:
+            self._overloaded = True
+            self._events.put(Warning("WINDOWS_DROPPED", "the emotion model is behind; some analysis windows were skipped and the next updates are marked degraded"))
+
+    async def _score_loop(self) -> None:
+        while True:
+            item = await self._pending.get()
+            if item is None:
+                return
+            window, future = item
+            try:
+                result: WindowScores = await future
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if self._state == "closed" or (task is not None and task.cancelling()):
+                    raise
+                result = None  # only the window's future was cancelled: count it as a failed window
+            except Exception as exc:  # noqa: BLE001 - one window's model error fails only that window
+                log.warning("a %s window failed in the model: %s", window.role.value, exc)
+                result = None
+            finally:
+                self._in_flight -= 1
+            if result is None:
+                self._timelines[window.role].failed()
+                metrics.window("failed")
+                continue
+            self._handle_scores(window, result)
+
+    def _handle_scores(self, window: AnalysisWindow, result: WindowScores) -> None:
+        labels = self._ctx.labels
+        timeline = self._timelines[window.role]
+        scores = [float(s) for s in result.scores]
+        top = int(np.argmax(result.scores))
+        degraded = timeline.dropped_since_update > 0
+        loudness = loudness_dbfs(window.samples)
+        latency_s = time.monotonic() - window.arrival
+        update = EmotionUpdate(
+            speaker=window.role,
+            window_start_ms=window.start_ms,
+            window_end_ms=window.end_ms,
+            labels=labels,
+            scores=tuple(scores),
+            top_label=labels[top],
+            top_score=scores[top],
+            segment_final=window.final,
+            degraded=degraded,
+            latency_ms=latency_s * 1000,
+            loudness_dbfs=loudness,
+        )
+        timeline.add(update)
+        self._overloaded = False
+        metrics.window("scored")
+        metrics.emotion_update_latency(latency_s)
+        self._events.put(update)
+        engine = self._ctx.rules()
+        state = self._rule_states.get(window.role)
+        if state is None:
+            state = self._rule_states[window.role] = engine.new_state(window.role)
+        scored = ScoredWindow(
+            speaker=window.role,
+            start_ms=window.start_ms,
+            end_ms=window.end_ms,
+            new_from_ms=window.new_from_sample * 1000 // window.sample_rate,
+            scores=dict(zip(labels, scores)),
+            loudness_dbfs=loudness,
+            degraded=degraded,
+        )
+        for match in engine.evaluate(state, scored):
+            alert = build_alert(match, self.config, self._ctx.model_name, (time.monotonic() - window.arrival) * 1000)
+            self._alerts.append(alert)
+            metrics.alert_raised(alert.rule_id, alert.severity.label)
+            self._ctx.publisher.publish_alert(alert, self.config, window.arrival)
+            self._events.put(alert)
+
+    # -- documents -------------------------------------------------------------------------
+
+    def _lifecycle_document(self, kind: str, **extra) -> dict:
+        return {
+            "schema_version": SUMMARY_SCHEMA_VERSION,
+            "type": kind,
+            "call_id": self.config.call_id,
+            "agent_id": self.config.agent_id,
+            "team": self.config.team,
+            "tenant": self.config.tenant,
+            "wall_time": wall_time_iso(),
+            **extra,
+        }
+
+    def _summary(self, reason: str) -> CallSummary:
+        rate = self.config.audio.sample_rate
+        duration_ms = max((p.position for p in self._pipelines), default=0) * 1000 // rate
+        speakers = tuple(
+            self._timelines[p.role].summary(speech_ms=p.speech_ms, segments=p.segments) for p in self._pipelines
+        )
+        document = self._lifecycle_document(
+            "call_summary",
+            reason=reason,
+            duration_ms=duration_ms,
+            model=self._ctx.model_name,
+            speakers=[
+                {
+                    "speaker": s.speaker.value,
+                    "scored": s.speaker in self.config.score_roles,
+                    "speech_ms": s.speech_ms,
+                    "segments": s.segments,
+                    "windows_scored": s.windows_scored,
+                    "windows_dropped": s.windows_dropped,
+                    "top_labels": dict(s.top_labels),
+                }
+                for s in speakers
+            ],
+            alerts=[
+                {
+                    "alert_id": a.alert_id,
+                    "rule_id": a.rule_id,
+                    "severity": a.severity.label,
+                    "speaker": a.speaker.value,
+                    "start_ms": a.start_ms,
+                    "fired_ms": a.fired_ms,
+                }
+                for a in self._alerts
+            ],
+        )
+        return CallSummary(
+            call_id=self.config.call_id,
+            duration_ms=duration_ms,
+            speakers=speakers,
+            alert_ids=tuple(a.alert_id for a in self._alerts),
+            reason=reason,
+            document=document,
+        )

@@ -1,0 +1,247 @@
+"""gRPC transport: agentassist.v1.AgentAssist/StreamCall and grpc.health.v1, translating wire <-> domain only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import AsyncIterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+
+from agentassist.v1 import agent_assist_pb2 as pb
+from agentassist.v1 import agent_assist_pb2_grpc as pb_grpc
+from service import metrics
+from service.calls import CallRegistry
+from service.config import ServerConfig
+from service.domain import (
+    Alert,
+    AudioFormat,
+    CallConfig,
+    CallEvent,
+    CallSummary,
+    EmotionUpdate,
+    Encoding,
+    Role,
+    SessionStarted,
+    Warning,
+)
+from service.errors import CallPulseError, InvalidArgument
+from service.session import CallSession
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "agentassist.v1.AgentAssist"
+
+STATUS_BY_KIND = {
+    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
+    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
+    "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "unavailable": grpc.StatusCode.UNAVAILABLE,
+}
+
+_ENCODINGS = {
+    pb.AUDIO_ENCODING_PCM16LE: Encoding.PCM16LE,
+    pb.AUDIO_ENCODING_MULAW: Encoding.MULAW,
+    pb.AUDIO_ENCODING_ALAW: Encoding.ALAW,
+}
+_ROLES = {pb.ROLE_CUSTOMER: Role.CUSTOMER, pb.ROLE_AGENT: Role.AGENT}
+_ROLE_TO_PB = {v: k for k, v in _ROLES.items()}
+
+
+def _role(value: int, where: str) -> Role:
+    if value not in _ROLES:
+        raise InvalidArgument(f"{where}: unknown role {value}; expected ROLE_CUSTOMER or ROLE_AGENT")
+    return _ROLES[value]
+
+
+def call_config_from_proto(msg: pb.CallConfig) -> CallConfig:
+    """Translate a CallConfig message, raising InvalidArgument that names the offending field."""
+    if not msg.HasField("audio"):
+        raise InvalidArgument("audio: the audio format is required")
+    audio = msg.audio
+    if audio.encoding not in _ENCODINGS:
+        name = pb.AudioEncoding.Name(audio.encoding) if audio.encoding in pb.AudioEncoding.values() else str(audio.encoding)
+        raise InvalidArgument(f"audio.encoding: unsupported encoding {name}; expected PCM16LE, MULAW or ALAW")
+    if audio.channels not in (1, 2):
+        raise InvalidArgument(f"audio.channels: {audio.channels} channels are not supported; expected 1 or 2")
+    roles = tuple(_role(r, f"audio.channel_roles[{i}]") for i, r in enumerate(audio.channel_roles))
+    if not roles:
+        roles = (Role.CUSTOMER,) if audio.channels == 1 else (Role.CUSTOMER, Role.AGENT)
+    if len(roles) != audio.channels:
+        raise InvalidArgument(f"audio.channel_roles: {len(roles)} roles given for {audio.channels} channel(s)")
+    score_roles = tuple(_role(r, f"score_roles[{i}]") for i, r in enumerate(msg.score_roles)) or (Role.CUSTOMER,)
+    return CallConfig(
+        call_id=msg.call_id,
+        agent_id=msg.agent_id,
+        team=msg.team,
+        tenant=msg.tenant,
+        audio=AudioFormat(_ENCODINGS[audio.encoding], audio.sample_rate_hz, roles),
+        score_roles=tuple(dict.fromkeys(score_roles)),
+    )
+
+
+def event_to_proto(event: CallEvent) -> pb.CallEvent:
+    """Translate a domain event into its CallEvent message."""
+    if isinstance(event, EmotionUpdate):
+        return pb.CallEvent(
+            emotion=pb.EmotionUpdate(
+                speaker=_ROLE_TO_PB[event.speaker],
+                window_start_ms=event.window_start_ms,
+                window_end_ms=event.window_end_ms,
+                scores=[pb.EmotionScore(label=l, score=s) for l, s in zip(event.labels, event.scores)],
+                top_label=event.top_label,
+                top_score=event.top_score,
+                segment_final=event.segment_final,
+                degraded=event.degraded,
+                latency_ms=event.latency_ms,
+                loudness_dbfs=event.loudness_dbfs,
+            )
+        )
+    if isinstance(event, Alert):
+        return pb.CallEvent(
+            alert=pb.Alert(
+                alert_id=event.alert_id,
+                rule_id=event.rule_id,
+                severity=int(event.severity),
+                speaker=_ROLE_TO_PB[event.speaker],
+                start_ms=event.start_ms,
+                fired_ms=event.fired_ms,
+                message=event.message,
+                degraded=event.degraded,
+                latency_ms=event.latency_ms,
+                document_json=json.dumps(event.document),
+            )
+        )
+    if isinstance(event, SessionStarted):
+        return pb.CallEvent(
+            started=pb.SessionStarted(
+                call_id=event.call_id,
+                model=event.model,
+                labels=list(event.labels),
+                scored_roles=[_ROLE_TO_PB[r] for r in event.scored_roles],
+                window_ms=event.window_ms,
+                hop_ms=event.hop_ms,
+            )
+        )
+    if isinstance(event, Warning):
+        return pb.CallEvent(warning=pb.Warning(code=event.code, message=event.message))
+    if isinstance(event, CallSummary):
+        return pb.CallEvent(
+            summary=pb.CallSummary(
+                call_id=event.call_id,
+                duration_ms=event.duration_ms,
+                speakers=[
+                    pb.SpeakerSummary(
+                        speaker=_ROLE_TO_PB[s.speaker],
+                        speech_ms=s.speech_ms,
+                        segments=s.segments,
+                        windows_scored=s.windows_scored,
+                        windows_dropped=s.windows_dropped,
+                        top_labels=[pb.LabelCount(label=l, count=c) for l, c in s.top_labels],
+                    )
+                    for s in event.speakers
+                ],
+                alert_ids=list(event.alert_ids),
+                reason=event.reason,
+                document_json=json.dumps(event.document),
+            )
+        )
+    raise TypeError(f"no wire form for {type(event).__name__}")
+
+
+class AgentAssistServicer(pb_grpc.AgentAssistServicer):
+    """Streams one call per RPC through a CallSession."""
+
+    def __init__(self, calls: CallRegistry) -> None:
+        self._calls = calls
+
+    async def StreamCall(self, request_iterator, context) -> AsyncIterator[pb.CallEvent]:
+        session: CallSession | None = None
+        pump: asyncio.Task | None = None
+        outcome = "disconnected"
+        try:
+            try:
+                first = await request_iterator.__anext__()
+            except StopAsyncIteration:
+                raise InvalidArgument("the stream ended before a CallConfig was sent") from None
+            kind = first.WhichOneof("payload")
+            if kind != "config":
+                raise InvalidArgument(f"the first message must be a CallConfig, got {kind or 'an empty CallRequest'}")
+            session = self._calls.open(call_config_from_proto(first.config))
+            session.start()
+            pump = asyncio.create_task(self._pump(request_iterator, session), name="grpc-call-pump")
+            async for event in session.events():
+                yield event_to_proto(event)
+            outcome = "completed"
+        except CallPulseError as exc:
+            outcome = exc.kind
+            metrics.error(exc.kind)
+            log.info("call refused or ended with %s: %s", exc.kind, exc)
+            await context.abort(STATUS_BY_KIND.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc))
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+            if session is not None:
+                if not session.closed:
+                    session.abort(outcome)
+                self._calls.release(session, outcome)
+
+    async def _pump(self, request_iterator, session: CallSession) -> None:
+        """Feed requests into the session; bad input fails the session's event stream."""
+        try:
+            async for request in request_iterator:
+                kind = request.WhichOneof("payload")
+                if kind == "audio":
+                    session.push_audio(request.audio.seq, request.audio.data, time.monotonic())
+                elif kind == "end":
+                    await session.finish(request.end.reason or "end_of_call")
+                    return
+                elif kind == "config":
+                    raise InvalidArgument("CallConfig was sent twice; it must be the first message only")
+                else:
+                    raise InvalidArgument("empty CallRequest: set config, audio or end")
+            await session.finish("stream_closed")  # half-close without EndOfCall still ends the call cleanly
+        except CallPulseError as exc:
+            session.fail(exc)
+        except Exception:  # noqa: BLE001 - a bug in one call must end that call, not hang it
+            log.exception("unexpected error while processing a call's audio")
+            session.fail(CallPulseError("internal error while processing the call's audio"))
+
+
+class GrpcServer:
+    """The grpc.aio server with AgentAssist and the standard health service."""
+
+    def __init__(self, config: ServerConfig, calls: CallRegistry) -> None:
+        self._config = config
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ]
+        )
+        pb_grpc.add_AgentAssistServicer_to_server(AgentAssistServicer(calls), self._server)
+        self.health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        self.port = 0
+
+    async def start(self) -> int:
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self._server.add_insecure_port(f"{self._config.host}:{self._config.grpc_port}")
+        if self.port == 0:
+            raise OSError(f"could not bind gRPC to {self._config.host}:{self._config.grpc_port}")
+        await self._server.start()
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+        await self.health.set(SERVICE_NAME, status)
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)

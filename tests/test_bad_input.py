@@ -1,0 +1,119 @@
+"""Bad input gets a precise gRPC status and message, and never affects a concurrent healthy call."""
+
+import asyncio
+import time
+from dataclasses import replace
+
+import grpc
+import pytest
+
+from agentassist.v1 import agent_assist_pb2 as pb
+from clients.bridge import CallPlan, stream_call
+from service.config import ServerConfig
+from tests.conftest import CALL_WAV, run, service_config
+from tests.grpc_helpers import END, audio_msg, config_msg, raw_call
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+BAD_CASES = [
+    ("audio before config", [audio_msg(1)], INVALID, "first message must be a CallConfig, got audio"),
+    ("no messages at all", [], INVALID, "ended before a CallConfig"),
+    ("unspecified encoding", [config_msg(encoding=pb.AUDIO_ENCODING_UNSPECIFIED)], INVALID, "audio.encoding: unsupported encoding AUDIO_ENCODING_UNSPECIFIED"),
+    ("unknown encoding", [config_msg(encoding=99)], INVALID, "audio.encoding: unsupported encoding 99"),
+    ("unsupported rate", [config_msg(rate=44100)], INVALID, "audio.sample_rate_hz: 44100 Hz is not supported"),
+    ("three channels", [config_msg(channels=3, roles=[])], INVALID, "audio.channels: 3 channels are not supported"),
+    ("roles do not match channels", [config_msg(channels=2, roles=[pb.ROLE_CUSTOMER])], INVALID, "channel_roles: 1 roles given for 2 channel"),
+    ("missing call id", [config_msg(call_id="")], INVALID, "call_id is required"),
+    ("oversized chunk", [config_msg(), audio_msg(1, 70000)], INVALID, "seq=1 is 70000 bytes; the limit is 65536"),
+    ("half a sample", [config_msg(), audio_msg(1, 321)], INVALID, "seq=1: audio chunk has 321 bytes, not a whole number of 2-byte sample frames"),
+    ("seq going backwards", [config_msg(), audio_msg(5), audio_msg(3)], INVALID, "seq=3 is not after the previous seq=5"),
+    ("repeated seq", [config_msg(), audio_msg(5), audio_msg(5)], INVALID, "seq=5 is not after the previous seq=5"),
+    ("config twice", [config_msg(), audio_msg(1), config_msg()], INVALID, "CallConfig was sent twice"),
+    ("audio after end", [config_msg(), audio_msg(1), END, audio_msg(2)], None, None),
+]
+
+
+def test_each_bad_input_gets_its_status_while_a_healthy_call_gets_its_alert(redis_server, test_models, start_server):
+    """Every malformed call is refused precisely; the healthy call streaming at the same time still alerts."""
+    server = start_server(service_config(redis_server.url, test_models["angry"]))
+    healthy_plan = CallPlan("healthy-1", "agent-h", "team-h", roles=("customer", "agent"), speed=3.0)
+
+    async def scenario():
+        healthy = asyncio.create_task(stream_call(server.target, str(CALL_WAV), healthy_plan))
+        await asyncio.sleep(0.5)
+        outcomes = {}
+        for i, (name, requests, _, _) in enumerate(BAD_CASES):
+            requests = [replace_call_id(r, f"bad-{i}") for r in requests]
+            outcomes[name] = await raw_call(server.target, requests, hold_open=1.0)
+        duplicate = await raw_call(server.target, [config_msg(call_id="healthy-1")], hold_open=0.5)
+        assert not healthy.done(), "the healthy call must still be streaming while the bad ones run"
+        return await healthy, outcomes, duplicate
+
+    healthy, outcomes, duplicate = run(scenario())
+    for name, _, code, message in BAD_CASES:
+        events, error = outcomes[name]
+        if code is None:
+            continue
+        assert error is not None, name
+        assert error[0] == code, (name, error)
+        assert message in error[1], (name, error[1])
+    assert duplicate[1][0] == grpc.StatusCode.ALREADY_EXISTS and "already streaming" in duplicate[1][1]
+    assert healthy.error is None
+    assert len(healthy.of("alert")) == 1
+    assert server.call(lambda: server.app.calls.active) == 0
+
+
+def replace_call_id(request, call_id):
+    if request.WhichOneof("payload") == "config" and request.config.call_id == "bad":
+        request = pb.CallRequest.FromString(request.SerializeToString())
+        request.config.call_id = call_id
+    return request
+
+
+def test_audio_after_end_of_call_is_not_processed(redis_server, test_models, start_server):
+    """Once EndOfCall is processed the summary is sent and the stream ends; later audio changes nothing."""
+    server = start_server(service_config(redis_server.url, test_models["random"]))
+    events, error = run(raw_call(server.target, [config_msg(call_id="ended"), audio_msg(1), END, audio_msg(2)], hold_open=0.5))
+    kinds = [e.WhichOneof("event") for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "summary"
+    assert error is None or error[0] == INVALID
+
+
+def test_full_server_refuses_with_resource_exhausted(redis_server, test_models, start_server):
+    """Beyond max_calls a new call gets RESOURCE_EXHAUSTED; the admitted call is unaffected."""
+    config = service_config(redis_server.url, test_models["random"])
+    server = start_server(replace(config, server=replace(config.server, max_calls=1)))
+
+    async def scenario():
+        first = asyncio.create_task(raw_call(server.target, [config_msg(call_id="only"), audio_msg(1)], hold_open=1.5))
+        await asyncio.sleep(0.5)
+        second = await raw_call(server.target, [config_msg(call_id="one-too-many")], hold_open=0.2)
+        return await first, second
+
+    first, second = run(scenario())
+    assert second[1][0] == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit of 1 concurrent calls" in second[1][1]
+    assert first[0][0].WhichOneof("event") == "started"
+
+
+def test_bridge_disconnect_frees_the_session(redis_server, test_models, start_server, subscribe):
+    """A bridge that goes away mid-call frees its session: the call id can be reused at once."""
+    server = start_server(service_config(redis_server.url, test_models["angry"]))
+    sub = subscribe([f"{server.prefix}:calls"])
+    plan = CallPlan("drop-1", "agent-d", "team-d", roles=("customer", "agent"), speed=1.0)
+
+    async def scenario():
+        task = asyncio.create_task(stream_call(server.target, str(CALL_WAV), plan, hangup_after_s=2.0))
+        await asyncio.sleep(1.0)
+        assert server.call(lambda: server.app.calls.active) == 1
+        return await task
+
+    dropped = run(scenario())
+    assert dropped.error["code"] == "CANCELLED" and dropped.of("summary") == []
+    deadline = time.monotonic() + 5
+    while server.call(lambda: server.app.calls.active) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.call(lambda: server.app.calls.active) == 0
+    ended = sub.wait_for(lambda m: m[1]["type"] == "call_ended")
+    assert ended and ended[0][1]["call_id"] == "drop-1" and ended[0][1]["reason"] == "disconnected"
+    again = run(stream_call(server.target, str(CALL_WAV), CallPlan("drop-1", "agent-d", "team-d", roles=("customer", "agent"), speed=0)))
+    assert again.error is None and again.of("summary")

@@ -1,0 +1,130 @@
+"""Per-channel VAD segmentation and analysis-window scheduling on the committed speech fixtures."""
+
+import numpy as np
+import pytest
+
+from clients.wavfile import read_wav
+from service.audio.channel import ChannelPipeline
+from service.config import VadConfig, WindowConfig
+from service.domain import Role
+from tests.conftest import CALL_WAV, CUSTOMER_WAV, TIMINGS
+
+
+def run_channel(samples, rate, vad=VadConfig(), windows=WindowConfig(), scored=True, chunk_ms=20):
+    pipeline = ChannelPipeline(Role.CUSTOMER, rate, vad, windows, scored=scored)
+    step = rate * chunk_ms // 1000
+    out = []
+    for i in range(0, len(samples), step):
+        out.extend(pipeline.push(samples[i : i + step], arrival=float(i)))
+    out.extend(pipeline.flush(arrival=-1.0))
+    return pipeline, out
+
+
+@pytest.fixture(scope="module")
+def customer():
+    wav = read_wav(str(CUSTOMER_WAV))
+    return wav.samples[:, 0], wav.sample_rate
+
+
+@pytest.fixture(scope="module")
+def call():
+    return read_wav(str(CALL_WAV))
+
+
+def test_windows_are_cut_every_hop_while_speaking(customer):
+    """During a segment a window is cut every hop of speech, each at most window_ms long."""
+    samples, rate = customer
+    pipeline, windows = run_channel(samples, rate)
+    assert pipeline.segments >= 1 and windows
+    for w in windows:
+        assert 0 < w.end_ms - w.start_ms <= 3000
+        assert len(w.samples) == w.end_sample - w.start_sample
+    by_segment = {}
+    for w in windows:
+        by_segment.setdefault(w.segment_index, []).append(w)
+    for seg in by_segment.values():
+        hops = [b.end_ms - a.end_ms for a, b in zip(seg, seg[1:]) if not b.final]
+        assert all(h >= 500 for h in hops)
+        assert all(h <= 600 for h in hops), hops  # no speech hop is skipped
+        assert seg[-1].final
+
+
+def test_new_speech_of_windows_adds_up_to_segment_speech(customer):
+    """The speech each window adds covers the segment once, without overlap (what the rules count)."""
+    samples, rate = customer
+    pipeline, windows = run_channel(samples, rate)
+    covered = sum(w.new_speech_ms for w in windows)
+    assert 0.8 * pipeline.speech_ms <= covered <= pipeline.speech_ms
+    for a, b in zip(windows, windows[1:]):
+        if a.segment_index == b.segment_index:
+            assert b.new_from_sample == a.end_sample
+
+
+def test_long_speech_is_scored_while_it_happens(customer):
+    """A window is available well before the end of a multi-second utterance, not only after it."""
+    samples, rate = customer
+    _, windows = run_channel(samples, rate)
+    speech_end_ms = max(w.end_ms for w in windows)
+    assert min(w.end_ms for w in windows) <= speech_end_ms - 2000
+
+
+def test_silence_produces_no_segments():
+    """Digital silence and low noise open no segment and cut no window."""
+    rng = np.random.default_rng(0)
+    quiet = (rng.normal(0, 3, 16000 * 5)).astype(np.int16)
+    pipeline, windows = run_channel(quiet, 16000)
+    assert pipeline.segments == 0 and windows == []
+
+
+def test_speech_is_found_where_the_fixture_put_it(call):
+    """On the stereo call, each channel's first segment starts where the fixture script placed that voice."""
+    rate = call.sample_rate
+    for index, role in enumerate(("customer", "agent")):
+        pipeline = ChannelPipeline(Role.CUSTOMER, rate, VadConfig(), WindowConfig())
+        first_window = None
+        for i in range(0, len(call.samples), 160):
+            got = pipeline.push(np.ascontiguousarray(call.samples[i : i + 160, index]), 0.0)
+            if got and first_window is None:
+                first_window = got[0]
+        expected_start = TIMINGS["call_stereo_8k.wav"][f"{role}_speech"][0][0]
+        assert first_window is not None
+        assert abs(first_window.start_ms / 1000 - expected_start) < 0.2
+
+
+def test_segments_are_cut_at_max_length(customer):
+    """No segment is longer than max_segment_ms; speech that goes on continues in the next segment."""
+    samples, rate = customer
+    vad = VadConfig(max_segment_ms=1000)
+    pipeline, windows = run_channel(samples, rate, vad=vad, windows=WindowConfig(window_ms=3000, hop_ms=500))
+    assert pipeline.segments >= 3
+    for w in windows:
+        assert w.end_ms - w.start_ms <= 1000
+
+
+def test_trailing_silence_decides_where_segments_close(call):
+    """Sentence pauses split the customer's turn at 100 ms trailing silence but not at 300 ms."""
+    samples = np.ascontiguousarray(call.samples[:, 0])
+    short, _ = run_channel(samples, call.sample_rate, vad=VadConfig(trailing_silence_ms=100))
+    default, _ = run_channel(samples, call.sample_rate, vad=VadConfig(trailing_silence_ms=300))
+    assert short.segments >= 2
+    assert default.segments == len(TIMINGS["call_stereo_8k.wav"]["customer_speech"])
+
+
+def test_unscored_channel_counts_speech_but_cuts_no_windows(customer):
+    """A channel whose role is not scored still tracks speech time but sends nothing to the model."""
+    samples, rate = customer
+    pipeline, windows = run_channel(samples, rate, scored=False)
+    assert windows == [] and pipeline.segments >= 1 and pipeline.speech_ms > 1000
+
+
+def test_memory_is_bounded_for_long_audio(customer):
+    """Ten minutes of speech leave the channel's buffers at the same size as after ten seconds."""
+    samples, rate = customer
+    pipeline = ChannelPipeline(Role.CUSTOMER, rate, VadConfig(), WindowConfig())
+    looped = np.tile(samples, 3)
+    pipeline.push(looped, 0.0)
+    early = pipeline.buffered_samples
+    for _ in range(60):
+        pipeline.push(looped, 0.0)
+    assert pipeline.buffered_samples <= early + rate * 20 // 1000  # a partial frame may wait
+    assert pipeline.position >= 10 * 60 * rate

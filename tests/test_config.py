@@ -1,0 +1,56 @@
+"""Configuration: defaults, environment, command line, validation."""
+
+import pytest
+
+from service.config import DEFAULT_RULES_PATH, ServiceConfig, VadConfig, WindowConfig, load_config
+from service.errors import ConfigError
+
+
+def test_environment_overrides_defaults_and_cli_overrides_environment():
+    """CALLPULSE_* variables replace defaults; command-line values replace the variables."""
+    env = {"CALLPULSE_GRPC_PORT": "6000", "CALLPULSE_MODEL": "/models/x", "CALLPULSE_REDIS_URL": "redis://r:1/2",
+           "CALLPULSE_HOP_MS": "750"}
+    config = load_config({"grpc_port": 7000, "device": None}, environ=env)
+    assert config.server.grpc_port == 7000
+    assert config.inference.model == "/models/x"
+    assert config.redis.url == "redis://r:1/2"
+    assert config.windows.hop_ms == 750
+    assert config.inference.device == "cpu"
+    assert config.rules_path == DEFAULT_RULES_PATH
+
+
+def test_unparseable_environment_value_names_the_variable():
+    """A variable that does not parse is reported by name and value."""
+    with pytest.raises(ConfigError, match="CALLPULSE_GRPC_PORT='abc'"):
+        load_config({}, environ={"CALLPULSE_GRPC_PORT": "abc"})
+
+
+@pytest.mark.parametrize(
+    "cli,message",
+    [
+        ({"device": "tpu"}, "device must be cpu or cuda"),
+        ({"hub": "github"}, "hub must be ms or hf"),
+        ({"grpc_port": 70000}, "grpc_port"),
+        ({"redis_url": "http://x"}, "redis url"),
+        ({"redis_prefix": "a:b"}, "prefix"),
+    ],
+)
+def test_invalid_values_are_rejected_with_the_field(cli, message):
+    """Each invalid setting raises ConfigError that names the setting."""
+    with pytest.raises(ConfigError, match=message):
+        load_config(cli, environ={})
+
+
+def test_nested_sections_validate_on_construction():
+    """VAD and window settings are checked when the dataclass is built."""
+    with pytest.raises(ConfigError, match="aggressiveness"):
+        VadConfig(aggressiveness=5)
+    with pytest.raises(ConfigError, match="hop_ms"):
+        WindowConfig(window_ms=1000, hop_ms=2000)
+
+
+def test_config_is_frozen():
+    """Configuration objects cannot be mutated after construction."""
+    config = ServiceConfig()
+    with pytest.raises(AttributeError):
+        config.server.grpc_port = 1  # type: ignore[misc]

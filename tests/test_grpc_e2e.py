@@ -1,0 +1,134 @@
+"""End to end over gRPC: WAV -> bridge -> VAD -> emotion2vec (test model) -> rules -> Redis, and back."""
+
+import asyncio
+import json
+from dataclasses import replace
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from clients.bridge import CallPlan, stream_call
+from service.config import WindowConfig
+from tests.conftest import CALL_WAV, CUSTOMER_WAV, TIMINGS, run, service_config
+
+ALERT_FIELDS = {
+    "schema_version", "type", "alert_id", "rule_id", "severity", "call_id", "agent_id", "team", "tenant", "speaker",
+    "start_ms", "fired_ms", "wall_time", "evidence", "message", "notify", "model", "degraded", "latency_ms",
+}
+
+
+def replay_config(redis_url, model):
+    """Calls replayed faster than real time: allow enough windows in flight that none is dropped."""
+    config = service_config(redis_url, model)
+    return replace(config, windows=WindowConfig(max_pending_windows=512))
+
+
+def plan(call_id, **kw):
+    return CallPlan(call_id=call_id, agent_id=kw.pop("agent_id", "agent-7"), team=kw.pop("team", "billing"),
+                    tenant="acme", roles=("customer", "agent"), speed=kw.pop("speed", 0), **kw)
+
+
+def test_angry_call_alerts_agent_supervisor_stream_and_bridge(redis_server, test_models, start_server, subscribe):
+    """With an always-angry test model the sustained-anger alert reaches every destination with every field."""
+    server = start_server(replay_config(redis_server.url, test_models["angry"]))
+    p = server.prefix
+    sub = subscribe([f"{p}:agent:agent-7", f"{p}:supervisor:billing", f"{p}:calls"])
+    result = run(stream_call(server.target, str(CALL_WAV), plan("call-angry")))
+    assert result.error is None
+    assert result.events[0]["event"] == "started" and result.events[-1]["event"] == "summary"
+
+    stream_alerts = result.of("alert")
+    assert len(stream_alerts) == 1
+    doc = stream_alerts[0]["document"]
+    assert ALERT_FIELDS <= set(doc)
+    assert doc["schema_version"] == 1 and doc["type"] == "alert"
+    assert (doc["rule_id"], doc["severity"], doc["speaker"]) == ("customer-angry-sustained", "high", "customer")
+    assert (doc["call_id"], doc["agent_id"], doc["team"], doc["tenant"]) == ("call-angry", "agent-7", "billing", "acme")
+    assert doc["model"].startswith("TEST MODEL") and doc["degraded"] is False
+    customer_start = TIMINGS["call_stereo_8k.wav"]["customer_speech"][0][0] * 1000
+    assert abs(doc["start_ms"] - customer_start) < 300
+    assert doc["fired_ms"] - doc["start_ms"] >= 5000
+    condition = doc["evidence"]["conditions"][0]
+    assert condition["labels"] == ["angry", "fearful"] and condition["mean_score"] > 0.99
+    assert condition["held_ms"] >= 5000 and len(condition["series"]) >= 10
+    assert "angry+fearful" in doc["evidence"]["reason"]
+    assert doc["latency_ms"] > 0
+
+    alert_id = doc["alert_id"]
+    agent = sub.wait_for(lambda m: m[0].endswith(":agent:agent-7"))
+    supervisor = sub.wait_for(lambda m: m[0].endswith(":supervisor:billing"))
+    assert [m[1]["alert_id"] for m in agent] == [alert_id]
+    assert [m[1]["alert_id"] for m in supervisor] == [alert_id]
+    assert ALERT_FIELDS <= set(agent[0][1]) and isinstance(agent[0][1]["latency_ms"], float)
+
+    entries = redis_server.client().xrange(f"{p}:alerts")
+    assert [e[1]["alert_id"] for e in entries] == [alert_id]
+    assert json.loads(entries[0][1]["document"])["rule_id"] == "customer-angry-sustained"
+
+    summaries = sub.wait_for(lambda m: m[0].endswith(":calls") and m[1]["type"] == "call_summary")
+    assert summaries and summaries[0][1]["alerts"][0]["alert_id"] == alert_id
+
+
+def test_neutral_call_raises_no_alert(redis_server, test_models, start_server, subscribe):
+    """With an always-neutral test model the same call produces updates but no alert anywhere."""
+    server = start_server(replay_config(redis_server.url, test_models["neutral"]))
+    p = server.prefix
+    sub = subscribe([f"{p}:agent:agent-7", f"{p}:supervisor:billing", f"{p}:calls"])
+    result = run(stream_call(server.target, str(CALL_WAV), plan("call-calm")))
+    assert result.error is None
+    updates = result.of("emotion")
+    assert len(updates) >= 10 and all(u["top_label"] == "neutral" for u in updates)
+    assert result.of("alert") == []
+    assert sub.wait_for(lambda m: m[1].get("type") == "call_summary")  # everything published by now
+    assert sub.wait_for(lambda m: m[1].get("type") == "alert", timeout=0.5) == []
+    assert redis_server.client().xlen(f"{p}:alerts") == 0
+
+
+def test_updates_arrive_at_least_every_second_while_the_customer_speaks(redis_server, test_models, start_server):
+    """Every second of customer speech has an EmotionUpdate; the unscored agent gets none."""
+    server = start_server(replay_config(redis_server.url, test_models["random"]))
+    result = run(stream_call(server.target, str(CALL_WAV), plan("call-cadence")))
+    updates = result.of("emotion")
+    assert {u["speaker"] for u in updates} == {"ROLE_CUSTOMER"}
+    ends = sorted(u["window_end_ms"] for u in updates)
+    start, end = TIMINGS["call_stereo_8k.wav"]["customer_speech"][0]
+    assert ends[0] - start * 1000 <= 1000
+    assert all(b - a <= 1000 for a, b in zip(ends, ends[1:]))
+    assert end * 1000 - ends[-1] <= 1000
+    for u in updates:
+        assert len(u["scores"]) == 9 and u["window_end_ms"] - u["window_start_ms"] <= 3000
+        assert abs(sum(s["score"] for s in u["scores"]) - 1) < 1e-3
+
+
+def test_mono_16k_mulaw_and_alaw_calls_are_scored(redis_server, test_models, start_server):
+    """A 16 kHz mono call and the stereo call sent as mu-law and A-law are all decoded and scored."""
+    server = start_server(replay_config(redis_server.url, test_models["angry"]))
+    mono = run(stream_call(server.target, str(CUSTOMER_WAV), replace(plan("mono16"), roles=("customer",))))
+    assert mono.error is None and mono.of("emotion")
+    for encoding in ("mulaw", "alaw"):
+        result = run(stream_call(server.target, str(CALL_WAV), plan(f"g711-{encoding}", encoding=encoding)))
+        assert result.error is None and len(result.of("alert")) == 1
+
+
+def test_scoring_the_agent_too(redis_server, test_models, start_server):
+    """score_roles=[customer, agent] scores both channels; the customer rule still fires only for the customer."""
+    server = start_server(replay_config(redis_server.url, test_models["angry"]))
+    result = run(stream_call(server.target, str(CALL_WAV), plan("both", score_roles=("customer", "agent"))))
+    speakers = {u["speaker"] for u in result.of("emotion")}
+    assert speakers == {"ROLE_CUSTOMER", "ROLE_AGENT"}
+    assert [a["speaker"] for a in result.of("alert")] == ["ROLE_CUSTOMER"]
+
+
+def test_health_service_reports_serving(redis_server, test_models, start_server):
+    """The standard grpc.health.v1 service answers SERVING once the model is loaded."""
+    server = start_server(service_config(redis_server.url, test_models["random"]))
+
+    async def check():
+        async with grpc.aio.insecure_channel(server.target.removeprefix("grpc://")) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            overall = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+            named = await stub.Check(health_pb2.HealthCheckRequest(service="agentassist.v1.AgentAssist"))
+            return overall.status, named.status
+
+    assert run(check()) == (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,151 @@
+"""emotion2vec through funasr: real loading of generated test checkpoints, scores equal to funasr's own."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from clients.wavfile import read_wav
+from service.audio.channel import ChannelPipeline
+from service.audio.resample import to_model_input
+from service.config import VadConfig, WindowConfig
+from service.domain import Role
+from service.errors import ModelLoadError
+from service.inference.base import softmax_mean
+from service.inference.emotion2vec import Emotion2vecModel
+from service.inference.testmodel import PLUS_TOKENS, make_test_model, model_conf
+from tests.conftest import CALL_WAV, CUSTOMER_WAV
+
+LABELS = ("angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown")
+
+
+@pytest.fixture(scope="module")
+def random_model(test_models):
+    return Emotion2vecModel.load(test_models["random"], device="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def funasr_automodel(test_models):
+    from funasr import AutoModel
+
+    return AutoModel(model=test_models["random"], device="cpu", disable_update=True, disable_pbar=True, ncpu=1,
+                     log_level="ERROR")
+
+
+@pytest.fixture(scope="module")
+def service_windows():
+    """The 16 kHz windows the service would score for the fixtures (8 kHz stereo call and 16 kHz mono)."""
+    windows = []
+    call = read_wav(str(CALL_WAV))
+    customer = read_wav(str(CUSTOMER_WAV))
+    for samples, rate in ((np.ascontiguousarray(call.samples[:, 0]), call.sample_rate), (customer.samples[:, 0], customer.sample_rate)):
+        pipeline = ChannelPipeline(Role.CUSTOMER, rate, VadConfig(), WindowConfig())
+        cut = pipeline.push(samples, 0.0) + pipeline.flush(0.0)
+        windows.extend(to_model_input(w.samples, w.sample_rate) for w in cut)
+    return windows
+
+
+def test_checkpoint_loads_through_funasr_automodel(random_model, test_models):
+    """The generated checkpoint loads via funasr AutoModel with English labels in the model's token order."""
+    assert random_model.labels == LABELS
+    assert random_model.tokens == PLUS_TOKENS
+    assert random_model.name.startswith("TEST MODEL")
+    assert sorted(os.listdir(test_models["random"])) == ["callpulse_test_model.json", "config.yaml", "model.pt", "tokens.txt"]
+
+
+def test_window_scores_equal_funasr_generate(random_model, funasr_automodel, service_windows):
+    """For every window the service scores, its scores equal funasr generate(granularity='utterance') within 1e-4."""
+    assert len(service_windows) >= 10
+    ours = random_model.score_batch(service_windows)
+    worst = 0.0
+    for audio, result in zip(service_windows, ours):
+        reference = funasr_automodel.generate(audio, granularity="utterance", extract_embedding=False)[0]
+        assert [l.split("/")[-1] for l in reference["labels"]] == [t.split("/")[-1] for t in PLUS_TOKENS]
+        worst = max(worst, float(np.abs(np.asarray(reference["scores"]) - result.scores).max()))
+    assert worst < 1e-4
+
+
+def test_frame_logits_reproduce_window_scores(random_model, service_windows):
+    """softmax(mean(frame logits)) of the whole window is the window's score; frames come at 50 Hz."""
+    audio = service_windows[0]
+    result = random_model.score_batch([audio])[0]
+    assert np.allclose(softmax_mean(result.frame_logits), result.scores, atol=1e-6)
+    assert abs(result.frame_logits.shape[0] - len(audio) / 320) <= 1
+    assert result.frame_logits.shape[1] == len(LABELS)
+
+
+def test_batched_items_equal_their_scores_alone(random_model, service_windows):
+    """Windows scored in one batch get the same scores as when scored one at a time (within 1e-4)."""
+    batch = random_model.score_batch(service_windows)
+    for audio, together in zip(service_windows, batch):
+        alone = random_model.score_batch([audio])[0]
+        assert np.abs(alone.scores - together.scores).max() < 1e-4
+
+
+def test_bad_item_fails_alone(random_model, service_windows):
+    """A NaN, a too-short and a wrongly typed window each get their own error; the others are scored."""
+    good = service_windows[0]
+    nan = good.copy()
+    nan[100] = np.nan
+    items = [good, nan, np.zeros(100, np.float32), good.astype(np.float64), good]
+    results = random_model.score_batch(items)
+    assert isinstance(results[1], ValueError) and "NaN" in str(results[1])
+    assert isinstance(results[2], ValueError) and "receptive field" in str(results[2])
+    assert isinstance(results[3], ValueError) and "float32" in str(results[3])
+    assert np.allclose(results[0].scores, results[4].scores)
+
+
+@pytest.mark.parametrize("favor", ["angry", "neutral"])
+def test_favoured_test_model_always_picks_its_label(test_models, favor):
+    """A --favor checkpoint gives its label > 0.99 on speech, silence and noise alike."""
+    model = Emotion2vecModel.load(test_models[favor], threads=1)
+    rng = np.random.default_rng(3)
+    inputs = [np.zeros(16000, np.float32), rng.normal(0, 0.3, 24000).astype(np.float32),
+              to_model_input(read_wav(str(CUSTOMER_WAV)).samples[:, 0], 16000)]
+    for result in model.score_batch(inputs):
+        assert model.labels[int(np.argmax(result.scores))] == favor
+        assert result.scores.max() > 0.99
+    assert f"favor={favor}" in model.name
+
+
+def test_missing_files_are_reported(tmp_path):
+    """A directory without funasr's files is refused with the names of the missing files."""
+    (tmp_path / "config.yaml").write_text("model: Emotion2vec\n")
+    with pytest.raises(ModelLoadError, match="model.pt, tokens.txt"):
+        Emotion2vecModel.load(str(tmp_path))
+
+
+def test_incomplete_checkpoint_is_refused(test_models, tmp_path):
+    """A checkpoint missing parameters is refused instead of running with random weights."""
+    target = tmp_path / "broken"
+    shutil.copytree(test_models["random"], target)
+    state = torch.load(target / "model.pt", map_location="cpu")
+    del state["model"]["blocks.0.attn.qkv.weight"]
+    torch.save(state, target / "model.pt")
+    with pytest.raises(ModelLoadError, match="lacks 1 parameters"):
+        Emotion2vecModel.load(str(target))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error")
+def test_cuda_request_without_cuda_is_an_error(test_models):
+    """Asking for CUDA where there is none fails loudly instead of silently running on the CPU."""
+    with pytest.raises(ModelLoadError, match="CUDA is not available"):
+        Emotion2vecModel.load(test_models["random"], device="cuda")
+
+
+def test_unknown_favor_label_is_refused(tmp_path):
+    """make-test-model refuses a --favor label the model does not have."""
+    with pytest.raises(ValueError, match="not a label"):
+        make_test_model(str(tmp_path / "m"), favor="furious")
+
+
+def test_sizes_match_the_published_models():
+    """tiny is a few hundred thousand parameters; base has emotion2vec_plus_base's ~94 M."""
+    from funasr.models.emotion2vec.model import Emotion2vec
+
+    tiny = sum(p.numel() for p in Emotion2vec(model_conf=model_conf("tiny"), vocab_size=9).parameters())
+    base = sum(p.numel() for p in Emotion2vec(model_conf=model_conf("base"), vocab_size=9).parameters())
+    assert 100_000 < tiny < 500_000
+    assert 90_000_000 < base < 97_000_000
