@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 _MODEL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -14,6 +14,7 @@ AUDIO_SECONDS = Counter("callpulse_audio_seconds_total", "Seconds of channel aud
 VAD_SEGMENTS = Counter("callpulse_vad_segments_total", "Speech segments closed by the VAD", ["role"])
 WINDOWS = Counter("callpulse_windows_total", "Analysis windows, by outcome", ["outcome"])
 BATCH_SIZE = Histogram("callpulse_inference_batch_size", "Windows per model call", buckets=_BATCH_BUCKETS)
+FORWARD_SIZE = Histogram("callpulse_inference_forward_size", "Windows in one model forward pass (equal lengths)", buckets=_BATCH_BUCKETS)
 BATCH_SECONDS = Histogram("callpulse_inference_batch_seconds", "Model time per batch", buckets=_MODEL_BUCKETS)
 QUEUE_DEPTH = Gauge("callpulse_inference_queue_depth", "Windows waiting for the inference worker")
 QUEUE_WAIT = Histogram("callpulse_inference_queue_wait_seconds", "Time a window waited for the worker", buckets=_MODEL_BUCKETS)
@@ -31,6 +32,7 @@ EVENTS_DROPPED = Counter("callpulse_events_dropped_total", "Events not delivered
 
 def serve(port: int, host: str) -> int:
     """Start the /metrics HTTP server in a background thread; returns the bound port."""
+    disable_created_metrics()
     server, _thread = start_http_server(port, addr=host)
     return server.server_port
 
@@ -59,6 +61,10 @@ def window(outcome: str) -> None:
 def inference_batch(size: int, seconds: float) -> None:
     BATCH_SIZE.observe(size)
     BATCH_SECONDS.observe(seconds)
+
+
+def inference_forward(size: int) -> None:
+    FORWARD_SIZE.observe(size)
 
 
 def inference_queue_depth(depth: int) -> None:

@@ -120,6 +120,21 @@ def test_scoring_the_agent_too(redis_server, test_models, start_server):
     assert [a["speaker"] for a in result.of("alert")] == ["ROLE_CUSTOMER"]
 
 
+def test_windows_of_concurrent_calls_share_forward_passes(redis_server, test_models, start_server):
+    """Windows from different calls are scored together: one forward pass holds windows of several calls."""
+    server = start_server(replay_config(redis_server.url, test_models["random"]))
+
+    async def calls():
+        return await asyncio.gather(*(stream_call(server.target, str(CALL_WAV), plan(f"batch-{i}")) for i in range(4)))
+
+    results = run(calls())
+    assert all(r.error is None and r.of("summary") for r in results)
+    per_call = len(results[0].of("emotion"))
+    assert server.app.model.largest_forward > 1
+    assert server.app.batcher.largest_batch > 1
+    assert all(len(r.of("emotion")) == per_call for r in results)  # every call got all of its updates
+
+
 def test_health_service_reports_serving(redis_server, test_models, start_server):
     """The standard grpc.health.v1 service answers SERVING once the model is loaded."""
     server = start_server(service_config(redis_server.url, test_models["random"]))

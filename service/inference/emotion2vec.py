@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from service import metrics
 from service.errors import ModelLoadError
 from service.inference.base import MASKED_LABEL_PREFIX, EmotionModel, WindowScores, english_label
 
@@ -45,6 +46,7 @@ class Emotion2vecModel(EmotionModel):
         self.labels = tuple(english_label(tokens[i]) for i in self._keep)
         self.name = name
         self._normalize = bool(self._net.cfg.get("normalize", False))
+        self.largest_forward = 0
 
     @classmethod
     def load(cls, model: str, hub: str = "ms", device: str = "cpu", threads: int = 0) -> "Emotion2vecModel":
@@ -73,10 +75,12 @@ class Emotion2vecModel(EmotionModel):
                 log_level="WARNING",
             )
         except Exception as exc:
-            where = "local directory" if is_local else f"hub {hub!r}"
+            if is_local:
+                raise ModelLoadError(f"could not load the emotion model in {model!r}: {type(exc).__name__}: {exc}") from exc
             raise ModelLoadError(
-                f"could not load emotion model {model!r} from {where}: {type(exc).__name__}: {exc}. "
-                "Run `make model` where a model hub is reachable, or pass --model DIR of a downloaded model."
+                f"could not load emotion model {model!r}: it is not a local directory, and fetching it from hub {hub!r} "
+                f"failed or gave no funasr model ({type(exc).__name__}: {exc}). Run `make model` where a model hub is "
+                "reachable, or pass --model DIR of a downloaded model."
             ) from exc
         net = automodel.model
         if type(net).__name__ != "Emotion2vec":
@@ -114,6 +118,8 @@ class Emotion2vecModel(EmotionModel):
 
     def _forward(self, batch: list[np.ndarray]) -> list[WindowScores]:
         torch = self._torch
+        metrics.inference_forward(len(batch))
+        self.largest_forward = max(self.largest_forward, len(batch))
         with torch.inference_mode():
             source = torch.from_numpy(np.stack(batch)).to(self._device, non_blocking=True)
             if self._normalize:
