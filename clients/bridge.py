@@ -1,21 +1,29 @@
-"""Telephony bridge emulator: streams a WAV as 20 ms chunks over gRPC and prints every event as a JSON line.
+"""Telephony bridge emulator: streams a WAV as a live call and prints what comes back, one JSON line each.
 
-    python -m clients.bridge --target grpc://127.0.0.1:50051 --wav call.wav --roles customer,agent \
+    python -m clients.bridge --target grpc://127.0.0.1:50051 --wav call.wav --roles customer,agent \\
         --call-id c1 --agent-id a1 --team t1 [--encoding pcm16|mulaw|alaw] [--rate 8000|16000] [--speed 1.0]
+    python -m clients.bridge --target ws://127.0.0.1:8080 ...                       (native WebSocket protocol)
+    python -m clients.bridge --target ws://127.0.0.1:8080 --protocol twilio ...     (Twilio Media Streams sender)
+    python -m clients.bridge --target ws://127.0.0.1:8080 --protocol audiohook ...  (Genesys AudioHook client)
 
---speed 1.0 paces chunks at real time, 2.0 at twice real time, 0 sends as fast as possible.
-Exit status: 0 when the call ended with a summary, 3 when the server ended the call with an error
-(printed as JSON on stderr), 2 for bad arguments.
+Audio goes in 20 ms chunks paced at --speed x real time (0 = as fast as possible). The call is
+declared live (realtime) when 0 < speed <= 1.5 and a replay otherwise, unless --realtime/--replay
+says so. gRPC and native calls print the service's events ({"type": "started" | "emotion" | "alert"
+| "warning" | "summary"}); AudioHook prints the server's protocol messages; Twilio gets nothing back.
+Exit status: 0 when the call ended normally, 3 when the server ended it with an error (printed as
+JSON on stderr), 2 for bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -23,6 +31,8 @@ import grpc
 import numpy as np
 import soxr
 from google.protobuf.json_format import MessageToDict
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from agentassist.v1 import agent_assist_pb2 as pb
 from agentassist.v1 import agent_assist_pb2_grpc as pb_grpc
@@ -31,10 +41,12 @@ from service.audio.codecs import encode
 from service.domain import Encoding
 
 CHUNK_MS = 20
-ENCODINGS = {"pcm16": (Encoding.PCM16LE, pb.AUDIO_ENCODING_PCM16LE),
-             "mulaw": (Encoding.MULAW, pb.AUDIO_ENCODING_MULAW),
-             "alaw": (Encoding.ALAW, pb.AUDIO_ENCODING_ALAW)}
+ENCODINGS = {"pcm16": (Encoding.PCM16LE, pb.AUDIO_ENCODING_PCM16LE, "pcm16le"),
+             "mulaw": (Encoding.MULAW, pb.AUDIO_ENCODING_MULAW, "mulaw"),
+             "alaw": (Encoding.ALAW, pb.AUDIO_ENCODING_ALAW, "alaw")}
 ROLES = {"customer": pb.ROLE_CUSTOMER, "agent": pb.ROLE_AGENT}
+PROTOCOLS = ("native", "twilio", "audiohook")
+LIVE_SPEED_LIMIT = 1.5
 
 
 @dataclass
@@ -50,6 +62,17 @@ class CallPlan:
     roles: tuple[str, ...] = ()
     score_roles: tuple[str, ...] = ()
     speed: float = 1.0
+    realtime: bool | None = None
+    protocol: str = "native"
+    framing: str = "raw"
+    api_key: str = "callpulse-dev-key"
+    organization_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def is_live(self) -> bool:
+        if self.realtime is not None:
+            return self.realtime
+        return 0 < self.speed <= LIVE_SPEED_LIMIT
 
 
 @dataclass
@@ -57,37 +80,35 @@ class CallResult:
     """What came back for one call."""
 
     events: list[dict[str, Any]] = field(default_factory=list)
-    error: dict[str, str] | None = None
+    error: dict[str, Any] | None = None
     chunks_sent: int = 0
+    close_code: int | None = None
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["event"] == kind]
+        return [e for e in self.events if e.get("type") == kind]
 
 
-def _int64_as_numbers(value: Any) -> Any:
-    # The proto3 JSON mapping writes int64 as strings; the *_ms offsets read better as numbers.
-    if isinstance(value, dict):
-        return {k: int(v) if k.endswith("_ms") and isinstance(v, str) and v.lstrip("-").isdigit() else _int64_as_numbers(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_int64_as_numbers(v) for v in value]
-    return value
+@dataclass
+class Audio:
+    """The WAV converted for sending."""
+
+    rate: int
+    roles: tuple[str, ...]
+    samples: np.ndarray  # int16 (frames, channels)
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.rate * CHUNK_MS // 1000
+
+    def chunks(self) -> list[np.ndarray]:
+        n = self.frames_per_chunk
+        return [self.samples[i : i + n] for i in range(0, len(self.samples), n)]
 
 
-def event_to_json(event: pb.CallEvent) -> dict[str, Any]:
-    """A CallEvent as a JSON-ready dict: {"event": kind, ...fields}; embedded documents are parsed."""
-    kind = event.WhichOneof("event")
-    body = MessageToDict(getattr(event, kind), preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    body = _int64_as_numbers(body)
-    if "document_json" in body:
-        body["document"] = json.loads(body.pop("document_json") or "null")
-    return {"event": kind, **body}
-
-
-def prepare_audio(path: str, plan: CallPlan) -> tuple[pb.CallConfig, list[bytes]]:
-    """Read the WAV, convert it to the plan's rate and encoding, and cut it into 20 ms chunks."""
+def load_audio(path: str, plan: CallPlan, rate: int | None = None) -> Audio:
+    """Read the WAV and resample it to the plan's (or the given) rate."""
     wav = read_wav(path)
-    rate = plan.rate or wav.sample_rate
+    rate = rate or plan.rate or wav.sample_rate
     samples = wav.samples
     if rate != wav.sample_rate:
         resampled = soxr.resample(samples.astype(np.float32) / 32768.0, wav.sample_rate, rate, quality="HQ")
@@ -95,65 +116,99 @@ def prepare_audio(path: str, plan: CallPlan) -> tuple[pb.CallConfig, list[bytes]
     roles = plan.roles or (("customer",) if wav.channels == 1 else ("customer", "agent"))
     if len(roles) != wav.channels:
         raise ValueError(f"--roles names {len(roles)} role(s) but {path} has {wav.channels} channel(s)")
-    encoding, pb_encoding = ENCODINGS[plan.encoding]
-    frames_per_chunk = rate * CHUNK_MS // 1000
-    chunks = [encode(encoding, samples[i : i + frames_per_chunk]) for i in range(0, len(samples), frames_per_chunk)]
+    return Audio(rate, roles, samples)
+
+
+def _lower_enum(value: Any) -> Any:
+    if isinstance(value, str):
+        for prefix in ("ROLE_", "SEVERITY_"):
+            if value.startswith(prefix):
+                return value[len(prefix):].lower()
+    return value
+
+
+def _normalise(value: Any, key: str = "") -> Any:
+    # proto3 JSON writes int64 as strings and enums by name; the native protocol uses numbers and lowercase names
+    if isinstance(value, dict):
+        return {k: _normalise(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise(v, key) for v in value]
+    if key.endswith("_ms") and isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return _lower_enum(value)
+
+
+GRPC_EVENT_TYPES = {"started": "started", "emotion": "emotion", "alert": "alert", "warning": "warning", "summary": "summary"}
+
+
+def grpc_event_to_json(event: pb.CallEvent) -> dict[str, Any]:
+    """A CallEvent in the native protocol's JSON shape: {"type": kind, ...fields}, documents parsed."""
+    kind = event.WhichOneof("event")
+    body = MessageToDict(getattr(event, kind), preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    body = _normalise(body)
+    if "document_json" in body:
+        body["document"] = json.loads(body.pop("document_json") or "null")
+    return {"type": GRPC_EVENT_TYPES[kind], **body}
+
+
+class _Pacer:
+    def __init__(self, speed: float, stop: threading.Event) -> None:
+        self.speed = speed
+        self.stop = stop
+        self.started = time.monotonic()
+
+    def wait_sync(self, index: int) -> bool:
+        """Sleep until chunk `index` is due; False if the call was hung up."""
+        if self.speed > 0:
+            delay = self.started + index * CHUNK_MS / 1000 / self.speed - time.monotonic()
+            if delay > 0 and self.stop.wait(delay):
+                return False
+        return not self.stop.is_set()
+
+    async def wait(self, index: int) -> bool:
+        if self.speed > 0:
+            delay = self.started + index * CHUNK_MS / 1000 / self.speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return not self.stop.is_set()
+
+
+# -- gRPC ------------------------------------------------------------------------------------
+
+
+def _grpc_requests(plan: CallPlan, audio: Audio, result: CallResult, stop: threading.Event):
+    encoding, pb_encoding, _ = ENCODINGS[plan.encoding]
     config = pb.CallConfig(
-        call_id=plan.call_id,
-        agent_id=plan.agent_id,
-        team=plan.team,
-        tenant=plan.tenant,
-        audio=pb.AudioFormat(encoding=pb_encoding, sample_rate_hz=rate, channels=wav.channels,
-                             channel_roles=[ROLES[r] for r in roles]),
+        call_id=plan.call_id, agent_id=plan.agent_id, team=plan.team, tenant=plan.tenant,
+        audio=pb.AudioFormat(encoding=pb_encoding, sample_rate_hz=audio.rate, channels=len(audio.roles),
+                             channel_roles=[ROLES[r] for r in audio.roles]),
         score_roles=[ROLES[r] for r in plan.score_roles],
+        realtime=plan.is_live,
     )
-    return config, chunks
-
-
-def _requests(config: pb.CallConfig, chunks: list[bytes], speed: float, result: CallResult, stop: threading.Event):
     yield pb.CallRequest(config=config)
-    started = time.monotonic()
-    for seq, chunk in enumerate(chunks, start=1):
-        if speed > 0:
-            delay = started + seq * CHUNK_MS / 1000 / speed - time.monotonic()
-            if delay > 0 and stop.wait(delay):
-                return
-        if stop.is_set():
+    pacer = _Pacer(plan.speed, stop)
+    for seq, chunk in enumerate(audio.chunks(), start=1):
+        if not pacer.wait_sync(seq):
             return
-        yield pb.CallRequest(audio=pb.AudioChunk(seq=seq, data=chunk))
+        yield pb.CallRequest(audio=pb.AudioChunk(seq=seq, data=encode(encoding, chunk)))
         result.chunks_sent += 1
     yield pb.CallRequest(end=pb.EndOfCall(reason="end_of_call"))
 
 
-def run_call(
-    target: str,
-    wav_path: str,
-    plan: CallPlan,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
-    hangup_after_s: float | None = None,
-) -> CallResult:
-    """Stream one WAV as a call to a gRPC target (grpc://host:port or host:port) and collect its events.
-
-    Uses the synchronous gRPC API: grpcio's asyncio client can replace the server's status with
-    INTERNAL when the server ends a call while the client is still sending (grpc/grpc#36066).
-    `hangup_after_s` drops the call like a bridge that disconnects mid-call.
-    """
-    address = target.removeprefix("grpc://")
-    config, chunks = prepare_audio(wav_path, plan)
+def _run_grpc(address: str, plan: CallPlan, audio: Audio, on_event, hangup_after_s) -> CallResult:
+    # The synchronous API: grpcio's asyncio client can replace the server's status with INTERNAL
+    # when the server ends a call while the client is still sending (grpc/grpc#36066).
     result = CallResult()
     stop = threading.Event()
     with grpc.insecure_channel(address) as channel:
-        responses = pb_grpc.AgentAssistStub(channel).StreamCall(_requests(config, chunks, plan.speed, result, stop))
+        responses = pb_grpc.AgentAssistStub(channel).StreamCall(_grpc_requests(plan, audio, result, stop))
         timer = None
         if hangup_after_s is not None:
             timer = threading.Timer(hangup_after_s, lambda: (stop.set(), responses.cancel()))
             timer.start()
         try:
             for event in responses:
-                doc = event_to_json(event)
-                result.events.append(doc)
-                if on_event is not None:
-                    on_event(doc)
+                _record(result, grpc_event_to_json(event), on_event)
         except grpc.RpcError as exc:
             result.error = {"code": exc.code().name, "message": exc.details() or ""}
         finally:
@@ -163,6 +218,203 @@ def run_call(
     return result
 
 
+def _record(result: CallResult, doc: dict[str, Any], on_event) -> None:
+    result.events.append(doc)
+    if on_event is not None:
+        on_event(doc)
+
+
+# -- WebSocket protocols -------------------------------------------------------------------------
+
+
+async def _run_native(url: str, plan: CallPlan, audio: Audio, on_event, hangup_after_s) -> CallResult:
+    result = CallResult()
+    encoding, _, wire_name = ENCODINGS[plan.encoding]
+    start = {
+        "type": "start", "call_id": plan.call_id, "agent_id": plan.agent_id, "team": plan.team, "tenant": plan.tenant,
+        "audio": {"encoding": wire_name, "sample_rate_hz": audio.rate, "channels": len(audio.roles), "channel_roles": list(audio.roles)},
+        "score_roles": list(plan.score_roles or ("customer",)), "realtime": plan.is_live, "framing": plan.framing,
+    }
+    async with connect(url, max_size=None) as ws:
+        async def send() -> None:
+            await ws.send(json.dumps(start))
+            pacer = _Pacer(plan.speed, threading.Event())
+            for seq, chunk in enumerate(audio.chunks(), start=1):
+                await pacer.wait(seq)
+                data = encode(encoding, chunk)
+                await ws.send(seq.to_bytes(8, "big") + data if plan.framing == "seq64" else data)
+                result.chunks_sent += 1
+            await ws.send(json.dumps({"type": "stop"}))
+
+        sender = asyncio.create_task(send())
+        await _receive_json(ws, result, on_event, sender, hangup_after_s)
+    return result
+
+
+async def _receive_json(ws, result: CallResult, on_event, sender: asyncio.Task, hangup_after_s: float | None) -> None:
+    deadline = None if hangup_after_s is None else time.monotonic() + hangup_after_s
+    try:
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                message = await asyncio.wait_for(ws.recv(), timeout)
+            except asyncio.TimeoutError:
+                sender.cancel()
+                result.error = {"code": "CANCELLED", "message": "hung up by the bridge"}
+                ws.transport.abort()  # drop the connection like a crashed bridge, no close handshake
+                return
+            doc = json.loads(message)
+            if doc.get("type") == "error":
+                result.error = {"code": doc.get("code"), "message": doc.get("message")}
+            _record(result, doc, on_event)
+    except ConnectionClosed as exc:
+        result.close_code = exc.rcvd.code if exc.rcvd else None
+        if result.error is None and result.close_code not in (1000, None):
+            result.error = {"code": f"CLOSE_{result.close_code}", "message": exc.rcvd.reason if exc.rcvd else ""}
+        if result.error is not None:
+            result.error["close_code"] = result.close_code
+    finally:
+        if not sender.done():
+            sender.cancel()
+
+
+async def _run_twilio(url: str, plan: CallPlan, audio: Audio, on_event, hangup_after_s) -> CallResult:
+    """Send as Twilio Media Streams does: connected, start, media per track every 20 ms, mark, stop."""
+    result = CallResult()
+    tracks = ["inbound" if role == "customer" else "outbound" for role in audio.roles]
+    stream_sid, call_sid, account_sid = "MZ" + uuid.uuid4().hex, "CA" + uuid.uuid4().hex, "AC" + uuid.uuid4().hex
+    custom = {"agent_id": plan.agent_id, "team": plan.team, "call_id": plan.call_id}
+    if plan.tenant:
+        custom["tenant"] = plan.tenant
+    if plan.score_roles:
+        custom["score_roles"] = ",".join(plan.score_roles)
+    if not plan.is_live:
+        custom["realtime"] = "false"
+    sequence = 0
+
+    def message(event: str, **body) -> str:
+        nonlocal sequence
+        sequence += 1
+        return json.dumps({"event": event, "sequenceNumber": str(sequence), **body, "streamSid": stream_sid})
+
+    async with connect(url, max_size=None) as ws:
+        async def send() -> None:
+            await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
+            await ws.send(message("start", start={
+                "accountSid": account_sid, "streamSid": stream_sid, "callSid": call_sid, "tracks": tracks,
+                "customParameters": custom, "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            }))
+            pacer = _Pacer(plan.speed, threading.Event())
+            for index, chunk in enumerate(audio.chunks()):
+                await pacer.wait(index + 1)
+                for channel, track in enumerate(tracks):
+                    payload = base64.b64encode(encode(Encoding.MULAW, chunk[:, channel])).decode()
+                    await ws.send(message("media", media={"track": track, "chunk": str(index + 1),
+                                                          "timestamp": str(index * CHUNK_MS), "payload": payload}))
+                result.chunks_sent += 1
+            await ws.send(message("mark", mark={"name": "end-of-audio"}))
+            await ws.send(message("stop", stop={"accountSid": account_sid, "callSid": call_sid}))
+
+        sender = asyncio.create_task(send())
+        await _receive_json(ws, result, on_event, sender, hangup_after_s)
+    return result
+
+
+async def _run_audiohook(url: str, plan: CallPlan, audio: Audio, on_event, hangup_after_s) -> CallResult:
+    """Act as the Genesys AudioHook client: open -> opened, PCMU audio, ping/pong, close -> closed."""
+    result = CallResult()
+    session_id = str(uuid.uuid4())
+    headers = {
+        "Audiohook-Organization-Id": plan.organization_id,
+        "Audiohook-Correlation-Id": str(uuid.uuid4()),
+        "Audiohook-Session-Id": session_id,
+        "X-API-KEY": plan.api_key,
+    }
+    channels = ["external" if role == "customer" else "internal" for role in audio.roles]
+    state = {"seq": 0, "serverseq": 0, "frames": 0}
+
+    def message(kind: str, parameters: dict) -> str:
+        state["seq"] += 1
+        position = f"PT{state['frames'] / audio.rate:g}S"
+        return json.dumps({"version": "2", "id": session_id, "type": kind, "seq": state["seq"],
+                           "serverseq": state["serverseq"], "position": position, "parameters": parameters})
+
+    custom = {"agent_id": plan.agent_id, "team": plan.team}
+    if plan.score_roles:
+        custom["score_roles"] = list(plan.score_roles)
+    if not plan.is_live:
+        custom["realtime"] = False
+    opened = asyncio.Event()
+    closed = asyncio.Event()
+    async with connect(url, additional_headers=headers, max_size=None) as ws:
+        async def send() -> None:
+            media = [{"type": "audio", "format": "PCMU", "channels": channels, "rate": 8000}]
+            if len(channels) == 2:
+                media.append({"type": "audio", "format": "PCMU", "channels": ["external"], "rate": 8000})
+            await ws.send(message("open", {
+                "organizationId": plan.organization_id, "conversationId": plan.call_id,
+                "participant": {"id": str(uuid.uuid4()), "ani": "", "aniName": "", "dnis": ""},
+                "media": media, "language": "en-US", "customConfig": custom,
+            }))
+            await asyncio.wait_for(opened.wait(), 30)
+            pacer = _Pacer(plan.speed, threading.Event())
+            for index, chunk in enumerate(audio.chunks()):
+                await pacer.wait(index + 1)
+                await ws.send(encode(Encoding.MULAW, chunk))
+                state["frames"] += len(chunk)
+                result.chunks_sent += 1
+                if index % 250 == 249:  # every 5 s of audio
+                    await ws.send(message("ping", {}))
+            await ws.send(message("close", {"reason": "end"}))
+            await asyncio.wait_for(closed.wait(), 30)
+            await ws.close()
+
+        def on_message(doc: dict[str, Any]) -> None:
+            state["serverseq"] = doc.get("seq", state["serverseq"])
+            kind = doc.get("type")
+            if kind == "opened":
+                opened.set()
+            elif kind == "closed":
+                closed.set()
+            elif kind == "disconnect":
+                info = doc.get("parameters", {})
+                result.error = {"code": f"DISCONNECT_{str(info.get('reason', '')).upper()}", "message": info.get("info", "")}
+                asyncio.get_running_loop().create_task(ws.send(message("close", {"reason": "disconnect"})))
+            if on_event is not None:
+                on_event(doc)
+
+        sender = asyncio.create_task(send())
+        await _receive_json(ws, result, lambda d: on_message(d), sender, hangup_after_s)
+        if sender.done() and not sender.cancelled() and sender.exception() and result.error is None:
+            result.error = {"code": "CLIENT", "message": str(sender.exception())}
+    return result
+
+
+def run_call(
+    target: str,
+    wav_path: str,
+    plan: CallPlan,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+    hangup_after_s: float | None = None,
+) -> CallResult:
+    """Stream one WAV as a call to grpc://HOST:PORT or ws://HOST:PORT[/path] and collect what comes back.
+
+    `hangup_after_s` drops the connection like a bridge that disconnects mid-call.
+    """
+    if target.startswith("grpc://"):
+        return _run_grpc(target.removeprefix("grpc://"), plan, load_audio(wav_path, plan), on_event, hangup_after_s)
+    if not target.startswith(("ws://", "wss://")):
+        raise ValueError(f"unsupported target {target!r}; expected grpc://HOST:PORT or ws://HOST:PORT")
+    base = target.rstrip("/")
+    if plan.protocol == "twilio":
+        url = base if base.endswith("/twilio") else base + "/twilio"
+        return asyncio.run(_run_twilio(url, plan, load_audio(wav_path, plan, rate=8000), None, hangup_after_s))
+    if plan.protocol == "audiohook":
+        url = base if base.endswith("/audiohook") else base + "/audiohook"
+        return asyncio.run(_run_audiohook(url, plan, load_audio(wav_path, plan, rate=8000), on_event, hangup_after_s))
+    return asyncio.run(_run_native(base, plan, load_audio(wav_path, plan), on_event, hangup_after_s))
+
+
 async def stream_call(target: str, wav_path: str, plan: CallPlan, **kwargs) -> CallResult:
     """run_call on a worker thread, for asyncio callers."""
     return await asyncio.to_thread(run_call, target, wav_path, plan, **kwargs)
@@ -170,10 +422,11 @@ async def stream_call(target: str, wav_path: str, plan: CallPlan, **kwargs) -> C
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clients.bridge", description=__doc__.split("\n")[0])
-    p.add_argument("--target", required=True, help="grpc://HOST:PORT")
+    p.add_argument("--target", required=True, help="grpc://HOST:PORT or ws://HOST:PORT")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="native", help="for ws:// targets")
     p.add_argument("--wav", required=True)
-    p.add_argument("--encoding", choices=sorted(ENCODINGS), default="pcm16")
-    p.add_argument("--rate", type=int, choices=[8000, 16000], help="send at this rate (default: the WAV's)")
+    p.add_argument("--encoding", choices=sorted(ENCODINGS), default="pcm16", help="gRPC and native (Twilio and AudioHook send mu-law)")
+    p.add_argument("--rate", type=int, choices=[8000, 16000], help="send at this rate (default: the WAV's; Twilio and AudioHook: 8000)")
     p.add_argument("--roles", default="", help="role of each channel, e.g. customer,agent")
     p.add_argument("--score", default="", help="roles to score (default: customer)")
     p.add_argument("--call-id", required=True)
@@ -181,19 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--team", required=True)
     p.add_argument("--tenant", default="")
     p.add_argument("--speed", type=float, default=1.0, help="x real time; 0 = as fast as possible")
+    live = p.add_mutually_exclusive_group()
+    live.add_argument("--realtime", dest="realtime", action="store_true", default=None, help="declare a live call")
+    live.add_argument("--replay", dest="realtime", action="store_false", help="declare a replay (read as fast as the model allows)")
+    p.add_argument("--framing", choices=["raw", "seq64"], default="raw", help="native protocol binary framing")
+    p.add_argument("--api-key", default="callpulse-dev-key", help="AudioHook X-API-KEY")
     p.add_argument("--hangup-after", type=float, help="drop the connection after this many seconds (fault testing)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.target.startswith("grpc://") and "://" in args.target:
-        print(f"error: unsupported target {args.target!r}; expected grpc://HOST:PORT", file=sys.stderr)
-        return 2
     split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
     plan = CallPlan(
         call_id=args.call_id, agent_id=args.agent_id, team=args.team, tenant=args.tenant,
         encoding=args.encoding, rate=args.rate, roles=split(args.roles), score_roles=split(args.score), speed=args.speed,
+        realtime=args.realtime, protocol=args.protocol, framing=args.framing, api_key=args.api_key,
     )
     bad_roles = [r for r in plan.roles + plan.score_roles if r not in ROLES]
     if bad_roles or args.speed < 0:

@@ -130,15 +130,15 @@ class Demo:
         )
         for line in bridge.stdout:
             event = json.loads(line)
-            kind = event["event"]
+            kind = event["type"]
             if kind == "emotion":
-                self.say(f"bridge <- emotion {event['speaker'].removeprefix('ROLE_').lower()} "
+                self.say(f"bridge <- emotion {event['speaker']} "
                          f"{event['window_start_ms'] / 1000:5.1f}-{event['window_end_ms'] / 1000:5.1f}s "
                          f"top={event['top_label']} {event['top_score']:.2f} latency={event['latency_ms']:.0f}ms")
             elif kind == "alert":
-                self.say(f"bridge <- ALERT {event['rule_id']} ({event['document']['severity']}): {event['message']}")
+                self.say(f"bridge <- ALERT {event['rule_id']} ({event['severity']}): {event['message']}")
             elif kind == "summary":
-                speakers = ", ".join(f"{s['speaker'].removeprefix('ROLE_').lower()} {int(s['speech_ms']) / 1000:.1f}s speech"
+                speakers = ", ".join(f"{s['speaker']} {s['speech_ms'] / 1000:.1f}s speech"
                                      for s in event["speakers"])
                 self.say(f"bridge <- call summary: {speakers}; alerts {len(event['alert_ids'])}")
             else:

@@ -16,7 +16,7 @@ def _serve(args: argparse.Namespace) -> int:
     from service.config import load_config
 
     cli = {k: getattr(args, k) for k in (
-        "host", "grpc_port", "metrics_port", "max_calls", "redis_url", "redis_prefix",
+        "host", "grpc_port", "ws_port", "metrics_port", "max_calls", "redis_url", "redis_prefix",
         "model", "hub", "device", "threads", "rules", "log_level",
     )}
     config = load_config(cli)
@@ -29,7 +29,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     def announce(ready: App) -> None:
         # One JSON line on stdout so that scripts using port 0 learn the ports.
-        print(json.dumps({"event": "ready", "grpc_port": ready.grpc_port, "metrics_port": ready.metrics_port,
+        print(json.dumps({"event": "ready", "grpc_port": ready.grpc_port, "ws_port": ready.ws_port, "metrics_port": ready.metrics_port,
                           "model": ready.model.name if ready.model else None}), flush=True)
 
     asyncio.run(app.run_until_signalled(on_ready=announce))
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the gRPC service (options override CALLPULSE_* variables)")
     serve.add_argument("--host")
     serve.add_argument("--grpc-port", type=int)
+    serve.add_argument("--ws-port", type=int, help="WebSocket port (native, /twilio, /audiohook); -1 disables it")
     serve.add_argument("--metrics-port", type=int, help="-1 disables /metrics")
     serve.add_argument("--max-calls", type=int)
     serve.add_argument("--redis-url")

@@ -15,6 +15,7 @@ from service.inference.batcher import InferenceBatcher
 from service.rules import RuleEngine, load_rules
 from service.session import CallSession, SessionContext
 from service.transport.grpc_server import GrpcServer
+from service.transport.ws_server import WebSocketServer
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,10 @@ class App:
         self.publisher: AlertPublisher | None = None
         self.calls: CallRegistry | None = None
         self.grpc: GrpcServer | None = None
+        self.ws: WebSocketServer | None = None
         self.rule_engine: RuleEngine | None = None
         self.grpc_port = 0
+        self.ws_port = -1
         self.metrics_port = -1
 
     async def start(self) -> None:
@@ -51,8 +54,11 @@ class App:
         self.publisher = AlertPublisher(cfg.redis)
         await self.publisher.start()
         self.calls = CallRegistry(cfg.server.max_calls, self._new_session)
-        self.grpc = GrpcServer(cfg.server, self.calls)
+        self.grpc = GrpcServer(cfg.server, self.calls, cfg.ingest.idle_timeout_s)
         self.grpc_port = await self.grpc.start()
+        if cfg.server.ws_port >= 0:
+            self.ws = WebSocketServer(cfg.server, self.calls, cfg.ingest, ready=lambda: bool(self.calls and self.calls.accepting))
+            self.ws_port = await self.ws.start()
         if cfg.server.metrics_port >= 0:
             self.metrics_port = metrics.serve(cfg.server.metrics_port, cfg.server.host)
         loop = asyncio.get_running_loop()
@@ -65,14 +71,14 @@ class App:
         self.batcher.start()
         self.calls.accepting = True
         await self.grpc.set_serving(True)
-        log.info("ready: grpc port %d, metrics port %d, model %s", self.grpc_port, self.metrics_port, model.name)
+        log.info("ready: grpc port %d, websocket port %d, metrics port %d, model %s", self.grpc_port, self.ws_port, self.metrics_port, model.name)
 
     def _new_session(self, call_config) -> CallSession:
         assert self.batcher and self.publisher and self.model and self.rule_engine
         ctx = SessionContext(
             vad=self.config.vad,
             windows=self.config.windows,
-            limits=self.config.audio,
+            ingest=self.config.ingest,
             batcher=self.batcher,
             rules=lambda: self.rule_engine,
             publisher=self.publisher,
@@ -85,6 +91,8 @@ class App:
         """Stop accepting calls, let streams finish for `grace` seconds, then stop the worker and publisher."""
         if self.calls is not None:
             self.calls.accepting = False
+        if self.ws is not None:
+            await self.ws.stop()
         if self.grpc is not None:
             await self.grpc.stop(grace)
         if self.batcher is not None:

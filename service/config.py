@@ -23,14 +23,32 @@ def _check(condition: bool, message: str) -> None:
 
 
 @dataclass(frozen=True)
-class AudioLimits:
-    """Limits on what a bridge may send for one call."""
+class IngestConfig:
+    """How a call's audio is admitted: sizes, ordering, pacing and call limits."""
 
     max_chunk_bytes: int = 65536
-    """Largest AudioChunk payload accepted, in bytes (a 20 ms stereo 16 kHz PCM16 chunk is 1280)."""
+    """Largest audio chunk accepted, in bytes (a 20 ms stereo 16 kHz PCM16 chunk is 1280)."""
+    reorder_window: int = 10
+    """Chunks held back to restore seq order; when more are waiting, the missing ones are declared lost."""
+    max_seq_jump: int = 250
+    """Largest forward jump of seq (missing chunks) filled with silence; a larger jump ends the call."""
+    pacing_factor: float = 1.5
+    """A live call may send audio at most this many times faster than real time (after the burst)."""
+    pacing_burst_ms: int = 2000
+    """Audio a live call may send ahead of real time before pacing applies."""
+    idle_timeout_s: float = 30.0
+    """A call that sends nothing for this long is ended."""
+    max_call_duration_s: float = 4 * 3600.0
+    """A call whose audio passes this duration is ended (with its summary)."""
 
     def __post_init__(self) -> None:
         _check(self.max_chunk_bytes >= 64, f"max_chunk_bytes must be >= 64, got {self.max_chunk_bytes}")
+        _check(0 <= self.reorder_window <= 1000, f"reorder_window must be 0..1000, got {self.reorder_window}")
+        _check(self.max_seq_jump >= 1, f"max_seq_jump must be >= 1, got {self.max_seq_jump}")
+        _check(self.pacing_factor >= 1.0, f"pacing_factor must be >= 1.0, got {self.pacing_factor}")
+        _check(self.pacing_burst_ms >= 0, "pacing_burst_ms must be >= 0")
+        _check(self.idle_timeout_s > 0, f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
+        _check(self.max_call_duration_s > 0, f"max_call_duration_s must be > 0, got {self.max_call_duration_s}")
 
 
 @dataclass(frozen=True)
@@ -133,15 +151,23 @@ class ServerConfig:
     """Address the gRPC and metrics servers bind to."""
     grpc_port: int = 50051
     """gRPC port; 0 picks a free one."""
+    ws_port: int = 8080
+    """WebSocket port (native, /twilio, /audiohook, /healthz, /readyz); 0 picks a free one, -1 disables it."""
     metrics_port: int = 9100
     """Prometheus /metrics port; 0 picks a free one, -1 disables it."""
     max_calls: int = 500
     """Concurrent calls; one more is refused with RESOURCE_EXHAUSTED."""
-    max_message_bytes: int = 4 * 1024 * 1024
-    """Largest gRPC message accepted by the transport itself."""
+    max_message_bytes: int = 1024 * 1024
+    """Largest gRPC or WebSocket message accepted (larger ones are refused by the transport)."""
+    twilio_inbound_role: str = "customer"
+    """Role of Twilio's inbound track (the caller's audio); the outbound track gets the other role."""
+    audiohook_api_keys: tuple[str, ...] = ()
+    """API keys accepted in AudioHook's X-API-KEY header; empty accepts any non-empty key (development only)."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.grpc_port <= 65535, f"grpc_port must be 0..65535, got {self.grpc_port}")
+        _check(-1 <= self.ws_port <= 65535, f"ws_port must be -1..65535, got {self.ws_port}")
+        _check(self.twilio_inbound_role in ("customer", "agent"), f"twilio_inbound_role must be customer or agent, got {self.twilio_inbound_role!r}")
         _check(-1 <= self.metrics_port <= 65535, f"metrics_port must be -1..65535, got {self.metrics_port}")
         _check(self.max_calls >= 1, "max_calls must be >= 1")
         _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
@@ -153,8 +179,8 @@ class ServiceConfig:
 
     server: ServerConfig = field(default_factory=ServerConfig)
     """Network endpoints and call admission."""
-    audio: AudioLimits = field(default_factory=AudioLimits)
-    """Per-call input limits."""
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    """Per-call input limits, ordering and pacing."""
     vad: VadConfig = field(default_factory=VadConfig)
     """Voice activity detection."""
     windows: WindowConfig = field(default_factory=WindowConfig)
@@ -172,13 +198,8 @@ class ServiceConfig:
         _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), f"log_level {self.log_level!r} is not a logging level")
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
 # name -> (section, field, parser); section "" is ServiceConfig itself.
@@ -186,8 +207,17 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_HOST": ("server", "host", str),
     "CALLPULSE_GRPC_PORT": ("server", "grpc_port", int),
     "CALLPULSE_METRICS_PORT": ("server", "metrics_port", int),
+    "CALLPULSE_WS_PORT": ("server", "ws_port", int),
     "CALLPULSE_MAX_CALLS": ("server", "max_calls", int),
-    "CALLPULSE_MAX_CHUNK_BYTES": ("audio", "max_chunk_bytes", int),
+    "CALLPULSE_MAX_MESSAGE_BYTES": ("server", "max_message_bytes", int),
+    "CALLPULSE_TWILIO_INBOUND_ROLE": ("server", "twilio_inbound_role", str),
+    "CALLPULSE_AUDIOHOOK_API_KEYS": ("server", "audiohook_api_keys", _parse_list),
+    "CALLPULSE_MAX_CHUNK_BYTES": ("ingest", "max_chunk_bytes", int),
+    "CALLPULSE_REORDER_WINDOW": ("ingest", "reorder_window", int),
+    "CALLPULSE_MAX_SEQ_JUMP": ("ingest", "max_seq_jump", int),
+    "CALLPULSE_PACING_FACTOR": ("ingest", "pacing_factor", float),
+    "CALLPULSE_IDLE_TIMEOUT_S": ("ingest", "idle_timeout_s", float),
+    "CALLPULSE_MAX_CALL_DURATION_S": ("ingest", "max_call_duration_s", float),
     "CALLPULSE_VAD_AGGRESSIVENESS": ("vad", "aggressiveness", int),
     "CALLPULSE_VAD_TRAILING_SILENCE_MS": ("vad", "trailing_silence_ms", int),
     "CALLPULSE_VAD_MAX_SEGMENT_MS": ("vad", "max_segment_ms", int),
@@ -210,6 +240,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
 CLI_OPTIONS: dict[str, tuple[str, str]] = {
     "host": ("server", "host"),
     "grpc_port": ("server", "grpc_port"),
+    "ws_port": ("server", "ws_port"),
     "metrics_port": ("server", "metrics_port"),
     "max_calls": ("server", "max_calls"),
     "redis_url": ("redis", "url"),
@@ -282,4 +313,6 @@ def config_as_dict(config: ServiceConfig) -> dict[str, Any]:
     if "@" in url:
         scheme, rest = url.split("://", 1)
         out["redis.url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
+    if out.get("server.audiohook_api_keys"):
+        out["server.audiohook_api_keys"] = f"<{len(out['server.audiohook_api_keys'])} keys>"
     return out

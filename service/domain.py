@@ -89,6 +89,9 @@ class CallConfig:
     """Audio format."""
     score_roles: tuple[Role, ...] = (Role.CUSTOMER,)
     """Roles whose emotion is scored."""
+    realtime: bool = True
+    """A live call (paced at most a little faster than real time, windows dropped when the model is
+    behind) or a replay (read as fast as the model allows, nothing dropped)."""
 
     def __post_init__(self) -> None:
         for name in ("call_id", "agent_id", "team"):

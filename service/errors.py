@@ -33,6 +33,16 @@ class CapacityExceeded(CallPulseError):
     kind = "resource_exhausted"
 
 
+class CallLimitExceeded(CallPulseError):
+    """A call went past a time limit (idle timeout, maximum duration); it is ended with its summary."""
+
+    kind = "deadline_exceeded"
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ModelLoadError(CallPulseError):
     """The emotion model could not be loaded."""
 

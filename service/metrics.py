@@ -26,6 +26,10 @@ ALERT_LATENCY = Histogram(
     "callpulse_alert_latency_seconds", "Audio arrival to alert published on Redis", buckets=_LATENCY_BUCKETS
 )
 PUBLISH_FAILURES = Counter("callpulse_publish_failures_total", "Redis publish attempts that failed")
+AUDIO_GAPS = Counter("callpulse_audio_gaps_total", "Holes in a call's audio filled with silence")
+AUDIO_GAP_SECONDS = Counter("callpulse_audio_gap_seconds_total", "Seconds of missing audio filled with silence")
+CHUNKS_DROPPED = Counter("callpulse_chunks_dropped_total", "Audio chunks dropped on arrival", ["reason"])
+PACING_DELAYS = Counter("callpulse_pacing_delays_total", "Times a live call was slowed to the pacing limit")
 ERRORS = Counter("callpulse_errors_total", "Errors, by kind", ["kind"])
 EVENTS_DROPPED = Counter("callpulse_events_dropped_total", "Events not delivered to a slow bridge", ["type"])
 
@@ -89,6 +93,19 @@ def alert_latency(seconds: float) -> None:
 
 def publish_failed() -> None:
     PUBLISH_FAILURES.inc()
+
+
+def audio_gap(seconds: float) -> None:
+    AUDIO_GAPS.inc()
+    AUDIO_GAP_SECONDS.inc(seconds)
+
+
+def chunk_dropped(reason: str) -> None:
+    CHUNKS_DROPPED.labels(reason).inc()
+
+
+def pacing_delay() -> None:
+    PACING_DELAYS.inc()
 
 
 def error(kind: str) -> None:

@@ -1,9 +1,15 @@
-"""One call: decode -> per-speaker VAD and windows -> inference -> timeline -> rules -> alerts and events.
+"""One call: decode -> reorder -> per-speaker VAD and windows -> inference -> rules -> alerts and events.
 
-A CallSession never sees a transport. A transport adapter calls `start`, `push_audio`, `finish`
-(or `abort` when the bridge goes away, `fail` when its input was bad) and forwards what `events()`
-yields. Audio is processed inline on the event loop (decoding and VAD are cheap); scoring happens on
-the inference worker, and results are handled in window order by one task per call.
+A CallSession never sees a transport. A transport adapter calls `start`, then `push_audio` (interleaved
+chunks) or `push_track` (separate mono tracks) and `await flow_control()` after each, `skip_audio`
+for audio that will never come, then `finish` (or `abort` when the bridge goes away, `fail` when its
+input was bad) and forwards what `events()` yields. Audio is processed inline on the event loop
+(decoding and VAD are cheap); scoring happens on the inference worker, and results are handled in
+window order by one task per call.
+
+Live calls (`realtime`) are paced: past a burst allowance they are read at most `pacing_factor` x
+real time, and when the model is behind their newest windows are dropped and marked. Replays are
+read as fast as the model allows: reading waits for the model instead of dropping anything.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from service.analytics.prosody import loudness_dbfs
 from service.analytics.timeline import ChannelTimeline
 from service.audio.channel import AnalysisWindow, ChannelPipeline
 from service.audio.codecs import decode
+from service.audio.ingest import InterleavedIngest, Notice, TrackIngest
 from service.audio.resample import to_model_input
-from service.config import AudioLimits, VadConfig, WindowConfig
+from service.config import IngestConfig, VadConfig, WindowConfig
 from service.domain import (
     Alert,
+    AudioFormat,
     CallConfig,
     CallEvent,
     CallSummary,
@@ -35,7 +43,7 @@ from service.domain import (
     SessionStarted,
     Warning,
 )
-from service.errors import CallPulseError, InvalidArgument
+from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument
 from service.inference.base import WindowScores
 from service.inference.batcher import InferenceBatcher, QueueFull
 from service.rules import ChannelRuleState, RuleEngine, ScoredWindow
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 
 EVENT_BUFFER = 256
 SUMMARY_SCHEMA_VERSION = 1
+WARNING_INTERVAL_MS = 5000  # at most one warning of a kind per this much call time
+TRACK_SKEW_MS = 200  # a separate track this far behind the others is padded with silence
 
 
 @dataclass(frozen=True)
@@ -52,7 +62,7 @@ class SessionContext:
 
     vad: VadConfig
     windows: WindowConfig
-    limits: AudioLimits
+    ingest: IngestConfig
     batcher: InferenceBatcher
     rules: Callable[[], RuleEngine]
     """Returns the current rule engine (rules may be replaced while calls run)."""
@@ -107,11 +117,11 @@ class EventBuffer:
 
     async def __aiter__(self) -> AsyncIterator[CallEvent]:
         while True:
-            if self._error is not None:
-                raise self._error
             if self._items:
                 yield self._items.popleft()
                 continue
+            if self._error is not None:
+                raise self._error
             if self._closed:
                 return
             self._wakeup.clear()
@@ -132,10 +142,18 @@ class CallSession:
         self._timelines = {role: ChannelTimeline(role) for role in fmt.channel_roles}
         self._rule_states: dict[Role, ChannelRuleState] = {}
         self._segments_seen = [0] * len(self._pipelines)
-        self._last_seq: int | None = None
+        self._ingest: InterleavedIngest | TrackIngest | None = None
         self._pending: asyncio.Queue[tuple[AnalysisWindow, asyncio.Future] | None] = asyncio.Queue()
+        self._ready: deque[AnalysisWindow] = deque()
         self._in_flight = 0
         self._overloaded = False
+        self._warned_at: dict[str, int] = {}
+        self._audio_frames = 0  # call position (received audio plus skipped stretches)
+        self._received_frames = 0
+        self._capacity = asyncio.Event()
+        self._first_audio_at: float | None = None
+        self._pacing_warned = False
+        self.stats = {"gaps": 0, "gap_frames": 0, "duplicates": 0, "late": 0, "pacing_delays": 0}
         self._events = EventBuffer()
         self._alerts: list[Alert] = []
         self._state = "new"
@@ -165,37 +183,160 @@ class CallSession:
         return self._events.__aiter__()
 
     def push_audio(self, seq: int, data: bytes, arrival: float | None = None) -> None:
-        """Ingest one chunk. Raises InvalidArgument (and changes nothing) if the chunk is bad."""
+        """Ingest one interleaved chunk. Raises InvalidArgument (and changes nothing) if the chunk is bad,
+        CallLimitExceeded once the call is longer than allowed."""
+        frames = self._decode(seq, data)
+        if self._ingest is None:
+            self._ingest = InterleavedIngest(self.config.audio.channels, self._ctx.ingest.reorder_window, self._ctx.ingest.max_seq_jump)
+        elif not isinstance(self._ingest, InterleavedIngest):
+            raise InvalidArgument("this call sends separate tracks; interleaved audio cannot be mixed in")
+        arrival = time.monotonic() if arrival is None else arrival
+        ordered, notices = self._ingest.push(seq, frames)
+        self._consume(ordered, notices, arrival)
+
+    def push_track(self, track: int, seq: int, data: bytes, arrival: float | None = None, start_ms: int | None = None) -> None:
+        """Ingest one chunk of one mono track (track i is channel i). `start_ms`, when the bridge gives
+        it, places the chunk on the call's timeline; otherwise chunks follow each other."""
+        fmt = self.config.audio
+        if not 0 <= track < fmt.channels:
+            raise InvalidArgument(f"track {track} does not exist (the call has {fmt.channels})")
+        if len(data) % fmt.encoding.bytes_per_sample:
+            raise InvalidArgument(f"chunk {seq} of track {track} has {len(data)} bytes, not a whole number of samples")
+        frames = self._decode(seq, data, channels=1)[:, 0]
+        if self._ingest is None:
+            skew = TRACK_SKEW_MS * fmt.sample_rate // 1000
+            self._ingest = TrackIngest(fmt.channels, self._ctx.ingest.reorder_window, self._ctx.ingest.max_seq_jump, skew)
+        elif not isinstance(self._ingest, TrackIngest):
+            raise InvalidArgument("this call sends interleaved audio; separate tracks cannot be mixed in")
+        start = None if start_ms is None else start_ms * fmt.sample_rate // 1000
+        arrival = time.monotonic() if arrival is None else arrival
+        ordered, notices = self._ingest.push(track, seq, frames, start)
+        self._consume(ordered, notices, arrival)
+
+    def skip_audio(self, duration_ms: int, arrival: float | None = None) -> None:
+        """Advance the call clock over audio that will never arrive (a pause whose audio was discarded)."""
+        if self._state != "open":
+            raise InvalidArgument("audio was skipped after the end of the call")
+        if duration_ms < 0:
+            raise InvalidArgument(f"cannot skip a negative duration ({duration_ms} ms)")
+        arrival = time.monotonic() if arrival is None else arrival
+        samples = duration_ms * self.config.audio.sample_rate // 1000
+        for index, pipeline in enumerate(self._pipelines):
+            self._ready.extend(pipeline.skip(samples, arrival))
+            self._count_segments(index)
+        self._audio_frames += samples
+        self._submit_ready()
+
+    async def flow_control(self) -> None:
+        """Await this after each push: paces a live call, and makes a replay wait for the model."""
+        if self.config.realtime:
+            delay = self._pacing_delay()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return
+        while self._ready or self._in_flight >= self._ctx.windows.max_pending_windows:
+            if self._state != "open":
+                return
+            self._capacity.clear()
+            self._submit_ready()
+            if self._ready or self._in_flight >= self._ctx.windows.max_pending_windows:
+                try:  # woken by a finished window; the timeout retries a full inference queue
+                    await asyncio.wait_for(self._capacity.wait(), 0.05)
+                except asyncio.TimeoutError:
+                    pass
+
+    def _decode(self, seq: int, data: bytes, channels: int | None = None) -> np.ndarray:
         if self._state != "open":
             raise InvalidArgument(f"audio chunk seq={seq} arrived after the end of the call")
-        limit = self._ctx.limits.max_chunk_bytes
+        limit = self._ctx.ingest.max_chunk_bytes
         if len(data) > limit:
             raise InvalidArgument(f"audio chunk seq={seq} is {len(data)} bytes; the limit is {limit} bytes")
-        if self._last_seq is not None and seq <= self._last_seq:
-            raise InvalidArgument(f"audio chunk seq={seq} is not after the previous seq={self._last_seq}; seq must increase")
+        fmt = self.config.audio
+        if channels is not None:
+            fmt = AudioFormat(fmt.encoding, fmt.sample_rate, fmt.channel_roles[:channels])
         try:
-            frames = decode(self.config.audio, data)
+            return decode(fmt, data)
         except InvalidArgument as exc:
             raise InvalidArgument(f"audio chunk seq={seq}: {exc}") from None
-        self._last_seq = seq
-        arrival = time.monotonic() if arrival is None else arrival
+
+    def _consume(self, ordered: list[np.ndarray], notices: list[Notice], arrival: float) -> None:
+        for notice in notices:
+            self._report(notice)
         rate = self.config.audio.sample_rate
-        for index, pipeline in enumerate(self._pipelines):
-            metrics.audio_ingested(pipeline.role.value, len(frames) / rate)
-            for window in pipeline.push(np.ascontiguousarray(frames[:, index]), arrival):
-                self._submit(window)
-            self._count_segments(index)
+        if self._first_audio_at is None:
+            self._first_audio_at = arrival
+        for frames in ordered:
+            self._audio_frames += len(frames)
+            self._received_frames += len(frames)
+            for index, pipeline in enumerate(self._pipelines):
+                metrics.audio_ingested(pipeline.role.value, len(frames) / rate)
+                self._ready.extend(pipeline.push(np.ascontiguousarray(frames[:, index]), arrival))
+                self._count_segments(index)
+        self._submit_ready()
+        limit_s = self._ctx.ingest.max_call_duration_s
+        if self._audio_frames / rate > limit_s:
+            raise CallLimitExceeded(f"the call passed its maximum duration of {limit_s:g} s", reason="max_duration")
+
+    def _report(self, notice: Notice) -> None:
+        rate = self.config.audio.sample_rate
+        if notice.kind == "gap":
+            self.stats["gaps"] += 1
+            self.stats["gap_frames"] += notice.frames
+            metrics.audio_gap(notice.frames / rate)
+            self._warn("AUDIO_GAP", f"{notice.chunks} chunk(s) ({notice.frames * 1000 // rate} ms) missing before seq={notice.seq}"
+                       f"{' on track ' + str(notice.track) if notice.track else ''}; filled with silence")
+        else:
+            self.stats["duplicates" if notice.kind == "duplicate" else "late"] += 1
+            metrics.chunk_dropped(notice.kind)
+            self._warn("CHUNK_DROPPED", f"chunk seq={notice.seq} dropped ({notice.kind})")
+
+    def _warn(self, code: str, message: str) -> None:
+        now_ms = self._audio_frames * 1000 // self.config.audio.sample_rate
+        last = self._warned_at.get(code)
+        if last is not None and now_ms - last < WARNING_INTERVAL_MS:
+            return
+        self._warned_at[code] = now_ms
+        self._events.put(Warning(code, message))
+
+    def _pacing_delay(self) -> float:
+        if self._first_audio_at is None:
+            return 0.0
+        ingest = self._ctx.ingest
+        received_ms = self._received_frames * 1000 / self.config.audio.sample_rate
+        allowed_ms = ingest.pacing_burst_ms + ingest.pacing_factor * (time.monotonic() - self._first_audio_at) * 1000
+        excess_ms = received_ms - allowed_ms
+        if excess_ms <= 0:
+            return 0.0
+        self.stats["pacing_delays"] += 1
+        metrics.pacing_delay()
+        if not self._pacing_warned:
+            self._pacing_warned = True
+            self._events.put(Warning(
+                "TOO_FAST",
+                f"audio arrives faster than {ingest.pacing_factor:g}x real time; reading is now limited to that rate "
+                "(declare realtime=false for a replay)",
+            ))
+        return excess_ms / 1000 / ingest.pacing_factor
 
     async def finish(self, reason: str = "end_of_call") -> CallSummary:
         """End of call: close open segments, wait for their scores, emit and publish the summary."""
         if self._state != "open":
             raise InvalidArgument("EndOfCall was already received")
-        self._state = "ending"
         arrival = time.monotonic()
+        if self._ingest is not None:
+            ordered, notices = self._ingest.flush()
+            try:
+                self._consume(ordered, notices, arrival)
+            except CallLimitExceeded:
+                pass  # the call is ending anyway
+        self._state = "ending"
         for index, pipeline in enumerate(self._pipelines):
-            for window in pipeline.flush(arrival):
-                self._submit(window)
+            self._ready.extend(pipeline.flush(arrival))
             self._count_segments(index)
+        while self._ready:
+            self._submit_ready()
+            if self._ready:
+                await asyncio.sleep(0.005)
         self._pending.put_nowait(None)
         if self._scorer is not None:
             await self._scorer
@@ -221,8 +362,14 @@ class CallSession:
         self._ctx.publisher.publish_call_event(self._lifecycle_document("call_ended", reason=reason))
 
     def fail(self, error: CallPulseError) -> None:
-        """Bad input from the bridge: make `events()` raise `error` so the transport can report it."""
+        """Bad input from the bridge: make `events()` raise `error` (after what is queued) so the transport can report it."""
         self._events.fail(error)
+
+    async def end_for_limit(self, error: CallLimitExceeded) -> None:
+        """A time limit ended the call: finish it (the summary says why), then report the error to the bridge."""
+        if self._state == "open":
+            await self.finish(error.reason)
+        self.fail(error)
 
     @property
     def closed(self) -> bool:
@@ -232,6 +379,9 @@ class CallSession:
         """Sizes of this call's buffers (all bounded regardless of call length)."""
         return {
             "channel_samples": sum(p.buffered_samples for p in self._pipelines),
+            "reorder_chunks": self._ingest.waiting_chunks if self._ingest else 0,
+            "track_frames": self._ingest.queued_frames if isinstance(self._ingest, TrackIngest) else 0,
+            "ready_windows": len(self._ready),
             "pending_windows": self._in_flight,
             "queued_events": len(self._events),
             "timeline_updates": sum(len(t.recent) for t in self._timelines.values()),
@@ -245,18 +395,29 @@ class CallSession:
             metrics.vad_segment(pipeline.role.value)
         self._segments_seen[index] = pipeline.segments
 
-    def _submit(self, window: AnalysisWindow) -> None:
-        timeline = self._timelines[window.role]
-        if self._in_flight >= self._ctx.windows.max_pending_windows:
-            self._drop(timeline, "dropped_call_backlog")
-            return
-        try:
-            future = self._ctx.batcher.submit(to_model_input(window.samples, window.sample_rate))
-        except QueueFull:
-            self._drop(timeline, "dropped_queue_full")
-            return
-        self._in_flight += 1
-        self._pending.put_nowait((window, asyncio.wrap_future(future)))
+    def _submit_ready(self) -> None:
+        """Send cut windows to the model. Live: drop what does not fit. Replay (and call end): keep it for later."""
+        keep = not self.config.realtime or self._state == "ending"
+        while self._ready:
+            window = self._ready[0]
+            timeline = self._timelines[window.role]
+            if self._in_flight >= self._ctx.windows.max_pending_windows:
+                if keep:
+                    return
+                self._ready.popleft()
+                self._drop(timeline, "dropped_call_backlog")
+                continue
+            try:
+                future = self._ctx.batcher.submit(to_model_input(window.samples, window.sample_rate))
+            except QueueFull:
+                if keep:
+                    return
+                self._ready.popleft()
+                self._drop(timeline, "dropped_queue_full")
+                continue
+            self._ready.popleft()
+            self._in_flight += 1
+            self._pending.put_nowait((window, asyncio.wrap_future(future)))
 
     def _drop(self, timeline: ChannelTimeline, outcome: str) -> None:
         timeline.dropped()
@@ -283,6 +444,7 @@ class CallSession:
                 result = None
             finally:
                 self._in_flight -= 1
+                self._capacity.set()
             if result is None:
                 self._timelines[window.role].failed()
                 metrics.window("failed")

@@ -64,9 +64,9 @@ def test_serve_bridge_and_subscribers_end_to_end(served, redis_server):
     )
     assert bridge.returncode == 0, bridge.stderr[-2000:]
     lines = [json.loads(l) for l in bridge.stdout.splitlines() if l.startswith("{")]
-    kinds = [l["event"] for l in lines]
+    kinds = [l["type"] for l in lines]
     assert kinds[0] == "started" and kinds[-1] == "summary" and "emotion" in kinds and "alert" in kinds
-    alert_id = next(l for l in lines if l["event"] == "alert")["alert_id"]
+    alert_id = next(l for l in lines if l["type"] == "alert")["alert_id"]
     for proc in (agent, supervisor):
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err

@@ -119,6 +119,14 @@ class ChannelPipeline:
         self._carry = np.zeros(0, dtype=np.int16)
         return out
 
+    def skip(self, samples: int, arrival: float) -> list[AnalysisWindow]:
+        """Audio that will never come (a paused or discarded stretch): close any open segment, advance the clock."""
+        out = self.flush(arrival)
+        self._ring.skip(samples)
+        self._voiced_run = 0
+        self._resume = False
+        return out
+
     def _frame_step(self, frame: np.ndarray, arrival: float, out: list[AnalysisWindow]) -> None:
         voiced = self._vad.is_speech(frame.tobytes(), self.sample_rate)
         frame_start = self._ring.end

@@ -42,6 +42,11 @@ class SampleRing:
             self._buf[: n - first] = samples[first:]
         self._end += n
 
+    def skip(self, n: int) -> None:
+        """Advance the clock by n samples of silence without keeping more than the capacity of zeros."""
+        self.append(np.zeros(min(n, len(self._buf)), dtype=np.int16))
+        self._end += max(0, n - len(self._buf))
+
     def slice(self, start: int, end: int) -> np.ndarray:
         """Copy of samples [start, end); raises ValueError if they are no longer (or not yet) held."""
         if start < self.start or end > self._end or start > end:

@@ -29,7 +29,7 @@ from service.domain import (
     SessionStarted,
     Warning,
 )
-from service.errors import CallPulseError, InvalidArgument
+from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument
 from service.session import CallSession
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ STATUS_BY_KIND = {
     "already_exists": grpc.StatusCode.ALREADY_EXISTS,
     "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
+    "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 _ENCODINGS = {
@@ -81,6 +82,7 @@ def call_config_from_proto(msg: pb.CallConfig) -> CallConfig:
         tenant=msg.tenant,
         audio=AudioFormat(_ENCODINGS[audio.encoding], audio.sample_rate_hz, roles),
         score_roles=tuple(dict.fromkeys(score_roles)),
+        realtime=msg.realtime if msg.HasField("realtime") else True,
     )
 
 
@@ -156,8 +158,9 @@ def event_to_proto(event: CallEvent) -> pb.CallEvent:
 class AgentAssistServicer(pb_grpc.AgentAssistServicer):
     """Streams one call per RPC through a CallSession."""
 
-    def __init__(self, calls: CallRegistry) -> None:
+    def __init__(self, calls: CallRegistry, idle_timeout_s: float) -> None:
         self._calls = calls
+        self._idle_timeout_s = idle_timeout_s
 
     async def StreamCall(self, request_iterator, context) -> AsyncIterator[pb.CallEvent]:
         session: CallSession | None = None
@@ -193,10 +196,18 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
     async def _pump(self, request_iterator, session: CallSession) -> None:
         """Feed requests into the session; bad input fails the session's event stream."""
         try:
-            async for request in request_iterator:
+            while True:
+                try:
+                    request = await asyncio.wait_for(request_iterator.__anext__(), self._idle_timeout_s)
+                except StopAsyncIteration:
+                    await session.finish("stream_closed")  # half-close without EndOfCall still ends the call cleanly
+                    return
+                except asyncio.TimeoutError:
+                    raise CallLimitExceeded(f"no message for {self._idle_timeout_s:g} s (idle timeout)", reason="idle_timeout") from None
                 kind = request.WhichOneof("payload")
                 if kind == "audio":
                     session.push_audio(request.audio.seq, request.audio.data, time.monotonic())
+                    await session.flow_control()
                 elif kind == "end":
                     await session.finish(request.end.reason or "end_of_call")
                     return
@@ -204,7 +215,8 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
                     raise InvalidArgument("CallConfig was sent twice; it must be the first message only")
                 else:
                     raise InvalidArgument("empty CallRequest: set config, audio or end")
-            await session.finish("stream_closed")  # half-close without EndOfCall still ends the call cleanly
+        except CallLimitExceeded as exc:
+            await session.end_for_limit(exc)
         except CallPulseError as exc:
             session.fail(exc)
         except Exception:  # noqa: BLE001 - a bug in one call must end that call, not hang it
@@ -215,7 +227,7 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
 class GrpcServer:
     """The grpc.aio server with AgentAssist and the standard health service."""
 
-    def __init__(self, config: ServerConfig, calls: CallRegistry) -> None:
+    def __init__(self, config: ServerConfig, calls: CallRegistry, idle_timeout_s: float) -> None:
         self._config = config
         self._server = grpc.aio.server(
             options=[
@@ -223,7 +235,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_AgentAssistServicer_to_server(AgentAssistServicer(calls), self._server)
+        pb_grpc.add_AgentAssistServicer_to_server(AgentAssistServicer(calls, idle_timeout_s), self._server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.port = 0
