@@ -85,7 +85,7 @@ class Demo:
     def start_service(self, redis_url: str, model: str) -> int:
         env = dict(os.environ, CALLPULSE_LOG_LEVEL="WARNING")
         proc = self.spawn(
-            [PY, "-m", "service", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+            [PY, "-m", "service", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--ws-port", "0", "--metrics-port", "0",
              "--redis-url", redis_url, "--redis-prefix", self.args.prefix, "--model", model],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )

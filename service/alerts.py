@@ -124,6 +124,9 @@ class Channels:
         return f"{self.prefix}:alerts"
 
 
+_STOP = object()
+
+
 @dataclass
 class _Outgoing:
     kind: str  # "alert" or "call"
@@ -147,6 +150,7 @@ class AlertPublisher:
         self._queue: asyncio.Queue[_Outgoing] = asyncio.Queue(maxsize=config.publish_queue)
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task | None = None
+        self._closing = False
         self.published = 0
         self.dropped = 0
 
@@ -178,23 +182,30 @@ class AlertPublisher:
         """Publish what is queued (up to `timeout`), then close the connection."""
         if self._task is None:
             return
-        deadline = time.monotonic() + timeout
-        while self._queue.qsize() and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if self._queue.qsize():
-            log.error("%d events not published before shutdown", self._queue.qsize())
-        self._task.cancel()
+        self._closing = True
         try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
+            self._queue.put_nowait(_STOP)
+        except asyncio.QueueFull:
+            pass  # the loop checks `_closing` after each item
+        # Cancelling a task inside a redis-py call can be swallowed there, so the loop is asked to
+        # end and every wait is bounded; cancellation is the last resort.
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        if not done:
+            log.error("%d events not published before shutdown", self._queue.qsize())
+            self._task.cancel()
+            await asyncio.wait({self._task}, timeout=1.0)
         self._task = None
         if self._redis is not None:
-            await self._redis.aclose()
+            try:
+                await asyncio.wait_for(self._redis.aclose(), 2.0)
+            except (asyncio.TimeoutError, RedisError, OSError):
+                pass
 
     async def _run(self) -> None:
         while True:
             item = await self._queue.get()
+            if item is _STOP:
+                return
             backoff = 0.05
             while True:
                 try:
@@ -206,6 +217,8 @@ class AlertPublisher:
                     await asyncio.sleep(backoff)
                     backoff = min(MAX_BACKOFF_S, backoff * 2)
             self.published += 1
+            if self._closing and self._queue.empty():
+                return
 
     async def _send(self, item: _Outgoing) -> None:
         assert self._redis is not None

@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 EVENT_BUFFER = 256
 SUMMARY_SCHEMA_VERSION = 1
+MAX_SUMMARY_ALERTS = 1000  # the summary lists at most this many (the newest); the count is exact
 WARNING_INTERVAL_MS = 5000  # at most one warning of a kind per this much call time
 TRACK_SKEW_MS = 200  # a separate track this far behind the others is padded with silence
 
@@ -155,7 +156,8 @@ class CallSession:
         self._pacing_warned = False
         self.stats = {"gaps": 0, "gap_frames": 0, "duplicates": 0, "late": 0, "pacing_delays": 0}
         self._events = EventBuffer()
-        self._alerts: list[Alert] = []
+        self._alerts: deque[Alert] = deque(maxlen=MAX_SUMMARY_ALERTS)
+        self._alert_count = 0
         self._state = "new"
         self._scorer: asyncio.Task | None = None
         self.started_at = time.monotonic()
@@ -385,6 +387,7 @@ class CallSession:
             "pending_windows": self._in_flight,
             "queued_events": len(self._events),
             "timeline_updates": sum(len(t.recent) for t in self._timelines.values()),
+            "summary_alerts": len(self._alerts),
         }
 
     # -- scoring ---------------------------------------------------------------------------
@@ -493,6 +496,7 @@ class CallSession:
         for match in engine.evaluate(state, scored):
             alert = build_alert(match, self.config, self._ctx.model_name, (time.monotonic() - window.arrival) * 1000)
             self._alerts.append(alert)
+            self._alert_count += 1
             metrics.alert_raised(alert.rule_id, alert.severity.label)
             self._ctx.publisher.publish_alert(alert, self.config, window.arrival)
             self._events.put(alert)
@@ -513,7 +517,7 @@ class CallSession:
 
     def _summary(self, reason: str) -> CallSummary:
         rate = self.config.audio.sample_rate
-        duration_ms = max((p.position for p in self._pipelines), default=0) * 1000 // rate
+        duration_ms = self._audio_frames * 1000 // rate
         speakers = tuple(
             self._timelines[p.role].summary(speech_ms=p.speech_ms, segments=p.segments) for p in self._pipelines
         )
@@ -522,6 +526,7 @@ class CallSession:
             reason=reason,
             duration_ms=duration_ms,
             model=self._ctx.model_name,
+            alert_count=self._alert_count,
             speakers=[
                 {
                     "speaker": s.speaker.value,

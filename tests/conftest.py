@@ -97,9 +97,9 @@ def test_models(tmp_path_factory) -> dict[str, str]:
 
 
 def service_config(redis_url: str, model: str, **overrides) -> ServiceConfig:
-    """A ServiceConfig for tests: loopback, ephemeral ports, a unique Redis prefix."""
+    """A ServiceConfig for tests: loopback, ephemeral ports, a unique Redis prefix; keyword arguments replace sections."""
     config = ServiceConfig(
-        server=ServerConfig(host="127.0.0.1", grpc_port=0, metrics_port=-1),
+        server=ServerConfig(host="127.0.0.1", grpc_port=0, ws_port=0, metrics_port=-1),
         inference=InferenceConfig(model=model, threads=1),
         redis=RedisConfig(url=redis_url, prefix=f"t{uuid.uuid4().hex[:10]}"),
     )
@@ -141,6 +141,10 @@ class ServerThread:
         return f"grpc://127.0.0.1:{self.app.grpc_port}"
 
     @property
+    def ws_target(self) -> str:
+        return f"ws://127.0.0.1:{self.app.ws_port}"
+
+    @property
     def prefix(self) -> str:
         return self.app.config.redis.prefix
 
@@ -155,9 +159,19 @@ class ServerThread:
     def stop(self) -> None:
         if not self._thread.is_alive():
             return
-        asyncio.run_coroutine_threadsafe(self.app.stop(grace=1.0), self.loop).result(30)
+        try:
+            asyncio.run_coroutine_threadsafe(self.app.stop(grace=1.0), self.loop).result(30)
+        except TimeoutError:
+            raise AssertionError(f"the server did not stop within 30 s; its tasks: {self._task_stacks()}") from None
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
+
+    def _task_stacks(self) -> list:
+        async def stacks():
+            return [(t.get_name(), [f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno}" for f in t.get_stack()])
+                    for t in asyncio.all_tasks()]
+
+        return asyncio.run_coroutine_threadsafe(stacks(), self.loop).result(5)
 
 
 @pytest.fixture

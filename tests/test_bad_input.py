@@ -26,7 +26,7 @@ BAD_CASES = [
     ("missing call id", [config_msg(call_id="")], INVALID, "call_id is required"),
     ("oversized chunk", [config_msg(), audio_msg(1, 70000)], INVALID, "seq=1 is 70000 bytes; the limit is 65536"),
     ("half a sample", [config_msg(), audio_msg(1, 321)], INVALID, "seq=1: audio chunk has 321 bytes, not a whole number of 2-byte sample frames"),
-    ("seq far backwards", [config_msg(), audio_msg(500), audio_msg(3)], INVALID, "seq=3 is far behind the stream (next expected seq=501)"),
+    ("seq far backwards", [config_msg(), *[audio_msg(i) for i in range(1, 61)], audio_msg(3)], INVALID, "seq=3 is far behind the stream (next expected seq=61)"),
     ("seq jumping ahead", [config_msg(), audio_msg(1), audio_msg(1000)], INVALID, "seq jumped from 1 to 1000: more than 250 chunks missing"),
     ("config twice", [config_msg(), audio_msg(1), config_msg()], INVALID, "CallConfig was sent twice"),
     ("audio after end", [config_msg(), audio_msg(1), END, audio_msg(2)], None, None),
@@ -117,3 +117,13 @@ def test_bridge_disconnect_frees_the_session(redis_server, test_models, start_se
     assert ended and ended[0][1]["call_id"] == "drop-1" and ended[0][1]["reason"] == "disconnected"
     again = run(stream_call(server.target, str(CALL_WAV), CallPlan("drop-1", "agent-d", "team-d", roles=("customer", "agent"), speed=0)))
     assert again.error is None and again.of("summary")
+
+
+def test_grpc_idle_timeout_sends_the_summary_then_deadline_exceeded(redis_server, test_models, start_server):
+    """A gRPC call that goes quiet gets its CallSummary (reason idle_timeout), then DEADLINE_EXCEEDED."""
+    from service.config import IngestConfig
+
+    server = start_server(service_config(redis_server.url, test_models["random"], ingest=IngestConfig(idle_timeout_s=1.0)))
+    events, error = run(raw_call(server.target, [config_msg(call_id="quiet"), audio_msg(1)], hold_open=4.0))
+    assert error[0] == grpc.StatusCode.DEADLINE_EXCEEDED and "idle timeout" in error[1]
+    assert events[-1].WhichOneof("event") == "summary" and events[-1].summary.reason == "idle_timeout"

@@ -42,7 +42,7 @@ def wait_ready(proc, timeout=120):
 def served(redis_server, test_models):
     env = dict(os.environ, CALLPULSE_REDIS_URL=redis_server.url, CALLPULSE_MODEL=test_models["angry"],
                CALLPULSE_REDIS_PREFIX="cli")
-    proc = start_process(["-m", "service", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--metrics-port", "0",
+    proc = start_process(["-m", "service", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--ws-port", "0", "--metrics-port", "0",
                           "--threads", "1"], env=env)
     try:
         yield wait_ready(proc)

@@ -1,6 +1,8 @@
 """Turns chunks as they arrive (out of order, duplicated, with holes, or as separate tracks) into ordered frames.
 
 Policy, for every call:
+- the stream starts at the first seq if it is 0 or 1; otherwise the first chunks are held until the
+  window fills and the stream starts at the lowest seq seen (chunks may overtake the first one);
 - chunks are put back in seq order while at most `window` of them wait for a missing one;
 - when more are waiting, the missing chunks are declared lost and replaced by silence of the same
   length as the chunk after the hole (bridges send fixed-length chunks);
@@ -60,7 +62,19 @@ class SeqReorderBuffer(Generic[T]):
     def push(self, seq: int, item: T) -> tuple[list[tuple[int, T] | Gap], str]:
         """Add one item; returns what can be delivered now (in order, with Gaps) and "accepted", "duplicate" or "late"."""
         if self._next is None:
-            self._next = seq
+            if seq in self._pending:
+                return [], "duplicate"
+            if self._pending and abs(seq - min(self._pending)) > self._max_jump:
+                raise InvalidArgument(f"seq jumped from {min(self._pending)} to {seq}: more than {self._max_jump} chunks apart")
+            self._pending[seq] = item
+            lowest = min(self._pending)
+            if lowest > 1 and len(self._pending) <= self._window:
+                return [], "accepted"  # the stream's first chunk may still be on its way
+            self._next = lowest
+            out: list[tuple[int, T] | Gap] = []
+            self._deliver_ready(out)
+            self._declare_lost(out)
+            return out, "accepted"
         if seq < self._next:
             if self._next - seq > self._window + len(self._recent):
                 raise InvalidArgument(f"seq={seq} is far behind the stream (next expected seq={self._next}); seq must increase")
@@ -74,16 +88,21 @@ class SeqReorderBuffer(Generic[T]):
         self._pending[seq] = item
         out: list[tuple[int, T] | Gap] = []
         self._deliver_ready(out)
+        self._declare_lost(out)
+        return out, "accepted"
+
+    def _declare_lost(self, out: list) -> None:
         while len(self._pending) > self._window:
             first = min(self._pending)
             out.append(Gap(first - self._next, first))
             self._next = first
             self._deliver_ready(out)
-        return out, "accepted"
 
     def flush(self) -> list[tuple[int, T] | Gap]:
         """Deliver everything still waiting, declaring the holes before it lost."""
         out: list[tuple[int, T] | Gap] = []
+        if self._next is None and self._pending:
+            self._next = min(self._pending)
         while self._pending:
             first = min(self._pending)
             if first > self._next:
