@@ -144,6 +144,7 @@ class CallSession:
         self._rule_states: dict[Role, ChannelRuleState] = {}
         self._segments_seen = [0] * len(self._pipelines)
         self._ingest: InterleavedIngest | TrackIngest | None = None
+        self._track_format = AudioFormat(fmt.encoding, fmt.sample_rate, fmt.channel_roles[:1])
         self._pending: asyncio.Queue[tuple[AnalysisWindow, asyncio.Future] | None] = asyncio.Queue()
         self._ready: deque[AnalysisWindow] = deque()
         self._in_flight = 0
@@ -202,9 +203,7 @@ class CallSession:
         fmt = self.config.audio
         if not 0 <= track < fmt.channels:
             raise InvalidArgument(f"track {track} does not exist (the call has {fmt.channels})")
-        if len(data) % fmt.encoding.bytes_per_sample:
-            raise InvalidArgument(f"chunk {seq} of track {track} has {len(data)} bytes, not a whole number of samples")
-        frames = self._decode(seq, data, channels=1)[:, 0]
+        frames = self._decode(seq, data, one_track=True)[:, 0]
         if self._ingest is None:
             skew = TRACK_SKEW_MS * fmt.sample_rate // 1000
             self._ingest = TrackIngest(fmt.channels, self._ctx.ingest.reorder_window, self._ctx.ingest.max_seq_jump, skew)
@@ -216,7 +215,9 @@ class CallSession:
         self._consume(ordered, notices, arrival)
 
     def skip_audio(self, duration_ms: int, arrival: float | None = None) -> None:
-        """Advance the call clock over audio that will never arrive (a pause whose audio was discarded)."""
+        """Advance the call clock over audio that will never arrive (a pause whose audio was discarded).
+
+        For interleaved audio; separate tracks place their chunks by timestamp instead."""
         if self._state != "open":
             raise InvalidArgument("audio was skipped after the end of the call")
         if duration_ms < 0:
@@ -247,15 +248,13 @@ class CallSession:
                 except asyncio.TimeoutError:
                     pass
 
-    def _decode(self, seq: int, data: bytes, channels: int | None = None) -> np.ndarray:
+    def _decode(self, seq: int, data: bytes, one_track: bool = False) -> np.ndarray:
         if self._state != "open":
             raise InvalidArgument(f"audio chunk seq={seq} arrived after the end of the call")
         limit = self._ctx.ingest.max_chunk_bytes
         if len(data) > limit:
             raise InvalidArgument(f"audio chunk seq={seq} is {len(data)} bytes; the limit is {limit} bytes")
-        fmt = self.config.audio
-        if channels is not None:
-            fmt = AudioFormat(fmt.encoding, fmt.sample_rate, fmt.channel_roles[:channels])
+        fmt = self._track_format if one_track else self.config.audio
         try:
             return decode(fmt, data)
         except InvalidArgument as exc:

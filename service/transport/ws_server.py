@@ -120,8 +120,10 @@ class NativeCall(_Call):
             pump = asyncio.create_task(self._pump(session, framing), name="ws-native-pump")
             async for event in session.events():
                 await self.ws.send(json.dumps(event_to_json(event)))
-            self.outcome = "completed"
-            await self.ws.close(CLOSE_NORMAL, "call ended")
+                if isinstance(event, CallSummary):
+                    self.outcome = "completed"
+            if self.outcome == "completed":
+                await self.ws.close(CLOSE_NORMAL, "call ended")
         except CallPulseError as exc:
             self.outcome = exc.kind
             self.note_error(exc)
