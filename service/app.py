@@ -25,7 +25,7 @@ def load_emotion_model(config: ServiceConfig) -> EmotionModel:
     from service.inference.emotion2vec import Emotion2vecModel
 
     inf = config.inference
-    return Emotion2vecModel.load(inf.model, hub=inf.hub, device=inf.device, threads=inf.threads)
+    return Emotion2vecModel.load(inf.model, hub=inf.hub, device=inf.device, threads=inf.threads, bucket_ms=inf.bucket_ms)
 
 
 class App:

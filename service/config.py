@@ -110,6 +110,8 @@ class InferenceConfig:
     """Most windows in one forward pass."""
     max_wait_ms: float = 5.0
     """How long the worker waits for more windows before running a partial batch."""
+    bucket_ms: int = 500
+    """Windows whose lengths fall in the same bucket of this width share a (padded) forward pass."""
     queue_size: int = 1024
     """Windows waiting for the worker across all calls; when full a new window is dropped and counted."""
 
@@ -120,6 +122,7 @@ class InferenceConfig:
         _check(self.threads >= 0, "threads must be >= 0")
         _check(1 <= self.max_batch <= 1024, f"max_batch must be 1..1024, got {self.max_batch}")
         _check(0 <= self.max_wait_ms <= 1000, f"max_wait_ms must be 0..1000, got {self.max_wait_ms}")
+        _check(1 <= self.bucket_ms <= 60000, f"bucket_ms must be 1..60000, got {self.bucket_ms}")
         _check(self.queue_size >= 1, "queue_size must be >= 1")
 
 
@@ -230,6 +233,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_MAX_BATCH": ("inference", "max_batch", int),
     "CALLPULSE_MAX_WAIT_MS": ("inference", "max_wait_ms", float),
     "CALLPULSE_QUEUE_SIZE": ("inference", "queue_size", int),
+    "CALLPULSE_BUCKET_MS": ("inference", "bucket_ms", int),
     "CALLPULSE_REDIS_URL": ("redis", "url", str),
     "CALLPULSE_REDIS_PREFIX": ("redis", "prefix", str),
     "CALLPULSE_RULES": ("", "rules_path", str),

@@ -14,7 +14,9 @@ AUDIO_SECONDS = Counter("callpulse_audio_seconds_total", "Seconds of channel aud
 VAD_SEGMENTS = Counter("callpulse_vad_segments_total", "Speech segments closed by the VAD", ["role"])
 WINDOWS = Counter("callpulse_windows_total", "Analysis windows, by outcome", ["outcome"])
 BATCH_SIZE = Histogram("callpulse_inference_batch_size", "Windows per model call", buckets=_BATCH_BUCKETS)
-FORWARD_SIZE = Histogram("callpulse_inference_forward_size", "Windows in one model forward pass (equal lengths)", buckets=_BATCH_BUCKETS)
+FORWARD_SIZE = Histogram("callpulse_inference_forward_size", "Windows in one model forward pass", buckets=_BATCH_BUCKETS)
+PADDING_RATIO = Histogram("callpulse_inference_padding_ratio", "Share of a forward pass spent on padding",
+                          buckets=(0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75))
 BATCH_SECONDS = Histogram("callpulse_inference_batch_seconds", "Model time per batch", buckets=_MODEL_BUCKETS)
 QUEUE_DEPTH = Gauge("callpulse_inference_queue_depth", "Windows waiting for the inference worker")
 QUEUE_WAIT = Histogram("callpulse_inference_queue_wait_seconds", "Time a window waited for the worker", buckets=_MODEL_BUCKETS)
@@ -67,8 +69,9 @@ def inference_batch(size: int, seconds: float) -> None:
     BATCH_SECONDS.observe(seconds)
 
 
-def inference_forward(size: int) -> None:
+def inference_forward(size: int, padding_ratio: float) -> None:
     FORWARD_SIZE.observe(size)
+    PADDING_RATIO.observe(padding_ratio)
 
 
 def inference_queue_depth(depth: int) -> None:

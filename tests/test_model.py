@@ -84,6 +84,22 @@ def test_batched_items_equal_their_scores_alone(random_model, service_windows):
         assert np.abs(alone.scores - together.scores).max() < 1e-4
 
 
+def test_padded_batch_of_mixed_lengths_equals_each_window_alone(test_models, service_windows):
+    """Windows of different lengths padded into one forward pass score as they do alone (within 1e-4)."""
+    model = Emotion2vecModel.load(test_models["random"], threads=1, bucket_ms=60000)
+    lengths = sorted({len(w) for w in service_windows})
+    assert len(lengths) >= 3
+    mixed = [next(w for w in service_windows if len(w) == n) for n in lengths]
+    before = model.padded_samples
+    together = model.score_batch(mixed)
+    assert model.padded_samples > before and model.largest_forward == len(mixed)
+    for audio, batched in zip(mixed, together):
+        alone = model.score_batch([audio])[0]
+        assert batched.frame_logits.shape == alone.frame_logits.shape
+        assert np.abs(alone.scores - batched.scores).max() < 1e-4
+        assert np.abs(alone.frame_logits - batched.frame_logits).max() < 1e-4
+
+
 def test_bad_item_fails_alone(random_model, service_windows):
     """A NaN, a too-short and a wrongly typed window each get their own error; the others are scored."""
     good = service_windows[0]

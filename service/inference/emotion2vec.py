@@ -5,8 +5,12 @@ proj(mean(frames)) == mean(proj(frame)): applying proj to every 50 Hz frame give
 which the scores of any span are softmax(mean(logits over the span)); for the whole window this
 equals funasr's utterance-level result.
 
-funasr's padding_mask does not reproduce an unpadded item's result, so only windows of equal length
-share a forward pass.
+Windows of different lengths share a forward pass, padded. funasr's own padding_mask does not
+reproduce an unpadded item's result (it layer-normalises the padded waveform and its convolutional
+positional encoder reads the padded frames), so padded batches go through `_padded_features`, which
+normalises each window before padding and zeroes padded frames before every positional convolution;
+attention already ignores padded keys. The result for each window equals its unpadded result
+(tested to 1e-4). Batches without padding use funasr's extract_features unchanged.
 """
 
 from __future__ import annotations
@@ -33,11 +37,16 @@ TEST_MODEL_MARKER = "callpulse_test_model.json"
 class Emotion2vecModel(EmotionModel):
     """An emotion2vec checkpoint loaded through funasr AutoModel."""
 
-    def __init__(self, automodel, name: str, device: str) -> None:
+    def __init__(self, automodel, name: str, device: str, bucket_ms: int = 500) -> None:
         import torch
 
         self._torch = torch
         self._net = automodel.model
+        self._encoder = self._net.modality_encoders["AUDIO"]
+        self._conv_layers = [(k, stride) for _, k, stride in self._encoder.feature_enc_layers]
+        self._bucket = max(1, bucket_ms * 16)  # samples at 16 kHz
+        self.padded_samples = 0
+        self.total_samples = 0
         self._device = torch.device(device)
         tokens = list(automodel.kwargs["tokenizer"].token_list)
         self._keep = [i for i, tok in enumerate(tokens) if not tok.startswith(MASKED_LABEL_PREFIX)]
@@ -49,7 +58,7 @@ class Emotion2vecModel(EmotionModel):
         self.largest_forward = 0
 
     @classmethod
-    def load(cls, model: str, hub: str = "ms", device: str = "cpu", threads: int = 0) -> "Emotion2vecModel":
+    def load(cls, model: str, hub: str = "ms", device: str = "cpu", threads: int = 0, bucket_ms: int = 500) -> "Emotion2vecModel":
         """Load a hub id or a local funasr model directory through funasr AutoModel."""
         import torch
 
@@ -89,11 +98,12 @@ class Emotion2vecModel(EmotionModel):
             raise ModelLoadError(f"{model!r} has no classification head (proj); use an emotion2vec_plus_* or *_finetuned model")
         _check_checkpoint_complete(automodel.kwargs.get("init_param"), net)
         name = _model_name(model, automodel.kwargs.get("model_path") or model)
-        instance = cls(automodel, name=name, device=device)
+        instance = cls(automodel, name=name, device=device, bucket_ms=bucket_ms)
         log.info("emotion model loaded: %s on %s, labels=%s", name, device, ",".join(instance.labels))
         return instance
 
     def score_batch(self, windows: Sequence[np.ndarray]) -> list[WindowScores | Exception]:
+        """Group windows into length buckets (`bucket_ms` wide), pad within a bucket, one pass per bucket."""
         results: list[WindowScores | Exception | None] = [None] * len(windows)
         groups: dict[int, list[int]] = defaultdict(list)
         for i, audio in enumerate(windows):
@@ -101,7 +111,7 @@ class Emotion2vecModel(EmotionModel):
             if problem:
                 results[i] = ValueError(problem)
             else:
-                groups[len(audio)].append(i)
+                groups[len(audio) // self._bucket].append(i)
         for indices in groups.values():
             try:
                 scored = self._forward([windows[i] for i in indices])
@@ -116,20 +126,93 @@ class Emotion2vecModel(EmotionModel):
                 results[i] = result
         return results  # type: ignore[return-value]
 
+    def frames_for(self, samples: int) -> int:
+        """Number of 50 Hz frames the feature encoder makes from `samples` samples."""
+        n = samples
+        for kernel, stride in self._conv_layers:
+            n = (n - kernel) // stride + 1
+        return max(n, 0)
+
     def _forward(self, batch: list[np.ndarray]) -> list[WindowScores]:
         torch = self._torch
-        metrics.inference_forward(len(batch))
+        lengths = [len(a) for a in batch]
+        longest = max(lengths)
+        metrics.inference_forward(len(batch), 1 - sum(lengths) / (longest * len(batch)))
         self.largest_forward = max(self.largest_forward, len(batch))
+        self.padded_samples += longest * len(batch) - sum(lengths)
+        self.total_samples += longest * len(batch)
         with torch.inference_mode():
-            source = torch.from_numpy(np.stack(batch)).to(self._device, non_blocking=True)
-            if self._normalize:
-                source = torch.nn.functional.layer_norm(source, source.shape[-1:])
-            feats = self._net.extract_features(source, padding_mask=None)["x"]
+            if min(lengths) == longest:
+                source = torch.from_numpy(np.stack(batch)).to(self._device, non_blocking=True)
+                if self._normalize:
+                    source = torch.nn.functional.layer_norm(source, source.shape[-1:])
+                feats = self._net.extract_features(source, padding_mask=None)["x"]
+                valid = [feats.shape[1]] * len(batch)
+            else:
+                rows = [torch.from_numpy(a) for a in batch]
+                if self._normalize:
+                    rows = [torch.nn.functional.layer_norm(r, r.shape) for r in rows]
+                source = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(self._device, non_blocking=True)
+                valid = [self.frames_for(n) for n in lengths]
+                feats = self._padded_features(source, valid)
             logits = self._net.proj(feats).index_select(-1, self._keep_index).float()
-            scores = torch.softmax(logits.mean(dim=1), dim=-1)
-        logits_np = logits.cpu().numpy()
-        scores_np = scores.cpu().numpy()
-        return [WindowScores(scores=scores_np[i], frame_logits=logits_np[i]) for i in range(len(batch))]
+            out = []
+            for i, n in enumerate(valid):
+                item = logits[i, :n]
+                out.append((item, torch.softmax(item.mean(dim=0), dim=-1)))
+        return [WindowScores(scores=s.cpu().numpy(), frame_logits=l.cpu().numpy()) for l, s in out]
+
+    def _padded_features(self, source, valid: list[int]):
+        """emotion2vec's inference forward for a padded batch, exact for every item (see module doc)."""
+        torch = self._torch
+        net, enc = self._net, self._encoder
+        x = enc.local_features(source)
+        batch, frames, _ = x.shape
+        pad = torch.arange(frames, device=x.device)[None, :] >= torch.tensor(valid, device=x.device)[:, None]
+        keep = (~pad).unsqueeze(-1).to(x.dtype)
+        x = x + self._masked_positions(x, keep)
+        alibi_bias = enc.get_alibi_bias(batch_size=batch, time_steps=frames, heads=enc.modality_cfg.num_alibi_heads,
+                                        dtype=torch.float32, device=x.device)
+        alibi_scale = enc.alibi_scale
+        if alibi_scale is not None:
+            alibi_scale = alibi_scale.clamp_min(0)
+            if alibi_scale.size(0) == 1:
+                alibi_bias = alibi_bias * alibi_scale.squeeze(0).type_as(alibi_bias)
+                alibi_scale = None
+        extra = 0
+        if enc.extra_tokens is not None:
+            extra = enc.extra_tokens.size(1)
+            x = torch.cat([enc.extra_tokens.expand(batch, -1, -1), x], dim=1)
+            pad = torch.nn.functional.pad(pad, (extra, 0))
+            alibi_bias = torch.nn.functional.pad(alibi_bias, (extra, 0, extra, 0))
+        prenet = enc.modality_cfg.prenet_depth
+        x = enc.context_encoder(x, pad, alibi_bias, alibi_scale[:prenet] if alibi_scale is not None else None)
+        if alibi_scale is not None and alibi_scale.size(0) > 1:
+            alibi_scale = alibi_scale[prenet:]
+        x = net.dropout_input(x)
+        for i, block in enumerate(net.blocks):
+            bias = alibi_bias
+            if bias is not None and alibi_scale is not None:
+                scale = alibi_scale[i] if alibi_scale.size(0) > 1 else alibi_scale.squeeze(0)
+                bias = bias * scale.type_as(bias)
+            x, _ = block(x, padding_mask=pad, alibi_bias=bias)
+        if net.norm is not None:
+            x = net.norm(x)
+        return x[:, extra:]
+
+    def _masked_positions(self, x, keep):
+        """The convolutional positional encoder, with padded frames zeroed before every convolution
+        (an unpadded sequence sees zeros past its end there)."""
+        encoder = self._encoder.relative_positional_encoder
+        layers = list(encoder)
+        if len(layers) == 2 and isinstance(layers[1], self._torch.nn.Sequential):  # conv_pos_pre_ln
+            x = layers[0](x)
+            layers = list(layers[1])
+        h = (x * keep).transpose(1, 2)  # layers[0] and layers[-1] are TransposeLast
+        frame_keep = keep.transpose(1, 2)
+        for layer in layers[1:-1]:
+            h = layer(h) * frame_keep
+        return h.transpose(1, 2)
 
 
 def _validate(audio: np.ndarray) -> str | None:
