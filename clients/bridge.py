@@ -83,6 +83,8 @@ class CallResult:
     error: dict[str, Any] | None = None
     chunks_sent: int = 0
     close_code: int | None = None
+    max_send_lag_s: float = 0.0
+    """How late the most delayed chunk was sent compared with its schedule (the server slowing ingest)."""
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("type") == kind]
@@ -152,22 +154,29 @@ def grpc_event_to_json(event: pb.CallEvent) -> dict[str, Any]:
 
 
 class _Pacer:
-    def __init__(self, speed: float, stop: threading.Event) -> None:
+    def __init__(self, speed: float, stop: threading.Event, result: CallResult | None = None) -> None:
         self.speed = speed
         self.stop = stop
+        self.result = result
         self.started = time.monotonic()
+
+    def _delay(self, index: int) -> float:
+        delay = self.started + index * CHUNK_MS / 1000 / self.speed - time.monotonic()
+        if self.result is not None and -delay > self.result.max_send_lag_s:
+            self.result.max_send_lag_s = -delay
+        return delay
 
     def wait_sync(self, index: int) -> bool:
         """Sleep until chunk `index` is due; False if the call was hung up."""
         if self.speed > 0:
-            delay = self.started + index * CHUNK_MS / 1000 / self.speed - time.monotonic()
+            delay = self._delay(index)
             if delay > 0 and self.stop.wait(delay):
                 return False
         return not self.stop.is_set()
 
     async def wait(self, index: int) -> bool:
         if self.speed > 0:
-            delay = self.started + index * CHUNK_MS / 1000 / self.speed - time.monotonic()
+            delay = self._delay(index)
             if delay > 0:
                 await asyncio.sleep(delay)
         return not self.stop.is_set()
@@ -186,7 +195,7 @@ def _grpc_requests(plan: CallPlan, audio: Audio, result: CallResult, stop: threa
         realtime=plan.is_live,
     )
     yield pb.CallRequest(config=config)
-    pacer = _Pacer(plan.speed, stop)
+    pacer = _Pacer(plan.speed, stop, result)
     for seq, chunk in enumerate(audio.chunks(), start=1):
         if not pacer.wait_sync(seq):
             return
@@ -238,7 +247,7 @@ async def _run_native(url: str, plan: CallPlan, audio: Audio, on_event, hangup_a
     async with connect(url, max_size=None) as ws:
         async def send() -> None:
             await ws.send(json.dumps(start))
-            pacer = _Pacer(plan.speed, threading.Event())
+            pacer = _Pacer(plan.speed, threading.Event(), result)
             for seq, chunk in enumerate(audio.chunks(), start=1):
                 await pacer.wait(seq)
                 data = encode(encoding, chunk)

@@ -84,6 +84,7 @@ class App:
             publisher=self.publisher,
             model_name=self.model.name,
             labels=self.model.labels,
+            deadline_s=self.config.inference.deadline_ms / 1000,
         )
         return CallSession(call_config, ctx)
 

@@ -85,13 +85,20 @@ class WindowConfig:
     min_window_ms: int = 300
     """Speech shorter than this is not scored on its own."""
     max_pending_windows: int = 16
-    """Windows of one call waiting for the model; when full the newest window is dropped and counted."""
+    """Windows of one call waiting for the model (live calls: see the overload policy)."""
+    scoring: str = "incremental"
+    """full: re-encode the whole window every hop; incremental: encode only new audio plus
+    `context_ms` of left context and score windows from the frame-logit track."""
+    context_ms: int = 500
+    """Left context encoded before the new audio in incremental scoring (README: "Incremental scoring")."""
 
     def __post_init__(self) -> None:
         _check(500 <= self.window_ms <= 30000, f"window_ms must be 500..30000, got {self.window_ms}")
         _check(100 <= self.hop_ms <= self.window_ms, f"hop_ms must be 100..window_ms, got {self.hop_ms}")
         _check(100 <= self.min_window_ms <= self.window_ms, "min_window_ms must be 100..window_ms")
         _check(self.max_pending_windows >= 1, "max_pending_windows must be >= 1")
+        _check(self.scoring in ("full", "incremental"), f"scoring must be full or incremental, got {self.scoring!r}")
+        _check(0 <= self.context_ms <= self.window_ms, f"context_ms must be 0..window_ms, got {self.context_ms}")
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,9 @@ class InferenceConfig:
     bucket_ms: int = 500
     """Windows whose lengths fall in the same bucket of this width share a (padded) forward pass."""
     queue_size: int = 1024
-    """Windows waiting for the worker across all calls; when full a new window is dropped and counted."""
+    """Windows waiting for the worker across all calls; when full a live call's new window is dropped and counted."""
+    deadline_ms: int = 1000
+    """A live call's window that has not reached the model this long after its audio arrived is dropped as stale."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model must not be empty")
@@ -124,6 +133,7 @@ class InferenceConfig:
         _check(0 <= self.max_wait_ms <= 1000, f"max_wait_ms must be 0..1000, got {self.max_wait_ms}")
         _check(1 <= self.bucket_ms <= 60000, f"bucket_ms must be 1..60000, got {self.bucket_ms}")
         _check(self.queue_size >= 1, "queue_size must be >= 1")
+        _check(self.deadline_ms >= 50, f"deadline_ms must be >= 50, got {self.deadline_ms}")
 
 
 @dataclass(frozen=True)
@@ -226,6 +236,8 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_VAD_MAX_SEGMENT_MS": ("vad", "max_segment_ms", int),
     "CALLPULSE_WINDOW_MS": ("windows", "window_ms", int),
     "CALLPULSE_HOP_MS": ("windows", "hop_ms", int),
+    "CALLPULSE_SCORING": ("windows", "scoring", str),
+    "CALLPULSE_CONTEXT_MS": ("windows", "context_ms", int),
     "CALLPULSE_MODEL": ("inference", "model", str),
     "CALLPULSE_HUB": ("inference", "hub", str),
     "CALLPULSE_DEVICE": ("inference", "device", str),
@@ -234,6 +246,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_MAX_WAIT_MS": ("inference", "max_wait_ms", float),
     "CALLPULSE_QUEUE_SIZE": ("inference", "queue_size", int),
     "CALLPULSE_BUCKET_MS": ("inference", "bucket_ms", int),
+    "CALLPULSE_DEADLINE_MS": ("inference", "deadline_ms", int),
     "CALLPULSE_REDIS_URL": ("redis", "url", str),
     "CALLPULSE_REDIS_PREFIX": ("redis", "prefix", str),
     "CALLPULSE_RULES": ("", "rules_path", str),

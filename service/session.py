@@ -8,13 +8,19 @@ input was bad) and forwards what `events()` yields. Audio is processed inline on
 window order by one task per call.
 
 Live calls (`realtime`) are paced: past a burst allowance they are read at most `pacing_factor` x
-real time, and when the model is behind their newest windows are dropped and marked. Replays are
-read as fast as the model allows: reading waits for the model instead of dropping anything.
+real time, and when the model is behind they shed load instead of falling behind: a channel keeps
+at most one window waiting for the model (a newer window replaces it and, in incremental scoring,
+takes over its audio up to one window's worth), a window whose deadline passes before the model
+reaches it is dropped, and every drop is counted and marks the next updates and alerts `degraded`.
+Ingest never waits for the model. Replays are read as fast as the model allows: reading waits for
+the model instead of dropping anything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -25,6 +31,7 @@ import numpy as np
 
 from service import metrics
 from service.alerts import AlertPublisher, build_alert, wall_time_iso
+from service.analytics.frames import FrameTrack
 from service.analytics.prosody import loudness_dbfs
 from service.analytics.timeline import ChannelTimeline
 from service.audio.channel import AnalysisWindow, ChannelPipeline
@@ -45,7 +52,7 @@ from service.domain import (
 )
 from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument
 from service.inference.base import WindowScores
-from service.inference.batcher import InferenceBatcher, QueueFull
+from service.inference.batcher import InferenceBatcher, QueueFull, StaleWindow
 from service.rules import ChannelRuleState, RuleEngine, ScoredWindow
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,8 @@ class SessionContext:
     publisher: AlertPublisher
     model_name: str
     labels: tuple[str, ...]
+    deadline_s: float = 1.0
+    """A live window not started by the model this long after its audio arrived is dropped."""
 
 
 class EventBuffer:
@@ -141,12 +150,16 @@ class CallSession:
             for role in fmt.channel_roles
         ]
         self._timelines = {role: ChannelTimeline(role) for role in fmt.channel_roles}
+        track_frames = (ctx.windows.window_ms + 2 * ctx.windows.hop_ms) // 20
+        self._frames = {role: FrameTrack(track_frames) for role in fmt.channel_roles}
         self._rule_states: dict[Role, ChannelRuleState] = {}
         self._segments_seen = [0] * len(self._pipelines)
         self._ingest: InterleavedIngest | TrackIngest | None = None
         self._track_format = AudioFormat(fmt.encoding, fmt.sample_rate, fmt.channel_roles[:1])
         self._pending: asyncio.Queue[tuple[AnalysisWindow, asyncio.Future] | None] = asyncio.Queue()
         self._ready: deque[AnalysisWindow] = deque()
+        self._waiting: dict[Role, tuple[AnalysisWindow, concurrent.futures.Future]] = {}
+        self._superseded: set[int] = set()
         self._in_flight = 0
         self._overloaded = False
         self._warned_at: dict[str, int] = {}
@@ -386,6 +399,7 @@ class CallSession:
             "pending_windows": self._in_flight,
             "queued_events": len(self._events),
             "timeline_updates": sum(len(t.recent) for t in self._timelines.values()),
+            "frame_track": sum(len(t) for t in self._frames.values()),
             "summary_alerts": len(self._alerts),
         }
 
@@ -398,28 +412,48 @@ class CallSession:
         self._segments_seen[index] = pipeline.segments
 
     def _submit_ready(self) -> None:
-        """Send cut windows to the model. Live: drop what does not fit. Replay (and call end): keep it for later."""
-        keep = not self.config.realtime or self._state == "ending"
+        """Send cut windows to the model. Live: shed what does not fit. Replay (and call end): keep it for later."""
+        live = self.config.realtime and self._state != "ending"
         while self._ready:
             window = self._ready[0]
             timeline = self._timelines[window.role]
+            if live:
+                window = self._supersede(window)
             if self._in_flight >= self._ctx.windows.max_pending_windows:
-                if keep:
+                if not live:
                     return
                 self._ready.popleft()
                 self._drop(timeline, "dropped_call_backlog")
                 continue
+            deadline = window.arrival + self._ctx.deadline_s if live else None
             try:
-                future = self._ctx.batcher.submit(to_model_input(window.samples, window.sample_rate))
+                future = self._ctx.batcher.submit(to_model_input(window.samples, window.sample_rate), deadline=deadline)
             except QueueFull:
-                if keep:
+                if not live:
                     return
                 self._ready.popleft()
                 self._drop(timeline, "dropped_queue_full")
                 continue
             self._ready.popleft()
+            self._waiting[window.role] = (window, future)
             self._in_flight += 1
             self._pending.put_nowait((window, asyncio.wrap_future(future)))
+
+    def _supersede(self, window: AnalysisWindow) -> AnalysisWindow:
+        """If this channel's previous window is still waiting for the model, replace it by `window`,
+        which in incremental scoring also carries the replaced window's new audio (up to a window)."""
+        waiting = self._waiting.get(window.role)
+        if waiting is None or not waiting[1].cancel():
+            return window
+        old, _ = waiting
+        self._superseded.add(id(old))
+        if self._ctx.windows.scoring != "incremental" or old.segment_index != window.segment_index:
+            return window
+        if not old.encode_from_sample < window.encode_from_sample <= old.end_sample:
+            return window
+        limit = (self._ctx.windows.window_ms + self._ctx.windows.context_ms) * window.sample_rate // 1000
+        samples = np.concatenate([old.samples[: window.encode_from_sample - old.encode_from_sample], window.samples])[-limit:]
+        return dataclasses.replace(window, encode_from_sample=window.end_sample - len(samples), samples=samples)
 
     def _drop(self, timeline: ChannelTimeline, outcome: str) -> None:
         timeline.dropped()
@@ -434,13 +468,19 @@ class CallSession:
             if item is None:
                 return
             window, future = item
+            outcome = "failed"
             try:
                 result: WindowScores = await future
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if self._state == "closed" or (task is not None and task.cancelling()):
                     raise
-                result = None  # only the window's future was cancelled: count it as a failed window
+                result = None  # only the window's future was cancelled: a newer window replaced it
+                outcome = "dropped_superseded" if id(window) in self._superseded else "failed"
+                self._superseded.discard(id(window))
+            except StaleWindow:
+                result = None
+                outcome = "dropped_stale"
             except Exception as exc:  # noqa: BLE001 - one window's model error fails only that window
                 log.warning("a %s window failed in the model: %s", window.role.value, exc)
                 result = None
@@ -448,17 +488,34 @@ class CallSession:
                 self._in_flight -= 1
                 self._capacity.set()
             if result is None:
-                self._timelines[window.role].failed()
-                metrics.window("failed")
+                if outcome == "failed":
+                    self._timelines[window.role].failed()
+                    metrics.window("failed")
+                else:
+                    self._drop(self._timelines[window.role], outcome)
                 continue
             self._handle_scores(window, result)
+
+    def _window_scores(self, window: AnalysisWindow, result: WindowScores) -> tuple[np.ndarray, bool]:
+        """The window's scores and whether some of its audio was never scored (frames missing)."""
+        if self._ctx.windows.scoring == "full":
+            return result.scores, False
+        step = window.frame_samples
+        track = self._frames[window.role]
+        track.add(window.segment_index, window.encode_from_sample // step, result.frame_logits)
+        first, end = window.start_sample // step, window.end_sample // step
+        scores, held = track.scores(first, end)
+        if scores is None:
+            return result.scores, True
+        return scores, held < end - first - 1  # the last 20 ms slot never has a frame yet
 
     def _handle_scores(self, window: AnalysisWindow, result: WindowScores) -> None:
         labels = self._ctx.labels
         timeline = self._timelines[window.role]
-        scores = [float(s) for s in result.scores]
-        top = int(np.argmax(result.scores))
-        degraded = timeline.dropped_since_update > 0
+        window_scores, missing = self._window_scores(window, result)
+        scores = [float(s) for s in window_scores]
+        top = int(np.argmax(window_scores))
+        degraded = timeline.dropped_since_update > 0 or missing
         loudness = loudness_dbfs(window.samples)
         latency_s = time.monotonic() - window.arrival
         update = EmotionUpdate(

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from service.errors import ServiceUnavailable
-from service.inference.batcher import InferenceBatcher, QueueFull
+import time
+
+from service.inference.batcher import InferenceBatcher, QueueFull, StaleWindow
 from tests.fakes import POISON, FakeEmotionModel, one_hot
 
 
@@ -120,3 +122,23 @@ def test_stop_finishes_queued_work_then_refuses():
     assert all(f.done() and f.exception() is None for f in futures)
     with pytest.raises(ServiceUnavailable):
         batcher.submit(audio())
+
+
+def test_windows_past_their_deadline_are_dropped_unscored():
+    """A window whose deadline passed while it waited fails with StaleWindow and costs no model time."""
+    model = FakeEmotionModel()
+    model.gate.clear()
+    batcher = InferenceBatcher(model, max_batch=8, max_wait_ms=1)
+    batcher.start()
+    blocker = batcher.submit(audio())
+    assert model.entered.wait(5)
+    stale = batcher.submit(audio(), deadline=time.monotonic() + 0.05)
+    fresh = batcher.submit(audio(), deadline=time.monotonic() + 60)
+    time.sleep(0.1)
+    model.gate.set()
+    blocker.result(5)
+    with pytest.raises(StaleWindow):
+        stale.result(5)
+    assert fresh.result(5).scores.shape == (9,)
+    batcher.stop()
+    assert model.batch_sizes == [1, 1] and batcher.stale == 1

@@ -31,14 +31,17 @@ def call():
     return read_wav(str(CALL_WAV))
 
 
+FULL = WindowConfig(scoring="full")
+
+
 def test_windows_are_cut_every_hop_while_speaking(customer):
     """During a segment a window is cut every hop of speech, each at most window_ms long."""
     samples, rate = customer
-    pipeline, windows = run_channel(samples, rate)
+    pipeline, windows = run_channel(samples, rate, windows=FULL)
     assert pipeline.segments >= 1 and windows
     for w in windows:
         assert 0 < w.end_ms - w.start_ms <= 3000
-        assert len(w.samples) == w.end_sample - w.start_sample
+        assert len(w.samples) == w.end_sample - w.start_sample == w.end_sample - w.encode_from_sample
     by_segment = {}
     for w in windows:
         by_segment.setdefault(w.segment_index, []).append(w)
@@ -47,6 +50,24 @@ def test_windows_are_cut_every_hop_while_speaking(customer):
         assert all(h >= 500 for h in hops)
         assert all(h <= 600 for h in hops), hops  # no speech hop is skipped
         assert seg[-1].final
+
+
+def test_incremental_scoring_encodes_new_speech_plus_context(call):
+    """Incremental windows send only the new speech and context_ms before it: about (context+hop)/hop of the speech."""
+    samples = np.ascontiguousarray(call.samples[:, 0])
+    config = WindowConfig(scoring="incremental", context_ms=1000, hop_ms=500)
+    pipeline, windows = run_channel(samples, call.sample_rate, windows=config)
+    full_pipeline, full = run_channel(samples, call.sample_rate, windows=FULL)
+    assert [(w.start_sample, w.end_sample) for w in windows] == [(w.start_sample, w.end_sample) for w in full]
+    seg_start = {}
+    for w in windows:
+        seg_start.setdefault(w.segment_index, w.start_sample)
+        assert w.encode_from_sample == max(seg_start[w.segment_index], w.new_from_sample - 8000)
+        assert len(w.samples) == w.end_sample - w.encode_from_sample
+    encoded = sum(len(w.samples) for w in windows) / call.sample_rate
+    full_encoded = sum(len(w.samples) for w in full) / call.sample_rate
+    speech = pipeline.speech_ms / 1000
+    assert encoded < 3.2 * speech and full_encoded > 4.5 * speech
 
 
 def test_new_speech_of_windows_adds_up_to_segment_speech(customer):

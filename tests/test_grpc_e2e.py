@@ -147,3 +147,26 @@ def test_health_service_reports_serving(redis_server, test_models, start_server)
             return overall.status, named.status
 
     assert run(check()) == (health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.SERVING)
+
+
+def test_overloaded_model_sheds_windows_without_slowing_live_calls(redis_server, start_server):
+    """With a model too slow for the load, live calls keep their pace; stale windows are dropped, counted and marked."""
+    from service import metrics
+    from tests.fakes import FakeEmotionModel
+
+    model = FakeEmotionModel(per_window_s=0.3)  # ~3 windows/s for ~6 windows/s of demand
+    server = start_server(service_config(redis_server.url, "unused"), model=model)
+    before = {o: metrics.WINDOWS.labels(o)._value.get() for o in ("dropped_superseded", "dropped_stale", "scored")}
+
+    async def calls():
+        plans = [CallPlan(f"overload-{i}", "agent-o", "team-o", roles=("customer",), speed=1.0) for i in range(3)]
+        return await asyncio.gather(*(stream_call(server.target, str(CUSTOMER_WAV), p) for p in plans))
+
+    results = run(calls())
+    dropped = sum(r.of("summary")[0]["speakers"][0]["windows_dropped"] for r in results)
+    after = {o: metrics.WINDOWS.labels(o)._value.get() for o in before}
+    assert all(r.error is None and r.of("summary") and r.of("emotion") for r in results)
+    assert all(r.max_send_lag_s < 0.5 for r in results), [r.max_send_lag_s for r in results]
+    assert dropped > 0 and dropped == (after["dropped_superseded"] - before["dropped_superseded"]) + (after["dropped_stale"] - before["dropped_stale"])
+    assert any(u["degraded"] for r in results for u in r.of("emotion"))
+    assert any(w["code"] == "WINDOWS_DROPPED" for r in results for w in r.of("warning"))

@@ -36,12 +36,12 @@ def funasr_automodel(test_models):
 
 @pytest.fixture(scope="module")
 def service_windows():
-    """The 16 kHz windows the service would score for the fixtures (8 kHz stereo call and 16 kHz mono)."""
+    """The 16 kHz windows the service scores in full scoring for the fixtures (8 kHz stereo call and 16 kHz mono)."""
     windows = []
     call = read_wav(str(CALL_WAV))
     customer = read_wav(str(CUSTOMER_WAV))
     for samples, rate in ((np.ascontiguousarray(call.samples[:, 0]), call.sample_rate), (customer.samples[:, 0], customer.sample_rate)):
-        pipeline = ChannelPipeline(Role.CUSTOMER, rate, VadConfig(), WindowConfig())
+        pipeline = ChannelPipeline(Role.CUSTOMER, rate, VadConfig(), WindowConfig(scoring="full"))
         cut = pipeline.push(samples, 0.0) + pipeline.flush(0.0)
         windows.extend(to_model_input(w.samples, w.sample_rate) for w in cut)
     return windows

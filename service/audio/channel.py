@@ -4,6 +4,10 @@ Segments are never merged: a segment closes after `trailing_silence_ms` of unvoi
 `max_segment_ms`. While a segment is open, a window of the last `window_ms` of that segment is cut
 every `hop_ms` of speech so that a long utterance is scored while it happens; one more window is cut
 when the segment closes if enough new speech came since the last one.
+
+What is sent to the model depends on the scoring mode: the whole window (full), or only the speech
+that is new since the previous window plus `context_ms` of left context (incremental; the window's
+scores are then assembled from the frame-logit track).
 """
 
 from __future__ import annotations
@@ -30,7 +34,10 @@ class AnalysisWindow:
     segment_index: int
     sample_rate: int
     start_sample: int
+    """Start of the window the update reports (the last `window_ms` of the segment)."""
     end_sample: int
+    encode_from_sample: int
+    """Start of the audio sent to the model (= start_sample in full scoring)."""
     new_from_sample: int
     """Start of the audio no earlier window of this segment covered; [new_from, end) is new speech."""
     final: bool
@@ -38,7 +45,7 @@ class AnalysisWindow:
     arrival: float
     """time.monotonic() at which the chunk that completed this window arrived."""
     samples: np.ndarray
-    """int16 samples at the native rate."""
+    """int16 samples [encode_from_sample, end_sample) at the native rate."""
 
     @property
     def start_ms(self) -> int:
@@ -47,6 +54,11 @@ class AnalysisWindow:
     @property
     def end_ms(self) -> int:
         return self.end_sample * 1000 // self.sample_rate
+
+    @property
+    def frame_samples(self) -> int:
+        """Native samples per 20 ms model frame."""
+        return self.sample_rate // 50
 
     @property
     def new_speech_ms(self) -> int:
@@ -70,7 +82,9 @@ class ChannelPipeline:
         self._hop = windows.hop_ms * ms
         self._min_window = windows.min_window_ms * ms
         self._min_tail = MIN_TAIL_MS * ms
-        capacity = self._window + (vad.trailing_silence_ms + vad.start_speech_ms) * ms + 2 * self._frame
+        self._incremental = windows.scoring == "incremental"
+        self._context = windows.context_ms * ms
+        capacity = self._window + self._hop + (vad.trailing_silence_ms + vad.start_speech_ms) * ms + 2 * self._frame
         self._ring = SampleRing(capacity)
         self._carry = np.zeros(0, dtype=np.int16)
         # segmentation state
@@ -183,16 +197,19 @@ class ChannelPipeline:
 
     def _cut(self, end: int, final: bool, arrival: float) -> AnalysisWindow:
         start = max(self._seg_start, end - self._window)
+        new_from = max(start, self._last_window_end)
+        encode_from = max(self._seg_start, new_from - self._context) if self._incremental else start
         window = AnalysisWindow(
             role=self.role,
             segment_index=self.segments,
             sample_rate=self.sample_rate,
             start_sample=start,
             end_sample=end,
-            new_from_sample=max(start, self._last_window_end),
+            encode_from_sample=encode_from,
+            new_from_sample=new_from,
             final=final,
             arrival=arrival,
-            samples=self._ring.slice(start, end),
+            samples=self._ring.slice(encode_from, end),
         )
         self._last_window_end = end
         return window

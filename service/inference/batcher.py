@@ -1,10 +1,12 @@
 """Cross-call micro-batching: one worker thread owns the model and batches windows from every call.
 
 Windows wait in one bounded queue. When it is full, `submit` refuses the new window with QueueFull
-(the caller drops and counts it: a stale emotion score is worth less than keeping up with live
-audio). The worker takes the first waiting window, gathers more for at most `max_wait_ms` or until
-`max_batch`, and hands them to the model in one call; each window's future gets its own result or
-error. A window whose future was cancelled (its call went away) is skipped.
+(the caller decides: a live call drops it, a replay waits). The worker takes the first waiting
+window, gathers more for at most `max_wait_ms` or until `max_batch` or `max_batch_audio_s`, and
+hands them to the model in one call; each window's future gets its own result or error. A window
+whose future was cancelled (its call went away, or a newer window of its channel replaced it) is
+skipped; a window with a deadline that has passed when the worker reaches it fails with
+StaleWindow instead of costing model time.
 """
 
 from __future__ import annotations
@@ -29,9 +31,14 @@ class QueueFull(Exception):
     """The inference queue is at its bound; the window was not accepted."""
 
 
+class StaleWindow(Exception):
+    """The window's deadline passed before the model could start on it."""
+
+
 @dataclass
 class _Item:
     audio: np.ndarray
+    deadline: float | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -42,15 +49,18 @@ _STOP = object()
 class InferenceBatcher:
     """Feeds an EmotionModel from a bounded queue on a single worker thread."""
 
-    def __init__(self, model: EmotionModel, max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 1024) -> None:
+    def __init__(self, model: EmotionModel, max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 1024,
+                 max_batch_audio_s: float = 120.0) -> None:
         self.model = model
         self._max_batch = max_batch
+        self._max_batch_samples = int(max_batch_audio_s * 16000)
         self._max_wait = max_wait_ms / 1000.0
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.batches = 0
         self.largest_batch = 0
+        self.stale = 0
 
     @property
     def depth(self) -> int:
@@ -61,11 +71,12 @@ class InferenceBatcher:
             self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=True)
             self._thread.start()
 
-    def submit(self, audio: np.ndarray) -> concurrent.futures.Future:
-        """Queue one 16 kHz window; its future resolves to WindowScores. Raises QueueFull when at the bound."""
+    def submit(self, audio: np.ndarray, deadline: float | None = None) -> concurrent.futures.Future:
+        """Queue one 16 kHz window; its future resolves to WindowScores. `deadline` (time.monotonic())
+        is when it stops being worth scoring. Raises QueueFull when at the bound."""
         if self._stopping:
             raise ServiceUnavailable("inference worker is stopping")
-        item = _Item(audio)
+        item = _Item(audio, deadline)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -91,8 +102,9 @@ class InferenceBatcher:
             if first is _STOP:
                 break
             batch = [first]
+            samples = len(first.audio)
             deadline = time.monotonic() + self._max_wait
-            while len(batch) < self._max_batch:
+            while len(batch) < self._max_batch and samples < self._max_batch_samples:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
@@ -107,15 +119,24 @@ class InferenceBatcher:
                     stop = True
                     break
                 batch.append(item)
+                samples += len(item.audio)
             self._process(batch)
         self._fail_remaining()
 
     def _process(self, batch: list[_Item]) -> None:
-        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        started = time.monotonic()
+        live = []
+        for item in batch:
+            if not item.future.set_running_or_notify_cancel():
+                continue
+            if item.deadline is not None and started > item.deadline:
+                self.stale += 1
+                item.future.set_exception(StaleWindow(f"window waited {started - item.enqueued:.3f} s, past its deadline"))
+                continue
+            live.append(item)
         metrics.inference_queue_depth(self._queue.qsize())
         if not live:
             return
-        started = time.monotonic()
         for item in live:
             metrics.inference_queue_wait(started - item.enqueued)
         try:
