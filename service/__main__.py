@@ -17,7 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     cli = {k: getattr(args, k) for k in (
         "host", "grpc_port", "ws_port", "metrics_port", "max_calls", "redis_url", "redis_prefix",
-        "model", "hub", "device", "threads", "rules", "log_level",
+        "model", "hub", "device", "precision", "threads", "rules", "log_level",
     )}
     config = load_config(cli)
     logging.basicConfig(
@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="hub id or local funasr model directory")
     serve.add_argument("--hub", choices=["ms", "hf"])
     serve.add_argument("--device", help="cpu, cuda or cuda:N")
+    serve.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="fp16/bf16 autocast on CUDA")
     serve.add_argument("--threads", type=int, help="torch CPU threads (0 = torch default)")
     serve.add_argument("--rules", help="rules YAML file")
     serve.add_argument("--log-level")

@@ -25,7 +25,15 @@ def load_emotion_model(config: ServiceConfig) -> EmotionModel:
     from service.inference.emotion2vec import Emotion2vecModel
 
     inf = config.inference
-    return Emotion2vecModel.load(inf.model, hub=inf.hub, device=inf.device, threads=inf.threads, bucket_ms=inf.bucket_ms)
+    return Emotion2vecModel.load(inf.model, hub=inf.hub, device=inf.device, threads=inf.threads, bucket_ms=inf.bucket_ms,
+                                 precision=inf.precision, warm_lengths_ms=_warm_lengths(config))
+
+
+def _warm_lengths(config: ServiceConfig) -> tuple[int, ...]:
+    """Window lengths the service will send, one per length bucket, for warm-up before readiness."""
+    w, inf = config.windows, config.inference
+    longest = w.window_ms + (w.context_ms if w.scoring == "incremental" else 0)
+    return tuple(range(inf.bucket_ms, longest + inf.bucket_ms, inf.bucket_ms))
 
 
 class App:
@@ -64,7 +72,7 @@ class App:
         loop = asyncio.get_running_loop()
         model = self._given_model or await loop.run_in_executor(None, load_emotion_model, cfg)
         rules.check_labels(model.labels)
-        await loop.run_in_executor(None, model.warm_up)
+        await loop.run_in_executor(None, model.warm_up)  # before readiness: lazy initialisation, CUDA kernels per bucket
         self.model = model
         inf = cfg.inference
         self.batcher = InferenceBatcher(model, inf.max_batch, inf.max_wait_ms, inf.queue_size)

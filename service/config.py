@@ -111,6 +111,8 @@ class InferenceConfig:
     """Model hub for hub ids: ms (ModelScope) or hf (Hugging Face)."""
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
+    precision: str = "fp32"
+    """fp32, or on CUDA fp16 / bf16 (autocast)."""
     threads: int = 0
     """Torch intra-op threads for the CPU path; 0 leaves torch's default."""
     max_batch: int = 32
@@ -128,6 +130,8 @@ class InferenceConfig:
         _check(bool(self.model), "model must not be empty")
         _check(self.hub in ("ms", "hf"), f"hub must be ms or hf, got {self.hub!r}")
         _check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be cpu or cuda[:N], got {self.device!r}")
+        _check(self.precision in ("fp32", "fp16", "bf16"), f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        _check(self.precision == "fp32" or self.device.startswith("cuda"), f"precision {self.precision} needs a CUDA device")
         _check(self.threads >= 0, "threads must be >= 0")
         _check(1 <= self.max_batch <= 1024, f"max_batch must be 1..1024, got {self.max_batch}")
         _check(0 <= self.max_wait_ms <= 1000, f"max_wait_ms must be 0..1000, got {self.max_wait_ms}")
@@ -241,6 +245,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_MODEL": ("inference", "model", str),
     "CALLPULSE_HUB": ("inference", "hub", str),
     "CALLPULSE_DEVICE": ("inference", "device", str),
+    "CALLPULSE_PRECISION": ("inference", "precision", str),
     "CALLPULSE_THREADS": ("inference", "threads", int),
     "CALLPULSE_MAX_BATCH": ("inference", "max_batch", int),
     "CALLPULSE_MAX_WAIT_MS": ("inference", "max_wait_ms", float),
@@ -265,6 +270,7 @@ CLI_OPTIONS: dict[str, tuple[str, str]] = {
     "model": ("inference", "model"),
     "hub": ("inference", "hub"),
     "device": ("inference", "device"),
+    "precision": ("inference", "precision"),
     "threads": ("inference", "threads"),
     "rules": ("", "rules_path"),
     "log_level": ("", "log_level"),

@@ -15,6 +15,7 @@ attention already ignores padded keys. The result for each window equals its unp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,11 +38,17 @@ TEST_MODEL_MARKER = "callpulse_test_model.json"
 class Emotion2vecModel(EmotionModel):
     """An emotion2vec checkpoint loaded through funasr AutoModel."""
 
-    def __init__(self, automodel, name: str, device: str, bucket_ms: int = 500) -> None:
+    def __init__(self, automodel, name: str, device: str, bucket_ms: int = 500, precision: str = "fp32",
+                 warm_lengths_ms: tuple[int, ...] = (1000,)) -> None:
         import torch
 
         self._torch = torch
         self._net = automodel.model
+        self._cuda = device.startswith("cuda")
+        self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self._pinned = None  # reusable page-locked staging buffer for host-to-GPU copies
+        self._warm_lengths_ms = warm_lengths_ms
+        self.precision = precision
         self._encoder = self._net.modality_encoders["AUDIO"]
         self._conv_layers = [(k, stride) for _, k, stride in self._encoder.feature_enc_layers]
         self._bucket = max(1, bucket_ms * 16)  # samples at 16 kHz
@@ -58,12 +65,15 @@ class Emotion2vecModel(EmotionModel):
         self.largest_forward = 0
 
     @classmethod
-    def load(cls, model: str, hub: str = "ms", device: str = "cpu", threads: int = 0, bucket_ms: int = 500) -> "Emotion2vecModel":
+    def load(cls, model: str, hub: str = "ms", device: str = "cpu", threads: int = 0, bucket_ms: int = 500,
+             precision: str = "fp32", warm_lengths_ms: tuple[int, ...] = (1000,)) -> "Emotion2vecModel":
         """Load a hub id or a local funasr model directory through funasr AutoModel."""
         import torch
 
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ModelLoadError(f"device {device!r} was requested but CUDA is not available here")
+        if precision != "fp32" and not device.startswith("cuda"):
+            raise ModelLoadError(f"precision {precision} is only supported on CUDA; use fp32 on {device}")
         if threads > 0:
             torch.set_num_threads(threads)
         is_local = os.path.isdir(model)
@@ -98,7 +108,8 @@ class Emotion2vecModel(EmotionModel):
             raise ModelLoadError(f"{model!r} has no classification head (proj); use an emotion2vec_plus_* or *_finetuned model")
         _check_checkpoint_complete(automodel.kwargs.get("init_param"), net)
         name = _model_name(model, automodel.kwargs.get("model_path") or model)
-        instance = cls(automodel, name=name, device=device, bucket_ms=bucket_ms)
+        instance = cls(automodel, name=name, device=device, bucket_ms=bucket_ms, precision=precision,
+                       warm_lengths_ms=warm_lengths_ms)
         log.info("emotion model loaded: %s on %s, labels=%s", name, device, ",".join(instance.labels))
         return instance
 
@@ -126,6 +137,35 @@ class Emotion2vecModel(EmotionModel):
                 results[i] = result
         return results  # type: ignore[return-value]
 
+    def warm_up(self) -> None:
+        """One pass per length bucket on CUDA (kernel selection happens per shape), one pass on the CPU."""
+        lengths = self._warm_lengths_ms if self._cuda else self._warm_lengths_ms[:1]
+        for ms in lengths:
+            result = self.score_batch([np.zeros(ms * 16, dtype=np.float32)])[0]
+            if isinstance(result, Exception):
+                raise result
+        if self._cuda:
+            self._torch.cuda.synchronize(self._device)
+
+    def _to_device(self, rows: list[np.ndarray]):
+        """Stack (zero-padded) windows into one tensor on the model's device; via a pinned buffer on CUDA."""
+        torch = self._torch
+        longest = max(len(r) for r in rows)
+        if not self._cuda:
+            if all(len(r) == longest for r in rows):
+                return torch.from_numpy(np.stack(rows))
+            return torch.nn.utils.rnn.pad_sequence([torch.from_numpy(r) for r in rows], batch_first=True)
+        if self._pinned is None or self._pinned.shape[0] < len(rows) or self._pinned.shape[1] < longest:
+            shape = (max(len(rows), self._pinned.shape[0] if self._pinned is not None else 0),
+                     max(longest, self._pinned.shape[1] if self._pinned is not None else 0))
+            self._pinned = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        staging = self._pinned[: len(rows), :longest]
+        staging.zero_()
+        for i, row in enumerate(rows):
+            staging[i, : len(row)] = torch.from_numpy(row)
+        # non_blocking from pinned memory; the copy completes before kernels that read it on this stream
+        return staging.to(self._device, non_blocking=True)
+
     def frames_for(self, samples: int) -> int:
         """Number of 50 Hz frames the feature encoder makes from `samples` samples."""
         n = samples
@@ -141,18 +181,16 @@ class Emotion2vecModel(EmotionModel):
         self.largest_forward = max(self.largest_forward, len(batch))
         self.padded_samples += longest * len(batch) - sum(lengths)
         self.total_samples += longest * len(batch)
-        with torch.inference_mode():
+        autocast = (torch.autocast(device_type="cuda", dtype=self._autocast_dtype) if self._autocast_dtype is not None
+                    else contextlib.nullcontext())
+        with torch.inference_mode(), autocast:
+            if self._normalize:  # per window, before padding (numpy: the same float32 layer norm)
+                batch = [_layer_norm(a) for a in batch]
+            source = self._to_device(batch)
             if min(lengths) == longest:
-                source = torch.from_numpy(np.stack(batch)).to(self._device, non_blocking=True)
-                if self._normalize:
-                    source = torch.nn.functional.layer_norm(source, source.shape[-1:])
                 feats = self._net.extract_features(source, padding_mask=None)["x"]
                 valid = [feats.shape[1]] * len(batch)
             else:
-                rows = [torch.from_numpy(a) for a in batch]
-                if self._normalize:
-                    rows = [torch.nn.functional.layer_norm(r, r.shape) for r in rows]
-                source = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(self._device, non_blocking=True)
                 valid = [self.frames_for(n) for n in lengths]
                 feats = self._padded_features(source, valid)
             logits = self._net.proj(feats).index_select(-1, self._keep_index).float()
@@ -213,6 +251,13 @@ class Emotion2vecModel(EmotionModel):
         for layer in layers[1:-1]:
             h = layer(h) * frame_keep
         return h.transpose(1, 2)
+
+
+def _layer_norm(audio: np.ndarray) -> np.ndarray:
+    """What funasr's normalize does (F.layer_norm over the whole waveform, eps 1e-5), in float32."""
+    mean = audio.mean(dtype=np.float64)
+    var = np.square(audio - mean, dtype=np.float64).mean()
+    return ((audio - mean) / np.sqrt(var + 1e-5)).astype(np.float32)
 
 
 def _validate(audio: np.ndarray) -> str | None:
