@@ -14,11 +14,14 @@ MODEL_DIR ?= models/emotion2vec_plus_large
 MODEL_ID ?= iic/emotion2vec_plus_large
 HUB ?= ms
 
-.PHONY: help sysdeps install proto test demo model serve clean
+SIZE ?= base
+
+.PHONY: help sysdeps install proto test demo bench model serve clean
 
 help:
 	@echo "make demo   - start redis (if needed) + the service, stream the sample call, print the alerts"
 	@echo "make test   - run the test suite"
+	@echo "make bench  - ceiling, naive peer and this service under load, one run (SIZE=base|large|tiny)"
 	@echo "make model  - download $(MODEL_ID) into $(MODEL_DIR) (needs a reachable model hub)"
 	@echo "make serve  - run the service in the foreground (CALLPULSE_* variables configure it)"
 
@@ -51,6 +54,9 @@ test: sysdeps proto
 
 demo: sysdeps proto
 	$(PY) -m clients.demo --model $(MODEL_DIR)
+
+bench: sysdeps proto
+	$(PY) -m clients.bench --size $(SIZE)
 
 model: proto
 	$(PY) -m service download-model $(MODEL_ID) --out $(MODEL_DIR) --hub $(HUB)

@@ -173,6 +173,7 @@ class SpeakerSummary:
     windows_scored: int
     windows_dropped: int
     top_labels: tuple[tuple[str, int], ...]
+    windows_merged: int = 0
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,11 @@ QUEUE_WAIT = Histogram("callpulse_inference_queue_wait_seconds", "Time a window 
 UPDATE_LATENCY = Histogram(
     "callpulse_emotion_update_latency_seconds", "Audio arrival to EmotionUpdate emitted", buckets=_LATENCY_BUCKETS
 )
+STAGE_SECONDS = Histogram(
+    "callpulse_stage_seconds", "Time spent per unit of work in each pipeline stage (ingest: one chunk; score: one "
+    "window's result through timeline and rules)", ["stage"],
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
 ALERTS = Counter("callpulse_alerts_total", "Alerts raised", ["rule", "severity"])
 ALERT_LATENCY = Histogram(
     "callpulse_alert_latency_seconds", "Audio arrival to alert published on Redis", buckets=_LATENCY_BUCKETS
@@ -84,6 +89,10 @@ def inference_queue_wait(seconds: float) -> None:
 
 def emotion_update_latency(seconds: float) -> None:
     UPDATE_LATENCY.observe(seconds)
+
+
+def stage(name: str, seconds: float) -> None:
+    STAGE_SECONDS.labels(name).observe(seconds)
 
 
 def alert_raised(rule: str, severity: str) -> None:

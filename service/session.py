@@ -160,6 +160,7 @@ class CallSession:
         self._ready: deque[AnalysisWindow] = deque()
         self._waiting: dict[Role, tuple[AnalysisWindow, concurrent.futures.Future]] = {}
         self._superseded: set[int] = set()
+        self._merged: set[int] = set()
         self._in_flight = 0
         self._overloaded = False
         self._warned_at: dict[str, int] = {}
@@ -201,6 +202,7 @@ class CallSession:
     def push_audio(self, seq: int, data: bytes, arrival: float | None = None) -> None:
         """Ingest one interleaved chunk. Raises InvalidArgument (and changes nothing) if the chunk is bad,
         CallLimitExceeded once the call is longer than allowed."""
+        began = time.perf_counter()
         frames = self._decode(seq, data)
         if self._ingest is None:
             self._ingest = InterleavedIngest(self.config.audio.channels, self._ctx.ingest.reorder_window, self._ctx.ingest.max_seq_jump)
@@ -209,10 +211,12 @@ class CallSession:
         arrival = time.monotonic() if arrival is None else arrival
         ordered, notices = self._ingest.push(seq, frames)
         self._consume(ordered, notices, arrival)
+        metrics.stage("ingest", time.perf_counter() - began)
 
     def push_track(self, track: int, seq: int, data: bytes, arrival: float | None = None, start_ms: int | None = None) -> None:
         """Ingest one chunk of one mono track (track i is channel i). `start_ms`, when the bridge gives
         it, places the chunk on the call's timeline; otherwise chunks follow each other."""
+        began = time.perf_counter()
         fmt = self.config.audio
         if not 0 <= track < fmt.channels:
             raise InvalidArgument(f"track {track} does not exist (the call has {fmt.channels})")
@@ -226,6 +230,7 @@ class CallSession:
         arrival = time.monotonic() if arrival is None else arrival
         ordered, notices = self._ingest.push(track, seq, frames, start)
         self._consume(ordered, notices, arrival)
+        metrics.stage("ingest", time.perf_counter() - began)
 
     def skip_audio(self, duration_ms: int, arrival: float | None = None) -> None:
         """Advance the call clock over audio that will never arrive (a pause whose audio was discarded).
@@ -453,7 +458,11 @@ class CallSession:
             return window
         limit = (self._ctx.windows.window_ms + self._ctx.windows.context_ms) * window.sample_rate // 1000
         samples = np.concatenate([old.samples[: window.encode_from_sample - old.encode_from_sample], window.samples])[-limit:]
-        return dataclasses.replace(window, encode_from_sample=window.end_sample - len(samples), samples=samples)
+        merged = dataclasses.replace(window, encode_from_sample=window.end_sample - len(samples), samples=samples)
+        if merged.encode_from_sample <= old.new_from_sample:
+            self._superseded.discard(id(old))
+            self._merged.add(id(old))  # every new frame of the old window is in the merged one
+        return merged
 
     def _drop(self, timeline: ChannelTimeline, outcome: str) -> None:
         timeline.dropped()
@@ -476,8 +485,12 @@ class CallSession:
                 if self._state == "closed" or (task is not None and task.cancelling()):
                     raise
                 result = None  # only the window's future was cancelled: a newer window replaced it
-                outcome = "dropped_superseded" if id(window) in self._superseded else "failed"
+                if id(window) in self._merged:
+                    outcome = "merged"
+                elif id(window) in self._superseded:
+                    outcome = "dropped_superseded"
                 self._superseded.discard(id(window))
+                self._merged.discard(id(window))
             except StaleWindow:
                 result = None
                 outcome = "dropped_stale"
@@ -491,6 +504,9 @@ class CallSession:
                 if outcome == "failed":
                     self._timelines[window.role].failed()
                     metrics.window("failed")
+                elif outcome == "merged":
+                    self._timelines[window.role].merged()
+                    metrics.window("merged")
                 else:
                     self._drop(self._timelines[window.role], outcome)
                 continue
@@ -510,6 +526,7 @@ class CallSession:
         return scores, held < end - first - 1  # the last 20 ms slot never has a frame yet
 
     def _handle_scores(self, window: AnalysisWindow, result: WindowScores) -> None:
+        began = time.perf_counter()
         labels = self._ctx.labels
         timeline = self._timelines[window.role]
         window_scores, missing = self._window_scores(window, result)
@@ -556,6 +573,7 @@ class CallSession:
             metrics.alert_raised(alert.rule_id, alert.severity.label)
             self._ctx.publisher.publish_alert(alert, self.config, window.arrival)
             self._events.put(alert)
+        metrics.stage("score", time.perf_counter() - began)
 
     # -- documents -------------------------------------------------------------------------
 
@@ -590,6 +608,7 @@ class CallSession:
                     "speech_ms": s.speech_ms,
                     "segments": s.segments,
                     "windows_scored": s.windows_scored,
+                    "windows_merged": s.windows_merged,
                     "windows_dropped": s.windows_dropped,
                     "top_labels": dict(s.top_labels),
                 }

@@ -21,15 +21,16 @@ def one_hot(label: str, level: float = 0.9) -> np.ndarray:
 
 
 class FakeEmotionModel(EmotionModel):
-    """FAKE model: scores come from `script(audio)`; records batch sizes; can be made slow (per batch or per window)."""
+    """FAKE model: scores come from `script(audio)`; records batch sizes; can be made slow (per batch, window or second of audio)."""
 
     def __init__(self, script: Callable[[np.ndarray], np.ndarray] | None = None, delay_s: float = 0.0,
-                 per_window_s: float = 0.0) -> None:
+                 per_window_s: float = 0.0, per_audio_s: float = 0.0) -> None:
         self.name = "FAKE scripted model"
         self.labels = LABELS
         self._script = script or (lambda audio: one_hot("neutral"))
         self.delay_s = delay_s
         self.per_window_s = per_window_s
+        self.per_audio_s = per_audio_s
         self.batch_sizes: list[int] = []
         self.gate = threading.Event()
         self.gate.set()
@@ -39,8 +40,9 @@ class FakeEmotionModel(EmotionModel):
         self.entered.set()
         self.gate.wait(30)
         self.batch_sizes.append(len(windows))
-        if self.delay_s or self.per_window_s:
-            time.sleep(self.delay_s + self.per_window_s * len(windows))
+        audio_s = sum(len(w) for w in windows) / 16000
+        if self.delay_s or self.per_window_s or self.per_audio_s:
+            time.sleep(self.delay_s + self.per_window_s * len(windows) + self.per_audio_s * audio_s)
         out: list[WindowScores | Exception] = []
         for audio in windows:
             if len(audio) and audio[0] == POISON:

@@ -165,3 +165,14 @@ def test_sizes_match_the_published_models():
     base = sum(p.numel() for p in Emotion2vec(model_conf=model_conf("base"), vocab_size=9).parameters())
     assert 100_000 < tiny < 500_000
     assert 90_000_000 < base < 97_000_000
+
+
+def test_builtin_constant_model_is_named_and_recognises_nothing():
+    """`--model builtin:constant` loads the benchmark-only model, which says so and returns uniform scores."""
+    from service.app import load_emotion_model
+    from service.config import InferenceConfig, ServiceConfig
+
+    model = load_emotion_model(ServiceConfig(inference=InferenceConfig(model="builtin:constant")))
+    assert model.name.startswith("CONSTANT MODEL") and "benchmark only" in model.name
+    result = model.score_batch([np.zeros(16000, np.float32)])[0]
+    assert np.allclose(result.scores, 1 / len(model.labels)) and result.frame_logits.shape == (49, len(model.labels))

@@ -21,6 +21,7 @@ class ChannelTimeline:
         self.top_label_counts: Counter[str] = Counter()
         self.windows_scored = 0
         self.windows_dropped = 0
+        self.windows_merged = 0
         self.windows_failed = 0
         self.dropped_since_update = 0
 
@@ -33,6 +34,10 @@ class ChannelTimeline:
     def dropped(self) -> None:
         self.windows_dropped += 1
         self.dropped_since_update += 1
+
+    def merged(self) -> None:
+        """A window was folded into the next one (its audio is still scored, one update fewer)."""
+        self.windows_merged += 1
 
     def failed(self) -> None:
         self.windows_failed += 1
@@ -47,4 +52,5 @@ class ChannelTimeline:
             windows_scored=self.windows_scored,
             windows_dropped=self.windows_dropped + self.windows_failed,
             top_labels=ordered,
+            windows_merged=self.windows_merged,
         )

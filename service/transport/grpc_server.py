@@ -143,6 +143,7 @@ def event_to_proto(event: CallEvent) -> pb.CallEvent:
                         segments=s.segments,
                         windows_scored=s.windows_scored,
                         windows_dropped=s.windows_dropped,
+                        windows_merged=s.windows_merged,
                         top_labels=[pb.LabelCount(label=l, count=c) for l, c in s.top_labels],
                     )
                     for s in event.speakers

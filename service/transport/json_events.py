@@ -142,6 +142,7 @@ def event_to_json(event: CallEvent) -> dict[str, Any]:
                     "segments": s.segments,
                     "windows_scored": s.windows_scored,
                     "windows_dropped": s.windows_dropped,
+                    "windows_merged": s.windows_merged,
                     "top_labels": [{"label": l, "count": c} for l, c in s.top_labels],
                 }
                 for s in event.speakers
