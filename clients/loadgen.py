@@ -7,7 +7,7 @@ Each call streams the WAV (looped to --duration; stereo customer,agent, customer
 call in 20 ms chunks, starting at its own random point of the recording (seeded by the call's
 index), so that the calls' speech is not synchronised - as in a real contact center, and unlike N
 copies of one recording started together. Measured on the client: EmotionUpdate latency (send time of the chunk that
-completed the window -> update received), alert latency (likewise for the alert's fired_ms),
+completed the window, `completed_ms` -> update received), alert latency (likewise for the alert's fired_ms),
 real-time lag (how late chunks were sent against their schedule), achieved concurrency; from the
 calls' summaries: windows scored and dropped; from the server's /metrics (when given): its CPU use
 and resident memory.
@@ -102,7 +102,7 @@ async def _call(stub, index: int, chunks: list[bytes], rate: int, roles: list[st
                 active["now"] += 1
                 active["max"] = max(active["max"], active["now"])
             elif kind == "emotion":
-                value = latency(event.emotion.window_end_ms)
+                value = latency(event.emotion.completed_ms or event.emotion.window_end_ms)
                 if value is not None:
                     stats.update_latencies.append(value)
             elif kind == "alert":

@@ -136,6 +136,8 @@ class EmotionUpdate:
     degraded: bool
     latency_ms: float
     loudness_dbfs: float
+    completed_ms: int = 0
+    """Call offset of the audio whose arrival completed the window."""
 
 
 @dataclass(frozen=True)

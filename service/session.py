@@ -547,6 +547,7 @@ class CallSession:
             degraded=degraded,
             latency_ms=latency_s * 1000,
             loudness_dbfs=loudness,
+            completed_ms=window.cut_sample * 1000 // window.sample_rate,
         )
         timeline.add(update)
         self._overloaded = False

@@ -98,6 +98,10 @@ def test_updates_arrive_at_least_every_second_while_the_customer_speaks(redis_se
     assert end * 1000 - ends[-1] <= 1000
     for u in updates:
         assert len(u["scores"]) == 9 and u["window_end_ms"] - u["window_start_ms"] <= 3000
+        if u["segment_final"]:  # completed by the trailing silence that closed the segment
+            assert u["completed_ms"] >= u["window_end_ms"] + 280
+        else:
+            assert u["completed_ms"] == u["window_end_ms"]
         assert abs(sum(s["score"] for s in u["scores"]) - 1) < 1e-3
 
 

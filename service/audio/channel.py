@@ -42,6 +42,8 @@ class AnalysisWindow:
     """Start of the audio no earlier window of this segment covered; [new_from, end) is new speech."""
     final: bool
     """The window closes its segment."""
+    cut_sample: int
+    """Channel position when the window was cut: its end, or the end of the trailing silence that closed the segment."""
     arrival: float
     """time.monotonic() at which the chunk that completed this window arrived."""
     samples: np.ndarray
@@ -208,6 +210,7 @@ class ChannelPipeline:
             encode_from_sample=encode_from,
             new_from_sample=new_from,
             final=final,
+            cut_sample=self._ring.end,
             arrival=arrival,
             samples=self._ring.slice(encode_from, end),
         )

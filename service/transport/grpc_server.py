@@ -101,6 +101,7 @@ def event_to_proto(event: CallEvent) -> pb.CallEvent:
                 degraded=event.degraded,
                 latency_ms=event.latency_ms,
                 loudness_dbfs=event.loudness_dbfs,
+                completed_ms=event.completed_ms,
             )
         )
     if isinstance(event, Alert):

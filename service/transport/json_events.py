@@ -103,6 +103,7 @@ def event_to_json(event: CallEvent) -> dict[str, Any]:
             "degraded": event.degraded,
             "latency_ms": round(event.latency_ms, 1),
             "loudness_dbfs": round(event.loudness_dbfs, 1),
+            "completed_ms": event.completed_ms,
         }
     if isinstance(event, Alert):
         return {
