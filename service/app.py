@@ -79,7 +79,7 @@ class App:
         await loop.run_in_executor(None, model.warm_up)  # before readiness: lazy initialisation, CUDA kernels per bucket
         self.model = model
         inf = cfg.inference
-        self.batcher = InferenceBatcher(model, inf.max_batch, inf.max_wait_ms, inf.queue_size)
+        self.batcher = InferenceBatcher(model, inf.effective_max_batch, inf.max_wait_ms, inf.queue_size)
         self.batcher.start()
         self.calls.accepting = True
         await self.grpc.set_serving(True)

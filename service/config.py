@@ -115,8 +115,9 @@ class InferenceConfig:
     """fp32, or on CUDA fp16 / bf16 (autocast)."""
     threads: int = 0
     """Torch intra-op threads for the CPU path; 0 leaves torch's default."""
-    max_batch: int = 32
-    """Most windows in one forward pass."""
+    max_batch: int = 0
+    """Most windows in one model call; 0 = auto: 4 on the CPU (where larger batches lose throughput,
+    README "Inference engine"), 32 on CUDA."""
     max_wait_ms: float = 5.0
     """How long the worker waits for more windows before running a partial batch."""
     bucket_ms: int = 500
@@ -133,11 +134,18 @@ class InferenceConfig:
         _check(self.precision in ("fp32", "fp16", "bf16"), f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
         _check(self.precision == "fp32" or self.device.startswith("cuda"), f"precision {self.precision} needs a CUDA device")
         _check(self.threads >= 0, "threads must be >= 0")
-        _check(1 <= self.max_batch <= 1024, f"max_batch must be 1..1024, got {self.max_batch}")
+        _check(0 <= self.max_batch <= 1024, f"max_batch must be 0 (auto) or 1..1024, got {self.max_batch}")
         _check(0 <= self.max_wait_ms <= 1000, f"max_wait_ms must be 0..1000, got {self.max_wait_ms}")
         _check(1 <= self.bucket_ms <= 60000, f"bucket_ms must be 1..60000, got {self.bucket_ms}")
         _check(self.queue_size >= 1, "queue_size must be >= 1")
         _check(self.deadline_ms >= 50, f"deadline_ms must be >= 50, got {self.deadline_ms}")
+
+    @property
+    def effective_max_batch(self) -> int:
+        """max_batch with `auto` resolved for the device."""
+        if self.max_batch:
+            return self.max_batch
+        return 32 if self.device.startswith("cuda") else 4
 
 
 @dataclass(frozen=True)

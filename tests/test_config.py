@@ -54,3 +54,12 @@ def test_config_is_frozen():
     config = ServiceConfig()
     with pytest.raises(AttributeError):
         config.server.grpc_port = 1  # type: ignore[misc]
+
+
+def test_auto_batch_size_depends_on_the_device():
+    """max_batch 0 means 4 windows per model call on the CPU and 32 on CUDA; an explicit value wins."""
+    from service.config import InferenceConfig
+
+    assert InferenceConfig().effective_max_batch == 4
+    assert InferenceConfig(device="cuda").effective_max_batch == 32
+    assert InferenceConfig(max_batch=12).effective_max_batch == 12
