@@ -57,8 +57,20 @@ def call_closed(outcome: str) -> None:
     CALLS.labels(outcome).inc()
 
 
+_children: dict[tuple[str, str], object] = {}
+
+
+def _child(metric, label: str):
+    # labels() costs a lock and a dict lookup per call; these run per audio chunk
+    key = (metric._name, label)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(label)
+    return child
+
+
 def audio_ingested(role: str, seconds: float) -> None:
-    AUDIO_SECONDS.labels(role).inc(seconds)
+    _child(AUDIO_SECONDS, role).inc(seconds)
 
 
 def vad_segment(role: str) -> None:
@@ -92,7 +104,7 @@ def emotion_update_latency(seconds: float) -> None:
 
 
 def stage(name: str, seconds: float) -> None:
-    STAGE_SECONDS.labels(name).observe(seconds)
+    _child(STAGE_SECONDS, name).observe(seconds)
 
 
 def alert_raised(rule: str, severity: str) -> None:
