@@ -233,6 +233,34 @@ def machine() -> dict:
             "cuda": torch.cuda.is_available(), "date": time.strftime("%Y-%m-%d")}
 
 
+def print_table(result: dict) -> None:
+    """The benchmark table (Markdown) from a run's JSON."""
+    m, model, ceiling, naive = result["machine"], result["model"], result["ceiling"], result["naive"]
+    demand = result["service_scoring"]["model_audio_s_per_call_s"]
+    saturation = result["service_saturation"]["model_audio_s_per_s"]
+    saturation_calls = saturation / demand
+    name = f"UNTRAINED {model['size']}-size test checkpoint" if model["untrained_test_model"] else model["path"]
+    chunk, full = ceiling["service_chunk"], ceiling["full_window"]
+    rows = [
+        (f"(a) ceiling: batched forward, {chunk['window_s']:g} s chunks (the service's incremental chunk)", f"{chunk['audio_s_per_s']} audio-s/s (batch {chunk['best_batch']})"),
+        (f"(a) ceiling: batched forward, {full['window_s']:g} s windows", f"{full['audio_s_per_s']} audio-s/s (batch {full['best_batch']})"),
+        (f"(a) ceiling in calls (the service needs {demand:.2f} model-audio-s per call-s)", f"{result['ceiling_calls']}"),
+        ("(b) naive peer: funasr generate per window (same windows, same cadence), one at a time", f"{naive['realtime_calls']} calls"),
+        ("(b) reference: generate once per VAD segment (no live updates)", f"{naive['per_segment_realtime_calls']} calls"),
+        (f"(c) this service, live calls: {result['criterion']}", f"{result['service_calls']} calls"),
+        ("(c) / ceiling, (c) / naive", f"{result['ratio_service_to_ceiling']}, {result['ratio_service_to_naive']}"),
+        ("(c') this service saturated: 8 concurrent replays, nothing dropped", f"{saturation} audio-s/s = {saturation_calls:.1f} call-equivalents"),
+        ("(c') / ceiling, (c') / naive", f"{saturation / chunk['audio_s_per_s']:.2f}, {saturation_calls / naive['realtime_calls']:.2f}"),
+        ("(d) pipeline per process, benchmark-only constant model", f"{result['pipeline_calls_constant_model']} calls"),
+    ]
+    print(f"\n`make bench` on {m['date']}: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']}"
+          f"{' (CUDA)' if m['cuda'] else ' (CPU)'}; model: {name}\n")
+    print("| measure | result |")
+    print("| --- | --- |")
+    for label, value in rows:
+        print(f"| {label} | {value} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--size", choices=["tiny", "base", "large"], default="base")
@@ -240,7 +268,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trial-s", type=float, default=30.0, help="seconds of audio per call in each load trial")
     parser.add_argument("--max-calls", type=int, default=512)
     parser.add_argument("--out", default=str(ROOT / ".bench" / "bench.json"))
+    parser.add_argument("--table", metavar="JSON", help="only print the table of an earlier run")
     args = parser.parse_args(argv)
+    if args.table:
+        print_table(json.loads(Path(args.table).read_text()))
+        return 0
     if shutil.which("redis-server") is None:
         raise SystemExit("make bench needs redis-server")
     path = model_dir(args)
@@ -291,22 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    m = result["machine"]
-    print()
-    print(f"CallPulse benchmark - {m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}, model: "
-          f"{'UNTRAINED ' + args.size + ' test checkpoint' if not args.model else path}")
-    print(f"| measure | value |")
-    print(f"| --- | --- |")
-    print(f"| (a) ceiling: model throughput, {ceiling['service_chunk']['window_s']:g} s chunks | {ceiling['service_chunk']['audio_s_per_s']} audio-s/s (batch {ceiling['service_chunk']['best_batch']}) |")
-    print(f"| (a) ceiling: model throughput, {ceiling['full_window']['window_s']:g} s windows | {ceiling['full_window']['audio_s_per_s']} audio-s/s (batch {ceiling['full_window']['best_batch']}) |")
-    print(f"| (a) ceiling in calls at the service's {service_demand:.2f} model-audio-s per call-s | {result['ceiling_calls']} |")
-    print(f"| (b) naive peer: generate per window, one at a time | {naive['realtime_calls']} real-time calls |")
-    print(f"| (b) reference: generate once per VAD segment (no live updates) | {naive['per_segment_realtime_calls']} calls |")
-    print(f"| (c) this service: concurrent live calls, {result['criterion']} | {service_calls} |")
-    print(f"| service / ceiling (live calls) | {result['ratio_service_to_ceiling']} |")
-    print(f"| (c') service throughput at saturation (8 replays, nothing dropped) | {saturation['model_audio_s_per_s']} audio-s/s = {result['ratio_saturation_to_ceiling']} x ceiling |")
-    print(f"| service / naive | {result['ratio_service_to_naive']} |")
-    print(f"| (d) pipeline per process, constant model | {pipeline_calls} calls |")
+    print_table(result)
     print(f"\nwritten to {args.out}")
     return 0
 
