@@ -227,10 +227,10 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    import torch
+    from importlib.metadata import version
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "cuda": torch.cuda.is_available(), "date": time.strftime("%Y-%m-%d")}
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": version("torch"),
+            "cuda": shutil.which("nvidia-smi") is not None, "date": time.strftime("%Y-%m-%d")}
 
 
 def print_table(result: dict) -> None:
