@@ -81,7 +81,6 @@ class CallResult:
 
     events: list[dict[str, Any]] = field(default_factory=list)
     error: dict[str, Any] | None = None
-    chunks_sent: int = 0
     close_code: int | None = None
     max_send_lag_s: float = 0.0
     """How late the most delayed chunk was sent compared with its schedule (the server slowing ingest)."""
@@ -200,7 +199,6 @@ def _grpc_requests(plan: CallPlan, audio: Audio, result: CallResult, stop: threa
         if not pacer.wait_sync(seq):
             return
         yield pb.CallRequest(audio=pb.AudioChunk(seq=seq, data=encode(encoding, chunk)))
-        result.chunks_sent += 1
     yield pb.CallRequest(end=pb.EndOfCall(reason="end_of_call"))
 
 
@@ -252,7 +250,6 @@ async def _run_native(url: str, plan: CallPlan, audio: Audio, on_event, hangup_a
                 await pacer.wait(seq)
                 data = encode(encoding, chunk)
                 await ws.send(seq.to_bytes(8, "big") + data if plan.framing == "seq64" else data)
-                result.chunks_sent += 1
             await ws.send(json.dumps({"type": "stop"}))
 
         sender = asyncio.create_task(send())
@@ -320,7 +317,6 @@ async def _run_twilio(url: str, plan: CallPlan, audio: Audio, on_event, hangup_a
                     payload = base64.b64encode(encode(Encoding.MULAW, chunk[:, channel])).decode()
                     await ws.send(message("media", media={"track": track, "chunk": str(index + 1),
                                                           "timestamp": str(index * CHUNK_MS), "payload": payload}))
-                result.chunks_sent += 1
             await ws.send(message("mark", mark={"name": "end-of-audio"}))
             await ws.send(message("stop", stop={"accountSid": account_sid, "callSid": call_sid}))
 
@@ -371,7 +367,6 @@ async def _run_audiohook(url: str, plan: CallPlan, audio: Audio, on_event, hangu
                 await pacer.wait(index + 1)
                 await ws.send(encode(Encoding.MULAW, chunk))
                 state["frames"] += len(chunk)
-                result.chunks_sent += 1
                 if index % 250 == 249:  # every 5 s of audio
                     await ws.send(message("ping", {}))
             await ws.send(message("close", {"reason": "end"}))

@@ -47,7 +47,6 @@ class CallStats:
     windows_dropped: int = 0
     error: str | None = None
     started_at: float | None = None
-    ended_at: float | None = None
 
 
 def _chunks(path: str, duration_s: float | None) -> tuple[list[bytes], int, list[str], int]:
@@ -119,7 +118,6 @@ async def _call(stub, index: int, chunks: list[bytes], rate: int, roles: list[st
     finally:
         if stats.started_at is not None:
             active["now"] -= 1
-        stats.ended_at = time.monotonic()
 
 
 def _server_sample(metrics_url: str | None) -> dict[str, float] | None:

@@ -151,7 +151,6 @@ class AlertPublisher:
         self._redis: aioredis.Redis | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
-        self.published = 0
         self.dropped = 0
 
     async def start(self) -> None:
@@ -173,10 +172,6 @@ class AlertPublisher:
             self.dropped += 1
             metrics.error("publish_queue_full")
             log.error("publish queue full (%d items): a %s event was dropped", self._queue.maxsize, item.kind)
-
-    @property
-    def pending(self) -> int:
-        return self._queue.qsize()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Publish what is queued (up to `timeout`), then close the connection."""
@@ -216,7 +211,6 @@ class AlertPublisher:
                     log.warning("redis publish failed (%s); retrying in %.2fs", type(exc).__name__, backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(MAX_BACKOFF_S, backoff * 2)
-            self.published += 1
             if self._closing and self._queue.empty():
                 return
 

@@ -26,9 +26,6 @@ class CallRegistry:
     def active(self) -> int:
         return len(self._calls)
 
-    def sessions(self) -> list[CallSession]:
-        return list(self._calls.values())
-
     def open(self, config: CallConfig) -> CallSession:
         """Admit a call and start its session. Raises CallAlreadyActive, CapacityExceeded or ServiceUnavailable."""
         if not self.accepting:

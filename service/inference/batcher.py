@@ -58,7 +58,6 @@ class InferenceBatcher:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self.batches = 0
         self.largest_batch = 0
         self.stale = 0
 
@@ -148,7 +147,6 @@ class InferenceBatcher:
             results = [exc] * len(live)
         elapsed = time.monotonic() - started
         metrics.inference_batch(len(live), elapsed)
-        self.batches += 1
         self.largest_batch = max(self.largest_batch, len(live))
         for item, result in zip(live, results):
             if isinstance(result, Exception):

@@ -53,7 +53,6 @@ class Emotion2vecModel(EmotionModel):
         self._conv_layers = [(k, stride) for _, k, stride in self._encoder.feature_enc_layers]
         self._bucket = max(1, bucket_ms * 16)  # samples at 16 kHz
         self.padded_samples = 0
-        self.total_samples = 0
         self._device = torch.device(device)
         tokens = list(automodel.kwargs["tokenizer"].token_list)
         self._keep = [i for i, tok in enumerate(tokens) if not tok.startswith(MASKED_LABEL_PREFIX)]
@@ -180,7 +179,6 @@ class Emotion2vecModel(EmotionModel):
         metrics.inference_forward(len(batch), 1 - sum(lengths) / (longest * len(batch)))
         self.largest_forward = max(self.largest_forward, len(batch))
         self.padded_samples += longest * len(batch) - sum(lengths)
-        self.total_samples += longest * len(batch)
         autocast = (torch.autocast(device_type="cuda", dtype=self._autocast_dtype) if self._autocast_dtype is not None
                     else contextlib.nullcontext())
         with torch.inference_mode(), autocast:

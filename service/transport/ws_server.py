@@ -192,7 +192,6 @@ class TwilioCall(_Call):
         super().__init__(ws, calls, ingest)
         self.inbound_role = inbound_role
         self.tracks: list[str] = []
-        self.marks = 0
 
     async def run(self) -> None:
         drain: asyncio.Task | None = None
@@ -222,9 +221,7 @@ class TwilioCall(_Call):
                     self.outcome = "completed"
                     await self.ws.close(CLOSE_NORMAL, "stream stopped")
                     return
-                elif event == "mark":
-                    self.marks += 1
-                elif event not in ("dtmf",):
+                elif event not in ("mark", "dtmf"):
                     log.debug("ignoring Twilio event %r", event)
         except CallLimitExceeded as exc:
             self.outcome = exc.kind
