@@ -1,6 +1,6 @@
 # CallPulse service, CPU image. GPU variants and baked-in model provisioning come later.
 # Build:  docker build -t callpulse .
-# Run:    docker run -p 50051:50051 -p 9100:9100 -v $PWD/models:/models \
+# Run:    docker run -p 50051:50051 -p 8080:8080 -p 9100:9100 -v $PWD/models:/models \
 #           -e CALLPULSE_MODEL=/models/emotion2vec_plus_large -e CALLPULSE_REDIS_URL=redis://redis:6379/0 callpulse
 FROM python:3.11-slim
 
@@ -23,6 +23,6 @@ RUN pip install "grpcio-tools>=1.62" \
 
 USER callpulse
 ENV CALLPULSE_HOST=0.0.0.0 CALLPULSE_GRPC_PORT=50051 CALLPULSE_METRICS_PORT=9100
-EXPOSE 50051 9100
+EXPOSE 50051 8080 9100
 ENTRYPOINT ["python", "-m", "service"]
 CMD ["serve"]

@@ -16,12 +16,18 @@ HUB ?= ms
 
 SIZE ?= base
 
-.PHONY: help sysdeps install proto test demo bench model serve clean
+CALLS ?= 20
+MINUTES ?= 10
+FUZZ_EXAMPLES ?= 2000
+
+.PHONY: help sysdeps install proto test demo bench soak fuzz model serve clean
 
 help:
 	@echo "make demo   - start redis (if needed) + the service, stream the sample call, print the alerts"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - ceiling, naive peer and this service under load, one run (SIZE=base|large|tiny)"
+	@echo "make soak   - CALLS live calls for MINUTES minutes; RSS and open-file slopes (not in CI)"
+	@echo "make fuzz   - the property-based fuzz tests with FUZZ_EXAMPLES examples each (CI runs 150)"
 	@echo "make model  - download $(MODEL_ID) into $(MODEL_DIR) (needs a reachable model hub)"
 	@echo "make serve  - run the service in the foreground (CALLPULSE_* variables configure it)"
 
@@ -57,6 +63,12 @@ demo: sysdeps proto
 
 bench: sysdeps proto
 	$(PY) -m clients.bench --size $(SIZE)
+
+soak: sysdeps proto
+	$(PY) -m clients.soak --calls $(CALLS) --minutes $(MINUTES)
+
+fuzz: sysdeps proto
+	CALLPULSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py
 
 model: proto
 	$(PY) -m service download-model $(MODEL_ID) --out $(MODEL_DIR) --hub $(HUB)

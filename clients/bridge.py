@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import base64
 import json
+import ssl
 import sys
 import threading
 import time
@@ -67,6 +68,17 @@ class CallPlan:
     framing: str = "raw"
     api_key: str = "callpulse-dev-key"
     organization_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    token: str | None = None
+    """Credential: gRPC/native `authorization: Bearer`, Twilio custom parameter `token`, AudioHook X-API-KEY."""
+    ca_file: str | None = None
+    """CA certificate that signs the server's (grpcs:// and wss:// targets); None: the system's."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def ssl_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
 
     @property
     def is_live(self) -> bool:
@@ -121,6 +133,8 @@ def load_audio(path: str, plan: CallPlan, rate: int | None = None) -> Audio:
 
 
 def _lower_enum(value: Any) -> Any:
+    if value == "ROLE_UNSPECIFIED":
+        return None  # a conversation alert about nobody in particular; the native protocol sends null
     if isinstance(value, str):
         for prefix in ("ROLE_", "SEVERITY_"):
             if value.startswith(prefix):
@@ -139,6 +153,7 @@ def _normalise(value: Any, key: str = "") -> Any:
     return _lower_enum(value)
 
 
+OPTIONAL_EMOTION_FIELDS = ("loudness_over_baseline_db", "pitch_hz", "pitch_range_st", "speech_rate_spm")
 GRPC_EVENT_TYPES = {"started": "started", "emotion": "emotion", "alert": "alert", "warning": "warning", "summary": "summary"}
 
 
@@ -149,6 +164,9 @@ def grpc_event_to_json(event: pb.CallEvent) -> dict[str, Any]:
     body = _normalise(body)
     if "document_json" in body:
         body["document"] = json.loads(body.pop("document_json") or "null")
+    if kind == "emotion":  # optional prosody fields are absent when unmeasured; the native protocol sends null
+        for name in OPTIONAL_EMOTION_FIELDS:
+            body.setdefault(name, None)
     return {"type": GRPC_EVENT_TYPES[kind], **body}
 
 
@@ -202,13 +220,19 @@ def _grpc_requests(plan: CallPlan, audio: Audio, result: CallResult, stop: threa
     yield pb.CallRequest(end=pb.EndOfCall(reason="end_of_call"))
 
 
-def _run_grpc(address: str, plan: CallPlan, audio: Audio, on_event, hangup_after_s) -> CallResult:
+def _run_grpc(address: str, plan: CallPlan, audio: Audio, on_event, hangup_after_s, secure: bool = False) -> CallResult:
     # The synchronous API: grpcio's asyncio client can replace the server's status with INTERNAL
     # when the server ends a call while the client is still sending (grpc/grpc#36066).
     result = CallResult()
     stop = threading.Event()
-    with grpc.insecure_channel(address) as channel:
-        responses = pb_grpc.AgentAssistStub(channel).StreamCall(_grpc_requests(plan, audio, result, stop))
+    if secure:
+        root = open(plan.ca_file, "rb").read() if plan.ca_file else None
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=root))
+    else:
+        channel = grpc.insecure_channel(address)
+    metadata = [("authorization", f"Bearer {plan.token}")] if plan.token else None
+    with channel:
+        responses = pb_grpc.AgentAssistStub(channel).StreamCall(_grpc_requests(plan, audio, result, stop), metadata=metadata)
         timer = None
         if hangup_after_s is not None:
             timer = threading.Timer(hangup_after_s, lambda: (stop.set(), responses.cancel()))
@@ -234,6 +258,10 @@ def _record(result: CallResult, doc: dict[str, Any], on_event) -> None:
 # -- WebSocket protocols -------------------------------------------------------------------------
 
 
+def _tls(url: str, plan: CallPlan) -> ssl.SSLContext | None:
+    return plan.ssl_context() if url.startswith("wss://") else None
+
+
 async def _run_native(url: str, plan: CallPlan, audio: Audio, on_event, hangup_after_s) -> CallResult:
     result = CallResult()
     encoding, _, wire_name = ENCODINGS[plan.encoding]
@@ -242,7 +270,7 @@ async def _run_native(url: str, plan: CallPlan, audio: Audio, on_event, hangup_a
         "audio": {"encoding": wire_name, "sample_rate_hz": audio.rate, "channels": len(audio.roles), "channel_roles": list(audio.roles)},
         "score_roles": list(plan.score_roles or ("customer",)), "realtime": plan.is_live, "framing": plan.framing,
     }
-    async with connect(url, max_size=None) as ws:
+    async with connect(url, max_size=None, additional_headers=plan.headers, ssl=_tls(url, plan)) as ws:
         async def send() -> None:
             await ws.send(json.dumps(start))
             pacer = _Pacer(plan.speed, threading.Event(), result)
@@ -292,6 +320,8 @@ async def _run_twilio(url: str, plan: CallPlan, audio: Audio, on_event, hangup_a
     custom = {"agent_id": plan.agent_id, "team": plan.team, "call_id": plan.call_id}
     if plan.tenant:
         custom["tenant"] = plan.tenant
+    if plan.token:
+        custom["token"] = plan.token  # Twilio cannot set headers on its WebSocket request
     if plan.score_roles:
         custom["score_roles"] = ",".join(plan.score_roles)
     if not plan.is_live:
@@ -303,7 +333,7 @@ async def _run_twilio(url: str, plan: CallPlan, audio: Audio, on_event, hangup_a
         sequence += 1
         return json.dumps({"event": event, "sequenceNumber": str(sequence), **body, "streamSid": stream_sid})
 
-    async with connect(url, max_size=None) as ws:
+    async with connect(url, max_size=None, ssl=_tls(url, plan)) as ws:
         async def send() -> None:
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             await ws.send(message("start", start={
@@ -333,7 +363,7 @@ async def _run_audiohook(url: str, plan: CallPlan, audio: Audio, on_event, hangu
         "Audiohook-Organization-Id": plan.organization_id,
         "Audiohook-Correlation-Id": str(uuid.uuid4()),
         "Audiohook-Session-Id": session_id,
-        "X-API-KEY": plan.api_key,
+        "X-API-KEY": plan.token or plan.api_key,
     }
     channels = ["external" if role == "customer" else "internal" for role in audio.roles]
     state = {"seq": 0, "serverseq": 0, "frames": 0}
@@ -351,7 +381,7 @@ async def _run_audiohook(url: str, plan: CallPlan, audio: Audio, on_event, hangu
         custom["realtime"] = False
     opened = asyncio.Event()
     closed = asyncio.Event()
-    async with connect(url, additional_headers=headers, max_size=None) as ws:
+    async with connect(url, additional_headers=headers, max_size=None, ssl=_tls(url, plan)) as ws:
         async def send() -> None:
             media = [{"type": "audio", "format": "PCMU", "channels": channels, "rate": 8000}]
             if len(channels) == 2:
@@ -405,10 +435,11 @@ def run_call(
 
     `hangup_after_s` drops the connection like a bridge that disconnects mid-call.
     """
-    if target.startswith("grpc://"):
-        return _run_grpc(target.removeprefix("grpc://"), plan, load_audio(wav_path, plan), on_event, hangup_after_s)
+    if target.startswith(("grpc://", "grpcs://")):
+        address = target.split("://", 1)[1]
+        return _run_grpc(address, plan, load_audio(wav_path, plan), on_event, hangup_after_s, secure=target.startswith("grpcs://"))
     if not target.startswith(("ws://", "wss://")):
-        raise ValueError(f"unsupported target {target!r}; expected grpc://HOST:PORT or ws://HOST:PORT")
+        raise ValueError(f"unsupported target {target!r}; expected grpc[s]://HOST:PORT or ws[s]://HOST:PORT")
     base = target.rstrip("/")
     if plan.protocol == "twilio":
         url = base if base.endswith("/twilio") else base + "/twilio"
@@ -442,7 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--realtime", dest="realtime", action="store_true", default=None, help="declare a live call")
     live.add_argument("--replay", dest="realtime", action="store_false", help="declare a replay (read as fast as the model allows)")
     p.add_argument("--framing", choices=["raw", "seq64"], default="raw", help="native protocol binary framing")
-    p.add_argument("--api-key", default="callpulse-dev-key", help="AudioHook X-API-KEY")
+    p.add_argument("--api-key", default="callpulse-dev-key", help="AudioHook X-API-KEY (without --token)")
+    p.add_argument("--token", help="credential: authorization Bearer (gRPC, native), Twilio custom parameter, AudioHook X-API-KEY")
+    p.add_argument("--ca-file", help="CA certificate of the server (grpcs://, wss://)")
     p.add_argument("--hangup-after", type=float, help="drop the connection after this many seconds (fault testing)")
     return p
 
@@ -454,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         call_id=args.call_id, agent_id=args.agent_id, team=args.team, tenant=args.tenant,
         encoding=args.encoding, rate=args.rate, roles=split(args.roles), score_roles=split(args.score), speed=args.speed,
         realtime=args.realtime, protocol=args.protocol, framing=args.framing, api_key=args.api_key,
+        token=args.token, ca_file=args.ca_file,
     )
     bad_roles = [r for r in plan.roles + plan.score_roles if r not in ROLES]
     if bad_roles or args.speed < 0:

@@ -21,6 +21,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "clients" / "samples" / "call_stereo_8k.wav"
+REPORTS = ROOT / "reports"  # QA reports the demo service writes (CALLPULSE_REPORTS_DIR)
 PY = sys.executable
 
 
@@ -83,7 +84,7 @@ class Demo:
         return str(out)
 
     def start_service(self, redis_url: str, model: str) -> int:
-        env = dict(os.environ, CALLPULSE_LOG_LEVEL="WARNING")
+        env = dict(os.environ, CALLPULSE_LOG_LEVEL="WARNING", CALLPULSE_REPORTS_DIR=str(REPORTS))
         proc = self.spawn(
             [PY, "-m", "service", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--ws-port", "0", "--metrics-port", "0",
              "--redis-url", redis_url, "--redis-prefix", self.args.prefix, "--model", model],
@@ -132,15 +133,21 @@ class Demo:
             event = json.loads(line)
             kind = event["type"]
             if kind == "emotion":
+                prosody = " ".join(f"{name}={event[key]:.0f}" for name, key in
+                                   (("pitch_hz", "pitch_hz"), ("syll/min", "speech_rate_spm")) if event.get(key) is not None)
                 self.say(f"bridge <- emotion {event['speaker']} "
                          f"{event['window_start_ms'] / 1000:5.1f}-{event['window_end_ms'] / 1000:5.1f}s "
-                         f"top={event['top_label']} {event['top_score']:.2f} latency={event['latency_ms']:.0f}ms")
+                         f"top={event['top_label']} {event['top_score']:.2f} loudness={event['loudness_dbfs']:.0f}dBFS "
+                         f"{prosody} latency={event['latency_ms']:.0f}ms")
             elif kind == "alert":
-                self.say(f"bridge <- ALERT {event['rule_id']} ({event['severity']}): {event['message']}")
+                reason = event["document"]["evidence"]["reason"]
+                self.say(f"bridge <- ALERT {event['rule_id']} ({event['severity']}): {event['message']} [{reason}]")
             elif kind == "summary":
                 speakers = ", ".join(f"{s['speaker']} {s['speech_ms'] / 1000:.1f}s speech"
                                      for s in event["speakers"])
                 self.say(f"bridge <- call summary: {speakers}; alerts {len(event['alert_ids'])}")
+                report = REPORTS / f"{event['call_id']}.html"
+                self.say(f"QA report of the call (written by the service): {report.relative_to(ROOT)}")
             else:
                 self.say(f"bridge <- {kind}")
         bridge.wait()

@@ -1,10 +1,11 @@
 """Alerts: the versioned alert document, and the publisher that sends alerts and call events to Redis.
 
-Channels (prefix configurable, default `agentassist`):
+Channels (prefix configurable, default `agentassist`; `{prefix}:{tenant}` for authenticated tenants):
   {prefix}:agent:{agent_id}      pop-ups for that agent's desktop        (PUBLISH)
   {prefix}:supervisor:{team}     escalations for that team's supervisors (PUBLISH)
   {prefix}:calls                 call lifecycle and summaries            (PUBLISH)
   {prefix}:alerts                durable copy of every alert             (XADD, capped)
+  {prefix}:delivered:{id}        delivered ids, for exactly-once delivery (SET NX with a TTL)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,11 +26,13 @@ from service import metrics
 from service.config import RedisConfig
 from service.domain import Alert, CallConfig
 from service.rules import RuleMatch
+from service.spill import DiskSpill, SpillFull
 
 log = logging.getLogger(__name__)
 
-ALERT_SCHEMA_VERSION = 1
+ALERT_SCHEMA_VERSION = 2
 MAX_BACKOFF_S = 2.0
+HEALTH_CHECK_S = 1.0  # an idle publisher checks Redis this often
 
 
 def wall_time_iso(epoch: float | None = None) -> str:
@@ -42,18 +45,17 @@ def build_alert(match: RuleMatch, call: CallConfig, model_name: str, latency_ms:
     """Turn a rule match into an Alert whose document carries every schema field and the evidence."""
     rule = match.rule
     alert_id = uuid.uuid4().hex
-    loudness = [p.loudness_dbfs for c in match.conditions for p in c.points]
     document: dict[str, Any] = {
         "schema_version": ALERT_SCHEMA_VERSION,
         "type": "alert",
         "alert_id": alert_id,
         "rule_id": rule.id,
-        "severity": rule.severity.label,
+        "severity": match.severity.label,
         "call_id": call.call_id,
         "agent_id": call.agent_id,
         "team": call.team,
         "tenant": call.tenant,
-        "speaker": match.speaker.value,
+        "speaker": match.speaker.value if match.speaker else None,
         "start_ms": match.start_ms,
         "fired_ms": match.fired_ms,
         "wall_time": wall_time_iso(),
@@ -61,29 +63,25 @@ def build_alert(match: RuleMatch, call: CallConfig, model_name: str, latency_ms:
             "reason": match.reason,
             "conditions": [
                 {
-                    "kind": "emotion",
-                    "labels": list(c.labels),
-                    "min": c.min,
+                    "kind": c.kind,
+                    "name": c.name,
+                    "op": c.op,
+                    "threshold": c.threshold,
                     "for_ms": c.for_ms,
                     "held_ms": c.held_ms,
-                    "mean_score": c.mean_score,
-                    "series": [
-                        {
-                            "start_ms": p.start_ms,
-                            "end_ms": p.end_ms,
-                            "score": p.score,
-                            "top_label": p.top_label,
-                            "loudness_dbfs": p.loudness_dbfs,
-                        }
-                        for p in c.points
-                    ],
+                    "value": c.value,
+                    "text": c.text,
+                    "points": [{"start_ms": p.start_ms, "end_ms": p.end_ms, "value": p.value} for p in c.points],
+                    **c.details,
                 }
                 for c in match.conditions
             ],
-            "prosody": {"loudness_dbfs_mean": round(sum(loudness) / len(loudness), 1) if loudness else None},
+            "series": list(match.series),
         },
         "message": rule.message,
-        "notify": list(rule.notify),
+        "notify": list(match.notify),
+        "occurrence": match.occurrence,
+        "escalated": match.escalated,
         "model": model_name,
         "degraded": match.degraded,
         "latency_ms": round(latency_ms, 1),
@@ -91,14 +89,14 @@ def build_alert(match: RuleMatch, call: CallConfig, model_name: str, latency_ms:
     return Alert(
         alert_id=alert_id,
         rule_id=rule.id,
-        severity=rule.severity,
+        severity=match.severity,
         speaker=match.speaker,
         start_ms=match.start_ms,
         fired_ms=match.fired_ms,
         message=rule.message,
         degraded=match.degraded,
         latency_ms=latency_ms,
-        notify=rule.notify,
+        notify=match.notify,
         document=document,
     )
 
@@ -108,6 +106,10 @@ class Channels:
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
+
+    def for_tenant(self, tenant: str) -> "Channels":
+        """The names of one tenant's calls: {prefix}:{tenant}:... (the prefix itself without a tenant)."""
+        return Channels(f"{self.prefix}:{tenant}") if tenant else self
 
     def agent(self, agent_id: str) -> str:
         return f"{self.prefix}:agent:{agent_id}"
@@ -124,115 +126,227 @@ class Channels:
         return f"{self.prefix}:alerts"
 
 
-_STOP = object()
+class EventSink:
+    """Where a call's alerts and lifecycle documents go (Redis in the service, memory in batch analysis)."""
+
+    def publish_alert(self, alert: Alert, call: CallConfig, arrival: float) -> None:
+        """Deliver an alert to its recipients; must not block."""
+        raise NotImplementedError
+
+    def publish_call_event(self, document: dict[str, Any]) -> None:
+        """Deliver a call lifecycle event or summary; must not block."""
+        raise NotImplementedError
 
 
-@dataclass
-class _Outgoing:
-    kind: str  # "alert" or "call"
-    document: dict[str, Any]
-    agent_id: str = ""
-    team: str = ""
-    notify: tuple[str, ...] = ()
-    arrival: float = 0.0
+# Atomically: remember the id (SET NX with a TTL), and only the first time XADD the alert to the
+# stream and PUBLISH it. A retry after an ambiguous failure (the script ran, the reply was lost)
+# finds the id and does nothing, so the stream holds every alert exactly once and pub/sub never
+# shows a pop-up twice.
+# KEYS[1] id key, KEYS[2] stream; ARGV[1] payload, ARGV[2] ttl s, ARGV[3] stream maxlen ('' = no
+# stream), ARGV[4] alert_id, ARGV[5] call_id, ARGV[6..] channels.
+# The published copy of an alert starts with "stream_id" (its entry in the stream) so that a desktop
+# can resume from the last one it showed (`clients.subscribe --since`).
+_DELIVER_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[2])) then return 0 end
+local payload = ARGV[1]
+if ARGV[3] ~= '' then
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'alert_id', ARGV[4], 'call_id', ARGV[5], 'document', ARGV[1])
+  payload = '{"stream_id": "' .. id .. '", ' .. string.sub(ARGV[1], 2)
+end
+for i = 6, #ARGV do redis.call('PUBLISH', ARGV[i], payload) end
+return 1
+"""
 
 
-class AlertPublisher:
-    """Publishes in order from a bounded queue on one task; Redis errors are retried with backoff.
+class AlertPublisher(EventSink):
+    """Delivers alerts and call events to Redis in order, each exactly once, without ever blocking a call.
 
-    While Redis is unreachable, items wait in the queue (bounded by `publish_queue`; a new item
-    that finds it full is dropped, logged and counted). Calls are never blocked by Redis.
+    One task sends from a bounded in-memory queue (`publish_queue` items). When it is full (Redis
+    away or slow) new items go to a disk spill (`spill_dir`, at most `spill_max_bytes`), and keep
+    going there until the spill is drained, so the order is kept; with no spill configured, or a
+    full spill, the new item is dropped, logged and counted. A failed send is retried with backoff
+    (up to 2 s apart) until it succeeds; each item carries an id that Redis remembers for
+    `dedup_ttl_s`, so a retry never duplicates it. At shutdown whatever could not be sent within
+    the grace period is moved to the spill, which the next process sends first.
     """
 
-    def __init__(self, config: RedisConfig) -> None:
+    def __init__(self, config: RedisConfig, tenant_channels: bool = False) -> None:
+        """`tenant_channels`: each call's alerts and events go under {prefix}:{tenant}: (authenticated tenants)."""
         self.config = config
         self.channels = Channels(config.prefix)
-        self._queue: asyncio.Queue[_Outgoing] = asyncio.Queue(maxsize=config.publish_queue)
+        self._tenant_channels = tenant_channels
+        self._memory: deque[dict[str, Any]] = deque()
+        self._spill: DiskSpill | None = DiskSpill(config.spill_dir, config.spill_max_bytes) if config.spill_dir else None
+        self._wakeup = asyncio.Event()
         self._redis: aioredis.Redis | None = None
+        self._script = None
         self._task: asyncio.Task | None = None
         self._closing = False
-        self.dropped = 0
+        self.connected = True
+        """False while the last attempt to reach Redis failed (readiness reports degraded)."""
 
     async def start(self) -> None:
-        self._redis = aioredis.from_url(self.config.url, socket_connect_timeout=2, socket_timeout=5)
+        options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 5}
+        if self.config.tls_ca_file:
+            options["ssl_ca_certs"] = self.config.tls_ca_file
+        self._redis = aioredis.from_url(self.config.url, **options)
+        self._script = self._redis.register_script(_DELIVER_ONCE)
         self._task = asyncio.create_task(self._run(), name="alert-publisher")
+        if self.backlog:
+            self._wakeup.set()
+
+    @property
+    def backlog(self) -> int:
+        """Items waiting to be delivered (memory and disk)."""
+        return len(self._memory) + (len(self._spill) if self._spill is not None else 0)
+
+    def _names(self, tenant: str) -> Channels:
+        return self.channels.for_tenant(tenant) if self._tenant_channels else self.channels
 
     def publish_alert(self, alert: Alert, call: CallConfig, arrival: float) -> None:
         """Queue an alert for its agent (and supervisor) channel and the durable stream."""
-        self._enqueue(_Outgoing("alert", alert.document, call.agent_id, call.team, alert.notify, arrival))
+        names = self._names(call.tenant)
+        channels = []
+        if "agent" in alert.notify:
+            channels.append(names.agent(call.agent_id))
+        if "supervisor" in alert.notify:
+            channels.append(names.supervisor(call.team))
+        self._enqueue({"kind": "alert", "id": alert.alert_id, "document": alert.document, "channels": channels,
+                       "stream": names.alerts_stream, "arrival_wall": time.time() - (time.monotonic() - arrival)})
 
     def publish_call_event(self, document: dict[str, Any]) -> None:
-        """Queue a call lifecycle event or summary for the calls channel."""
-        self._enqueue(_Outgoing("call", document))
+        """Queue a call lifecycle event or summary for the calls channel (of the call's tenant)."""
+        names = self._names(str(document.get("tenant") or ""))
+        self._enqueue({"kind": "call", "id": uuid.uuid4().hex, "document": document, "channels": [names.calls]})
 
-    def _enqueue(self, item: _Outgoing) -> None:
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            self.dropped += 1
-            metrics.error("publish_queue_full")
-            log.error("publish queue full (%d items): a %s event was dropped", self._queue.maxsize, item.kind)
+    def _enqueue(self, item: dict[str, Any]) -> None:
+        spilling = self._spill is not None and len(self._spill) > 0
+        if not spilling and len(self._memory) < self.config.publish_queue:
+            self._memory.append(item)
+        elif self._spill is not None:
+            try:
+                self._spill.append(item)
+                metrics.publish_spilled()
+            except (SpillFull, OSError) as exc:
+                self._drop(item, str(exc))
+        else:
+            self._drop(item, f"publish queue full ({self.config.publish_queue} items) and no disk spill configured")
+        metrics.publish_backlog(self.backlog)
+        self._wakeup.set()
+
+    def _drop(self, item: dict[str, Any], why: str) -> None:
+        metrics.error("publish_queue_full")
+        log.error("a %s event was dropped: %s", item["kind"], why)
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Publish what is queued (up to `timeout`), then close the connection."""
+        """Deliver what is queued (up to `timeout`), spill what is left, close the connection."""
         if self._task is None:
             return
         self._closing = True
-        try:
-            self._queue.put_nowait(_STOP)
-        except asyncio.QueueFull:
-            pass  # the loop checks `_closing` after each item
+        self._wakeup.set()
         # Cancelling a task inside a redis-py call can be swallowed there, so the loop is asked to
         # end and every wait is bounded; cancellation is the last resort.
         done, _ = await asyncio.wait({self._task}, timeout=timeout)
         if not done:
-            log.error("%d events not published before shutdown", self._queue.qsize())
             self._task.cancel()
             await asyncio.wait({self._task}, timeout=1.0)
         self._task = None
+        self._keep_unsent()
+        if self._spill is not None:
+            self._spill.close()
         if self._redis is not None:
             try:
                 await asyncio.wait_for(self._redis.aclose(), 2.0)
             except (asyncio.TimeoutError, RedisError, OSError):
                 pass
 
+    def _keep_unsent(self) -> None:
+        """Move what is still in memory to the front of the disk spill (it is older than anything there)."""
+        if not self._memory:
+            return
+        if self._spill is None:
+            log.error("%d events not published before shutdown (no disk spill configured)", len(self._memory))
+            return
+        items = list(self._memory)
+        self._memory.clear()
+        try:
+            self._spill.prepend(items)
+        except (SpillFull, OSError) as exc:
+            for item in items:
+                self._drop(item, str(exc))
+            return
+        log.warning("%d unsent events kept in the disk spill for the next start", len(items))
+
+    def _head(self) -> tuple[dict[str, Any] | None, str]:
+        if self._memory:
+            return self._memory[0], "memory"
+        if self._spill is not None:
+            record = self._spill.peek()
+            if record is not None:
+                return record, "spill"
+        return None, ""
+
     async def _run(self) -> None:
         while True:
-            item = await self._queue.get()
-            if item is _STOP:
-                return
+            item, source = self._head()
+            if item is None:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), HEALTH_CHECK_S)
+                except asyncio.TimeoutError:
+                    await self._check_connection()
+                continue
             backoff = 0.05
             while True:
                 try:
                     await self._send(item)
                     break
                 except (RedisError, OSError) as exc:
+                    if self.connected:
+                        log.warning("redis unreachable (%s); %d events wait, retrying with backoff", type(exc).__name__, self.backlog)
+                    self.connected = False
                     metrics.publish_failed()
-                    log.warning("redis publish failed (%s); retrying in %.2fs", type(exc).__name__, backoff)
+                    if self._closing:
+                        return  # stop() spills what is left
                     await asyncio.sleep(backoff)
                     backoff = min(MAX_BACKOFF_S, backoff * 2)
-            if self._closing and self._queue.empty():
-                return
+            if not self.connected:
+                log.info("redis reachable again; %d events still to send", self.backlog - 1)
+            self.connected = True
+            if source == "memory":
+                self._memory.popleft()
+            else:
+                assert self._spill is not None
+                self._spill.take()
+            metrics.publish_backlog(self.backlog)
 
-    async def _send(self, item: _Outgoing) -> None:
+    async def _check_connection(self) -> None:
+        """While idle, PING now and then so that readiness shows Redis going away before an alert needs it."""
         assert self._redis is not None
-        if item.kind == "call":
-            await self._redis.publish(self.channels.calls, json.dumps(item.document))
+        try:
+            await self._redis.ping()
+        except (RedisError, OSError) as exc:
+            if self.connected:
+                log.warning("redis unreachable (%s)", type(exc).__name__)
+            self.connected = False
             return
-        document = dict(item.document)
-        latency_s = time.monotonic() - item.arrival
-        document["latency_ms"] = round(latency_s * 1000, 1)
+        self.connected = True
+
+    async def _send(self, item: dict[str, Any]) -> None:
+        assert self._redis is not None and self._script is not None
+        document = item["document"]
+        if item["kind"] == "alert":
+            latency_s = time.time() - item["arrival_wall"]
+            document = {**document, "latency_ms": round(latency_s * 1000, 1)}
+            stream_args = [self.config.stream_maxlen, document["alert_id"], document["call_id"]]
+        else:
+            stream_args = ["", "", ""]
         payload = json.dumps(document)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if "agent" in item.notify:
-                pipe.publish(self.channels.agent(item.agent_id), payload)
-            if "supervisor" in item.notify:
-                pipe.publish(self.channels.supervisor(item.team), payload)
-            pipe.xadd(
-                self.channels.alerts_stream,
-                {"alert_id": document["alert_id"], "call_id": document["call_id"], "document": payload},
-                maxlen=self.config.stream_maxlen,
-                approximate=True,
-            )
-            await pipe.execute()
-        metrics.alert_latency(latency_s)
+        delivered = await self._script(
+            keys=[f"{self.config.prefix}:delivered:{item['id']}", item.get("stream", self.channels.alerts_stream)],
+            args=[payload, self.config.dedup_ttl_s, *stream_args, *item["channels"]],
+        )
+        if item["kind"] == "alert" and delivered:
+            metrics.alert_latency(latency_s)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Callable
 
 from service import metrics
+from service.auth import Authenticator
 from service.domain import CallConfig
 from service.errors import CallAlreadyActive, CapacityExceeded, ServiceUnavailable
 from service.session import CallSession
@@ -13,35 +15,68 @@ from service.session import CallSession
 log = logging.getLogger(__name__)
 
 
+def resident_mb() -> float:
+    """This process's resident memory in MB (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class CallRegistry:
     """Creates sessions for new calls and forgets them when they end."""
 
-    def __init__(self, max_calls: int, session_factory: Callable[[CallConfig], CallSession]) -> None:
+    def __init__(self, max_calls: int, session_factory: Callable[[CallConfig], CallSession],
+                 authenticator: Authenticator | None = None, max_rss_mb: int = 0) -> None:
         self._max_calls = max_calls
+        self._max_rss_mb = max_rss_mb
         self._factory = session_factory
-        self._calls: dict[str, CallSession] = {}
+        self._auth = authenticator or Authenticator({})
+        self._calls: dict[tuple[str, str], CallSession] = {}
         self.accepting = False
 
     @property
     def active(self) -> int:
         return len(self._calls)
 
-    def open(self, config: CallConfig) -> CallSession:
-        """Admit a call and start its session. Raises CallAlreadyActive, CapacityExceeded or ServiceUnavailable."""
+    @property
+    def auth_required(self) -> bool:
+        return self._auth.enabled
+
+    def check_credential(self, credential: str | None) -> None:
+        """Raise Unauthenticated unless the credential is known (or authentication is off)."""
+        self._auth.tenant_for(credential)
+
+    def open(self, config: CallConfig, credential: str | None = None) -> CallSession:
+        """Admit a call for the caller holding `credential` and start its session. Raises Unauthenticated,
+        PermissionDenied, CallAlreadyActive, CapacityExceeded or ServiceUnavailable."""
+        config = self._auth.bind(config, credential)
         if not self.accepting:
             raise ServiceUnavailable("the service is not accepting calls (starting up or shutting down)")
-        if config.call_id in self._calls:
+        key = (config.tenant, config.call_id)  # call ids are unique per tenant
+        if key in self._calls:
             raise CallAlreadyActive(f"call_id {config.call_id!r} is already streaming")
         if len(self._calls) >= self._max_calls:
             raise CapacityExceeded(f"the server is at its limit of {self._max_calls} concurrent calls")
+        if self._max_rss_mb:
+            rss = resident_mb()
+            if rss > self._max_rss_mb:
+                raise CapacityExceeded(f"the server uses {rss:.0f} MB, over its limit of {self._max_rss_mb} MB; "
+                                       "calls in progress go on, new ones go elsewhere")
         session = self._factory(config)
-        self._calls[config.call_id] = session
+        self._calls[key] = session
         metrics.call_opened()
         return session
 
+    def sessions(self) -> list[CallSession]:
+        """The sessions of the calls streaming now."""
+        return list(self._calls.values())
+
     def release(self, session: CallSession, outcome: str) -> None:
         """Forget a session (idempotent); `outcome` labels the calls_total metric."""
-        if self._calls.get(session.config.call_id) is session:
-            del self._calls[session.config.call_id]
+        key = (session.config.tenant, session.config.call_id)
+        if self._calls.get(key) is session:
+            del self._calls[key]
             metrics.call_closed(outcome)
             log.info("call ended (%s); %d active", outcome, len(self._calls))

@@ -159,13 +159,24 @@ class RedisConfig:
     stream_maxlen: int = 100000
     """Approximate cap of the durable alert stream (XADD MAXLEN ~)."""
     publish_queue: int = 10000
-    """Alerts and call events waiting to be published; when full a new one is dropped, logged and counted."""
+    """Alerts and call events waiting in memory to be published; when full, new ones go to the disk
+    spill (or, without one, are dropped, logged and counted)."""
+    spill_dir: str = ""
+    """Directory of the disk spill for events Redis could not take yet (kept across restarts); empty: no spill."""
+    spill_max_bytes: int = 256 * 1024 * 1024
+    """Largest size of the disk spill; an event that does not fit is dropped, logged and counted."""
+    dedup_ttl_s: int = 86400
+    """How long Redis remembers a delivered event's id, so that a retry within it is not delivered twice."""
+    tls_ca_file: str = ""
+    """CA bundle that signs Redis's certificate (rediss:// URLs with a private CA); empty: the system's."""
 
     def __post_init__(self) -> None:
         _check(self.url.startswith(("redis://", "rediss://", "unix://")), f"redis url must start with redis://, rediss:// or unix://, got {self.url!r}")
         _check(bool(self.prefix) and ":" not in self.prefix, f"redis prefix must be non-empty without ':', got {self.prefix!r}")
         _check(self.stream_maxlen >= 100, "stream_maxlen must be >= 100")
         _check(self.publish_queue >= 1, "publish_queue must be >= 1")
+        _check(self.spill_max_bytes >= 4096, f"spill_max_bytes must be >= 4096, got {self.spill_max_bytes}")
+        _check(self.dedup_ttl_s >= 60, f"dedup_ttl_s must be >= 60, got {self.dedup_ttl_s}")
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,20 @@ class ServerConfig:
     """Role of Twilio's inbound track (the caller's audio); the outbound track gets the other role."""
     audiohook_api_keys: tuple[str, ...] = ()
     """API keys accepted in AudioHook's X-API-KEY header; empty accepts any non-empty key (development only)."""
+    shutdown_grace_s: float = 20.0
+    """On SIGTERM: time to end active calls (with their summaries), drain and exit."""
+    max_rss_mb: int = 0
+    """Global memory bound: while the process's resident memory is over this, new calls are refused
+    with RESOURCE_EXHAUSTED (calls in progress go on); 0: no limit besides max_calls."""
+    auth_tokens: tuple[str, ...] = ()
+    """Caller credentials as 'tenant:token' entries; with none here or in auth_tokens_file anyone is
+    admitted (development only)."""
+    auth_tokens_file: str = ""
+    """A file of 'tenant:token' lines (a mounted secret), added to auth_tokens."""
+    tls_cert_file: str = ""
+    """PEM certificate (chain) for gRPC over TLS and WSS; with tls_key_file. Empty: plaintext."""
+    tls_key_file: str = ""
+    """PEM private key of tls_cert_file."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.grpc_port <= 65535, f"grpc_port must be 0..65535, got {self.grpc_port}")
@@ -196,6 +221,41 @@ class ServerConfig:
         _check(-1 <= self.metrics_port <= 65535, f"metrics_port must be -1..65535, got {self.metrics_port}")
         _check(self.max_calls >= 1, "max_calls must be >= 1")
         _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
+        _check(0 < self.shutdown_grace_s <= 3600, f"shutdown_grace_s must be in (0, 3600], got {self.shutdown_grace_s}")
+        _check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_cert_file and tls_key_file go together: set both or neither")
+        _check(self.max_rss_mb >= 0, f"max_rss_mb must be >= 0, got {self.max_rss_mb}")
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    """Conversation analytics: prosody, turn-taking, summaries and reports."""
+
+    baseline_warmup_ms: int = 10000
+    """Voiced speech a speaker needs before loudness relative to their own baseline is reported."""
+    hangover_ms: int = 200
+    """A speaker still counts as speaking this long after their last voiced frame (bridges gaps inside words)."""
+    interruption_min_overlap_ms: int = 500
+    """Talking into the other speaker's speech counts as an interruption once both spoke this long
+    at once (shorter overlaps are back-channels such as "mm-hm")."""
+    min_silence_ms: int = 2000
+    """Dead air at least this long is listed in the call summary."""
+    tick_ms: int = 100
+    """Conversation rules (dead air, over-talk, interruptions) are evaluated every this much call time."""
+    peaks: int = 5
+    """Moments of strongest negative emotion listed per speaker in the call summary."""
+    reports_dir: str = ""
+    """When set, the HTML QA report of every call is written there as {call_id}.html; empty: not written."""
+    rules_poll_s: float = 2.0
+    """How often the rules file is checked for changes (0: only on SIGHUP)."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.baseline_warmup_ms <= 600000, f"baseline_warmup_ms must be 0..600000, got {self.baseline_warmup_ms}")
+        _check(0 <= self.hangover_ms <= 2000, f"hangover_ms must be 0..2000, got {self.hangover_ms}")
+        _check(0 < self.interruption_min_overlap_ms <= 10000, f"interruption_min_overlap_ms must be 1..10000, got {self.interruption_min_overlap_ms}")
+        _check(self.min_silence_ms >= 100, f"min_silence_ms must be >= 100, got {self.min_silence_ms}")
+        _check(20 <= self.tick_ms <= 1000, f"tick_ms must be 20..1000, got {self.tick_ms}")
+        _check(0 <= self.peaks <= 50, f"peaks must be 0..50, got {self.peaks}")
+        _check(self.rules_poll_s >= 0, f"rules_poll_s must be >= 0, got {self.rules_poll_s}")
 
 
 @dataclass(frozen=True)
@@ -214,6 +274,8 @@ class ServiceConfig:
     """Emotion model and batching."""
     redis: RedisConfig = field(default_factory=RedisConfig)
     """Alert publishing."""
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
+    """Prosody, turn-taking, summaries and reports."""
     rules_path: str = DEFAULT_RULES_PATH
     """YAML rules file."""
     log_level: str = "INFO"
@@ -237,6 +299,13 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_MAX_MESSAGE_BYTES": ("server", "max_message_bytes", int),
     "CALLPULSE_TWILIO_INBOUND_ROLE": ("server", "twilio_inbound_role", str),
     "CALLPULSE_AUDIOHOOK_API_KEYS": ("server", "audiohook_api_keys", _parse_list),
+    "CALLPULSE_SHUTDOWN_GRACE_S": ("server", "shutdown_grace_s", float),
+    "CALLPULSE_MAX_RSS_MB": ("server", "max_rss_mb", int),
+    "CALLPULSE_AUTH_TOKENS": ("server", "auth_tokens", _parse_list),
+    "CALLPULSE_AUTH_TOKENS_FILE": ("server", "auth_tokens_file", str),
+    "CALLPULSE_TLS_CERT_FILE": ("server", "tls_cert_file", str),
+    "CALLPULSE_TLS_KEY_FILE": ("server", "tls_key_file", str),
+    "CALLPULSE_REDIS_TLS_CA_FILE": ("redis", "tls_ca_file", str),
     "CALLPULSE_MAX_CHUNK_BYTES": ("ingest", "max_chunk_bytes", int),
     "CALLPULSE_REORDER_WINDOW": ("ingest", "reorder_window", int),
     "CALLPULSE_MAX_SEQ_JUMP": ("ingest", "max_seq_jump", int),
@@ -262,9 +331,21 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_DEADLINE_MS": ("inference", "deadline_ms", int),
     "CALLPULSE_REDIS_URL": ("redis", "url", str),
     "CALLPULSE_REDIS_PREFIX": ("redis", "prefix", str),
+    "CALLPULSE_PUBLISH_QUEUE": ("redis", "publish_queue", int),
+    "CALLPULSE_SPILL_DIR": ("redis", "spill_dir", str),
+    "CALLPULSE_SPILL_MAX_BYTES": ("redis", "spill_max_bytes", int),
+    "CALLPULSE_DEDUP_TTL_S": ("redis", "dedup_ttl_s", int),
     "CALLPULSE_RULES": ("", "rules_path", str),
+    "CALLPULSE_RULES_POLL_S": ("analytics", "rules_poll_s", float),
+    "CALLPULSE_REPORTS_DIR": ("analytics", "reports_dir", str),
+    "CALLPULSE_BASELINE_WARMUP_MS": ("analytics", "baseline_warmup_ms", int),
+    "CALLPULSE_INTERRUPTION_MIN_OVERLAP_MS": ("analytics", "interruption_min_overlap_ms", int),
+    "CALLPULSE_MIN_SILENCE_MS": ("analytics", "min_silence_ms", int),
     "CALLPULSE_LOG_LEVEL": ("", "log_level", str),
 }
+
+SECRET_ENV_VARS = frozenset({"CALLPULSE_AUTH_TOKENS", "CALLPULSE_AUDIOHOOK_API_KEYS", "CALLPULSE_REDIS_URL"})
+"""Variables whose values never appear in messages or logs."""
 
 # command-line option dest -> (section, field)
 CLI_OPTIONS: dict[str, tuple[str, str]] = {
@@ -315,7 +396,8 @@ def load_config(
         try:
             changes[(section, attr)] = parse(raw)
         except ValueError as exc:
-            raise ConfigError(f"environment variable {name}={raw!r}: {exc}") from None
+            shown = "<secret>" if name in SECRET_ENV_VARS else repr(raw)
+            raise ConfigError(f"environment variable {name}={shown}: {exc}") from None
     for option, value in (cli or {}).items():
         if value is None:
             continue
@@ -331,7 +413,8 @@ def load_config(
 
 
 def config_as_dict(config: ServiceConfig) -> dict[str, Any]:
-    """Flatten the configuration for logging at start-up (contains no secrets other than the Redis URL's password, which is masked)."""
+    """Flatten the configuration for logging at start-up, secrets masked (the Redis URL's credentials,
+    API keys, auth tokens)."""
     out: dict[str, Any] = {}
     for f in fields(config):
         value = getattr(config, f.name)
@@ -344,6 +427,7 @@ def config_as_dict(config: ServiceConfig) -> dict[str, Any]:
     if "@" in url:
         scheme, rest = url.split("://", 1)
         out["redis.url"] = f"{scheme}://***@{rest.split('@', 1)[1]}"
-    if out.get("server.audiohook_api_keys"):
-        out["server.audiohook_api_keys"] = f"<{len(out['server.audiohook_api_keys'])} keys>"
+    for key in ("server.audiohook_api_keys", "server.auth_tokens"):
+        if out.get(key):
+            out[key] = f"<{len(out[key])} secrets>"
     return out

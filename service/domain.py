@@ -100,8 +100,8 @@ class CallConfig:
                 raise InvalidArgument(f"{name} is required")
             if len(value) > 128 or any(c.isspace() or c in ":*?[]" for c in value):
                 raise InvalidArgument(f"{name} must be at most 128 characters without spaces or any of ':*?[]'")
-        if len(self.tenant) > 128:
-            raise InvalidArgument("tenant must be at most 128 characters")
+        if len(self.tenant) > 128 or any(c.isspace() or c in ":*?[]" for c in self.tenant):
+            raise InvalidArgument("tenant must be at most 128 characters without spaces or any of ':*?[]'")
         if not self.score_roles:
             raise InvalidArgument("score_roles must name at least one role")
         missing = [r.value for r in self.score_roles if r not in self.audio.channel_roles]
@@ -138,6 +138,16 @@ class EmotionUpdate:
     loudness_dbfs: float
     completed_ms: int = 0
     """Call offset of the audio whose arrival completed the window."""
+    loudness_over_baseline_db: float | None = None
+    """loudness_dbfs minus the speaker's baseline; None while the baseline warms up."""
+    pitch_hz: float | None = None
+    """Median F0 over the window; None without enough voiced speech."""
+    pitch_range_st: float | None = None
+    """F0 range over the window in semitones."""
+    speech_rate_spm: float | None = None
+    """Syllable nuclei per minute of speech over the window."""
+    embedding: Any = field(default=None, repr=False, compare=False)
+    """The window's embedding (numpy array) when the model was asked for them (batch analysis)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +157,8 @@ class Alert:
     alert_id: str
     rule_id: str
     severity: Severity
-    speaker: Role
+    speaker: Role | None
+    """The speaker the rule watched; None for a conversation alert about nobody in particular (dead air)."""
     start_ms: int
     fired_ms: int
     message: str

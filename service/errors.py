@@ -59,3 +59,15 @@ class ServiceUnavailable(CallPulseError):
     """The service is not ready (model not loaded yet) or is shutting down."""
 
     kind = "unavailable"
+
+
+class Unauthenticated(CallPulseError):
+    """No credential, or one the service does not know."""
+
+    kind = "unauthenticated"
+
+
+class PermissionDenied(CallPulseError):
+    """The credential is valid but does not allow this (another tenant's call)."""
+
+    kind = "permission_denied"

@@ -138,3 +138,33 @@ def error(kind: str) -> None:
 
 def event_dropped(event_type: str) -> None:
     EVENTS_DROPPED.labels(event_type).inc()
+
+
+RULES_RELOADS = Counter("callpulse_rules_reloads_total", "Attempts to reload the rules file, by outcome", ["outcome"])
+RULES_LOADED = Gauge("callpulse_rules_loaded", "Rules in effect")
+REPORTS = Counter("callpulse_reports_total", "QA reports written, by outcome", ["outcome"])
+
+
+def rules_reloaded(outcome: str) -> None:
+    """outcome: loaded, unchanged or invalid."""
+    RULES_RELOADS.labels(outcome).inc()
+
+
+def rules_in_effect(count: int) -> None:
+    RULES_LOADED.set(count)
+
+
+def report_written(outcome: str) -> None:
+    REPORTS.labels(outcome).inc()
+
+
+PUBLISH_BACKLOG = Gauge("callpulse_publish_backlog", "Alerts and call events waiting for Redis (memory and disk)")
+PUBLISH_SPILLED = Counter("callpulse_publish_spilled_total", "Events written to the disk spill because the memory queue was full")
+
+
+def publish_backlog(count: int) -> None:
+    PUBLISH_BACKLOG.set(count)
+
+
+def publish_spilled() -> None:
+    PUBLISH_SPILLED.inc()

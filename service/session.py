@@ -1,11 +1,14 @@
-"""One call: decode -> reorder -> per-speaker VAD and windows -> inference -> rules -> alerts and events.
+"""One call: decode -> reorder -> per-speaker VAD, prosody and windows -> inference -> rules -> alerts and events.
 
 A CallSession never sees a transport. A transport adapter calls `start`, then `push_audio` (interleaved
 chunks) or `push_track` (separate mono tracks) and `await flow_control()` after each, `skip_audio`
 for audio that will never come, then `finish` (or `abort` when the bridge goes away, `fail` when its
 input was bad) and forwards what `events()` yields. Audio is processed inline on the event loop
-(decoding and VAD are cheap); scoring happens on the inference worker, and results are handled in
-window order by one task per call.
+(decoding, VAD, prosody and turn-taking are cheap); scoring happens on the inference worker, and
+results are handled in window order by one task per call. Each window carries what was measured over
+it when it was cut (prosody, the conversation at that moment), so rule outcomes do not depend on how
+fast the model answers; conversation rules run on the call clock (ticks of the turn-taking tracker).
+Windows of speakers who are not scored skip the model and go to the rules with their prosody.
 
 Live calls (`realtime`) are paced: past a burst allowance they are read at most `pacing_factor` x
 real time, and when the model is behind they shed load instead of falling behind: a channel keeps
@@ -30,15 +33,16 @@ from typing import AsyncIterator, Callable
 import numpy as np
 
 from service import metrics
-from service.alerts import AlertPublisher, build_alert, wall_time_iso
+from service.alerts import EventSink, build_alert, wall_time_iso
+from service.analytics.conversation import ConversationSnapshot, ConversationTracker
 from service.analytics.frames import FrameTrack
-from service.analytics.prosody import loudness_dbfs
+from service.analytics.prosody import ProsodyFigures, ProsodyTrack
 from service.analytics.timeline import ChannelTimeline
 from service.audio.channel import AnalysisWindow, ChannelPipeline
 from service.audio.codecs import decode
 from service.audio.ingest import InterleavedIngest, Notice, TrackIngest
 from service.audio.resample import to_model_input
-from service.config import IngestConfig, VadConfig, WindowConfig
+from service.config import AnalyticsConfig, IngestConfig, VadConfig, WindowConfig
 from service.domain import (
     Alert,
     AudioFormat,
@@ -50,15 +54,16 @@ from service.domain import (
     SessionStarted,
     Warning,
 )
-from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument
+from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument, ServiceUnavailable
 from service.inference.base import WindowScores
 from service.inference.batcher import InferenceBatcher, QueueFull, StaleWindow
-from service.rules import ChannelRuleState, RuleEngine, ScoredWindow
+from service.rules import CallRuleState, RuleEngine, RuleMatch, ScoredWindow
 
 log = logging.getLogger(__name__)
 
 EVENT_BUFFER = 256
-SUMMARY_SCHEMA_VERSION = 1
+SHUTDOWN_MESSAGE = "the server is shutting down; the call was ended and its summary published (reconnect to go on)"
+SUMMARY_SCHEMA_VERSION = 2
 MAX_SUMMARY_ALERTS = 1000  # the summary lists at most this many (the newest); the count is exact
 WARNING_INTERVAL_MS = 5000  # at most one warning of a kind per this much call time
 TRACK_SKEW_MS = 200  # a separate track this far behind the others is padded with silence
@@ -74,11 +79,25 @@ class SessionContext:
     batcher: InferenceBatcher
     rules: Callable[[], RuleEngine]
     """Returns the current rule engine (rules may be replaced while calls run)."""
-    publisher: AlertPublisher
+    publisher: EventSink
     model_name: str
     labels: tuple[str, ...]
     deadline_s: float = 1.0
     """A live window not started by the model this long after its audio arrived is dropped."""
+    analytics: AnalyticsConfig = AnalyticsConfig()
+    """Prosody, turn-taking and summary settings."""
+    on_summary: Callable[[dict], None] | None = None
+    """Called with every call summary document (writes the QA report when configured); must not block."""
+
+
+@dataclass(frozen=True)
+class WindowAnalytics:
+    """What was measured over a window when it was cut."""
+
+    prosody: ProsodyFigures
+    conversation: ConversationSnapshot
+    speech_ms: int
+    """The speaker's voiced speech so far in the call."""
 
 
 class EventBuffer:
@@ -152,7 +171,19 @@ class CallSession:
         self._timelines = {role: ChannelTimeline(role) for role in fmt.channel_roles}
         track_frames = (ctx.windows.window_ms + 2 * ctx.windows.hop_ms) // 20
         self._frames = {role: FrameTrack(track_frames) for role in fmt.channel_roles}
-        self._rule_states: dict[Role, ChannelRuleState] = {}
+        analytics, frame_ms = ctx.analytics, ctx.vad.frame_ms
+        history_ms = ctx.windows.window_ms + 2 * ctx.windows.hop_ms + 1000
+        self._prosody = {
+            role: ProsodyTrack(fmt.sample_rate, frame_ms, history_ms=history_ms, warmup_ms=analytics.baseline_warmup_ms)
+            for role in fmt.channel_roles
+        }
+        self._voiced_frames = {role: 0 for role in fmt.channel_roles}
+        self._frame_ms = frame_ms
+        self._conversation = ConversationTracker(
+            fmt.channel_roles, frame_ms, hangover_ms=analytics.hangover_ms, min_interruption_ms=analytics.interruption_min_overlap_ms,
+            min_silence_ms=analytics.min_silence_ms, tick_ms=analytics.tick_ms,
+        )
+        self._rule_state = CallRuleState()
         self._segments_seen = [0] * len(self._pipelines)
         self._ingest: InterleavedIngest | TrackIngest | None = None
         self._track_format = AudioFormat(fmt.encoding, fmt.sample_rate, fmt.channel_roles[:1])
@@ -175,6 +206,7 @@ class CallSession:
         self._alert_count = 0
         self._state = "new"
         self._scorer: asyncio.Task | None = None
+        self._shutting_down = False
         self.started_at = time.monotonic()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -242,9 +274,15 @@ class CallSession:
             raise InvalidArgument(f"cannot skip a negative duration ({duration_ms} ms)")
         arrival = time.monotonic() if arrival is None else arrival
         samples = duration_ms * self.config.audio.sample_rate // 1000
+        cut: list[AnalysisWindow] = []
         for index, pipeline in enumerate(self._pipelines):
-            self._ready.extend(pipeline.skip(samples, arrival))
+            cut.extend(pipeline.skip(samples, arrival))
             self._count_segments(index)
+        frames = round(duration_ms / self._frame_ms)
+        for track in self._prosody.values():
+            track.skip(frames)
+        self._take_windows(cut)
+        self._on_ticks(self._conversation.skip(frames), arrival)
         self._audio_frames += samples
         self._submit_ready()
 
@@ -268,6 +306,8 @@ class CallSession:
 
     def _decode(self, seq: int, data: bytes, one_track: bool = False) -> np.ndarray:
         if self._state != "open":
+            if self._shutting_down:
+                raise ServiceUnavailable(SHUTDOWN_MESSAGE)
             raise InvalidArgument(f"audio chunk seq={seq} arrived after the end of the call")
         limit = self._ctx.ingest.max_chunk_bytes
         if len(data) > limit:
@@ -287,10 +327,20 @@ class CallSession:
         for frames in ordered:
             self._audio_frames += len(frames)
             self._received_frames += len(frames)
+            cut: list[AnalysisWindow] = []
+            voiced_columns = []
             for index, pipeline in enumerate(self._pipelines):
                 metrics.audio_ingested(pipeline.role.value, len(frames) / rate)
-                self._ready.extend(pipeline.push(np.ascontiguousarray(frames[:, index]), arrival))
+                cut.extend(pipeline.push(np.ascontiguousarray(frames[:, index]), arrival))
+                block, voiced = pipeline.take_frames()
+                if len(voiced):
+                    self._prosody[pipeline.role].push(block, voiced)
+                    self._voiced_frames[pipeline.role] += int(np.count_nonzero(voiced))
+                voiced_columns.append(voiced)
                 self._count_segments(index)
+            ticks = self._conversation.push(np.stack(voiced_columns, axis=1)) if len(voiced_columns[0]) else []
+            self._take_windows(cut)
+            self._on_ticks(ticks, arrival)
         self._submit_ready()
         limit_s = self._ctx.ingest.max_call_duration_s
         if self._audio_frames / rate > limit_s:
@@ -350,7 +400,7 @@ class CallSession:
                 pass  # the call is ending anyway
         self._state = "ending"
         for index, pipeline in enumerate(self._pipelines):
-            self._ready.extend(pipeline.flush(arrival))
+            self._take_windows(pipeline.flush(arrival))
             self._count_segments(index)
         while self._ready:
             self._submit_ready()
@@ -361,6 +411,8 @@ class CallSession:
             await self._scorer
         summary = self._summary(reason)
         self._ctx.publisher.publish_call_event(summary.document)
+        if self._ctx.on_summary is not None:
+            self._ctx.on_summary(summary.document)
         self._events.put(summary, final=True)
         self._events.close()
         self._state = "closed"
@@ -384,6 +436,15 @@ class CallSession:
         """Bad input from the bridge: make `events()` raise `error` (after what is queued) so the transport can report it."""
         self._events.fail(error)
 
+    async def shut_down(self) -> None:
+        """The server is stopping: end the call as at EndOfCall (open segments scored, summary published),
+        then end the bridge's event stream with UNAVAILABLE so that it reconnects elsewhere."""
+        if self._state == "open":
+            self._shutting_down = True
+            await self.finish("server_shutdown")
+        if self._state == "closed":
+            self.fail(ServiceUnavailable(SHUTDOWN_MESSAGE))
+
     async def end_for_limit(self, error: CallLimitExceeded) -> None:
         """A time limit ended the call: finish it (the summary says why), then report the error to the bridge."""
         if self._state == "open":
@@ -404,9 +465,59 @@ class CallSession:
             "pending_windows": self._in_flight,
             "queued_events": len(self._events),
             "timeline_updates": sum(len(t.recent) for t in self._timelines.values()),
+            "trajectory_seconds": sum(t.trajectory_points for t in self._timelines.values()),
             "frame_track": sum(len(t) for t in self._frames.values()),
             "summary_alerts": len(self._alerts),
         }
+
+    # -- analytics and rules ---------------------------------------------------------------
+
+    def _take_windows(self, windows: list[AnalysisWindow]) -> None:
+        """Attach what was measured over each newly cut window; scored ones wait for the model,
+        the others go to the rules at once."""
+        if not windows:
+            return
+        snapshot = self._conversation.snapshot()
+        for window in windows:
+            figures = self._prosody[window.role].figures(window.start_sample, window.end_sample, window.new_from_sample)
+            speech_ms = self._voiced_frames[window.role] * self._frame_ms
+            window = dataclasses.replace(window, analytics=WindowAnalytics(figures, snapshot, speech_ms))
+            if window.scored:
+                self._ready.append(window)
+            else:
+                self._evaluate(window, None, degraded=False)
+
+    def _evaluate(self, window: AnalysisWindow, scores: dict[str, float] | None, degraded: bool) -> None:
+        analytics: WindowAnalytics = window.analytics
+        observed = ScoredWindow(
+            speaker=window.role,
+            start_ms=window.start_ms,
+            end_ms=window.end_ms,
+            new_from_ms=window.new_from_sample * 1000 // window.sample_rate,
+            scores=scores,
+            degraded=degraded,
+            prosody=analytics.prosody,
+            conversation=analytics.conversation,
+            speech_ms=analytics.speech_ms,
+        )
+        for match in self._ctx.rules().evaluate_window(self._rule_state, observed):
+            self._raise(match, window.arrival)
+
+    def _on_ticks(self, ticks: list[ConversationSnapshot], arrival: float) -> None:
+        engine = self._ctx.rules()
+        if not ticks or not engine.needs_ticks:
+            return
+        for snapshot in ticks:
+            for match in engine.evaluate_tick(self._rule_state, snapshot):
+                self._raise(match, arrival)
+
+    def _raise(self, match: RuleMatch, arrival: float) -> None:
+        alert = build_alert(match, self.config, self._ctx.model_name, (time.monotonic() - arrival) * 1000)
+        self._alerts.append(alert)
+        self._alert_count += 1
+        metrics.alert_raised(alert.rule_id, alert.severity.label)
+        self._ctx.publisher.publish_alert(alert, self.config, arrival)
+        self._events.put(alert)
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -533,7 +644,7 @@ class CallSession:
         scores = [float(s) for s in window_scores]
         top = int(np.argmax(window_scores))
         degraded = timeline.dropped_since_update > 0 or missing
-        loudness = loudness_dbfs(window.samples)
+        prosody: ProsodyFigures = window.analytics.prosody
         latency_s = time.monotonic() - window.arrival
         update = EmotionUpdate(
             speaker=window.role,
@@ -546,34 +657,20 @@ class CallSession:
             segment_final=window.final,
             degraded=degraded,
             latency_ms=latency_s * 1000,
-            loudness_dbfs=loudness,
+            loudness_dbfs=prosody.loudness_dbfs,
             completed_ms=window.cut_sample * 1000 // window.sample_rate,
+            loudness_over_baseline_db=prosody.loudness_over_baseline_db,
+            pitch_hz=prosody.pitch_hz,
+            pitch_range_st=prosody.pitch_range_st,
+            speech_rate_spm=prosody.speech_rate_spm,
+            embedding=result.embedding if self._ctx.windows.scoring == "full" else None,
         )
-        timeline.add(update)
+        timeline.add(update, new_from_ms=window.new_from_sample * 1000 // window.sample_rate)
         self._overloaded = False
         metrics.window("scored")
         metrics.emotion_update_latency(latency_s)
         self._events.put(update)
-        engine = self._ctx.rules()
-        state = self._rule_states.get(window.role)
-        if state is None:
-            state = self._rule_states[window.role] = engine.new_state(window.role)
-        scored = ScoredWindow(
-            speaker=window.role,
-            start_ms=window.start_ms,
-            end_ms=window.end_ms,
-            new_from_ms=window.new_from_sample * 1000 // window.sample_rate,
-            scores=dict(zip(labels, scores)),
-            loudness_dbfs=loudness,
-            degraded=degraded,
-        )
-        for match in engine.evaluate(state, scored):
-            alert = build_alert(match, self.config, self._ctx.model_name, (time.monotonic() - window.arrival) * 1000)
-            self._alerts.append(alert)
-            self._alert_count += 1
-            metrics.alert_raised(alert.rule_id, alert.severity.label)
-            self._ctx.publisher.publish_alert(alert, self.config, window.arrival)
-            self._events.put(alert)
+        self._evaluate(window, dict(zip(labels, scores)), degraded)
         metrics.stage("score", time.perf_counter() - began)
 
     # -- documents -------------------------------------------------------------------------
@@ -593,36 +690,50 @@ class CallSession:
     def _summary(self, reason: str) -> CallSummary:
         rate = self.config.audio.sample_rate
         duration_ms = self._audio_frames * 1000 // rate
+        labels = self._ctx.labels
         speakers = tuple(
             self._timelines[p.role].summary(speech_ms=p.speech_ms, segments=p.segments) for p in self._pipelines
         )
+        separation_ms = self._ctx.windows.window_ms
+        speaker_documents = []
+        for s in speakers:
+            timeline = self._timelines[s.speaker]
+            speaker_documents.append({
+                "speaker": s.speaker.value,
+                "scored": s.speaker in self.config.score_roles,
+                "speech_ms": s.speech_ms,
+                "segments": s.segments,
+                "windows_scored": s.windows_scored,
+                "windows_merged": s.windows_merged,
+                "windows_dropped": s.windows_dropped,
+                "top_labels": dict(s.top_labels),
+                "prosody": self._prosody[s.speaker].totals(),
+                "trajectory": {
+                    "resolution_ms": 1000,
+                    "points": [{"t_ms": t_ms, "scores": [round(float(x), 4) for x in scores]} for t_ms, scores in timeline.trajectory()],
+                },
+                "peaks": timeline.peaks(labels, self._ctx.analytics.peaks, separation_ms),
+            })
         document = self._lifecycle_document(
             "call_summary",
             reason=reason,
             duration_ms=duration_ms,
             model=self._ctx.model_name,
             alert_count=self._alert_count,
-            speakers=[
-                {
-                    "speaker": s.speaker.value,
-                    "scored": s.speaker in self.config.score_roles,
-                    "speech_ms": s.speech_ms,
-                    "segments": s.segments,
-                    "windows_scored": s.windows_scored,
-                    "windows_merged": s.windows_merged,
-                    "windows_dropped": s.windows_dropped,
-                    "top_labels": dict(s.top_labels),
-                }
-                for s in speakers
-            ],
+            labels=list(labels),
+            speakers=speaker_documents,
+            conversation=self._conversation.summary(),
             alerts=[
                 {
                     "alert_id": a.alert_id,
                     "rule_id": a.rule_id,
                     "severity": a.severity.label,
-                    "speaker": a.speaker.value,
+                    "speaker": a.speaker.value if a.speaker else None,
                     "start_ms": a.start_ms,
                     "fired_ms": a.fired_ms,
+                    "message": a.message,
+                    "reason": a.document["evidence"]["reason"],
+                    "escalated": a.document["escalated"],
                 }
                 for a in self._alerts
             ],

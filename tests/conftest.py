@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -24,6 +23,7 @@ SAMPLES = ROOT / "clients" / "samples"
 CALL_WAV = SAMPLES / "call_stereo_8k.wav"
 CUSTOMER_WAV = SAMPLES / "customer_16k.wav"
 TIMINGS = json.loads((SAMPLES / "timings.json").read_text())
+PINNED_RULES = str(ROOT / "tests" / "data" / "sustained_anger.yaml")
 
 
 def free_port() -> int:
@@ -46,14 +46,19 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def arguments(self) -> list[str]:
+        """redis-server's command line (subclasses add persistence, ACLs or TLS)."""
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                "--dir", str(self.workdir)]
+
+    def ping_client(self) -> redis.Redis:
+        """A client that can PING the server once it is up."""
+        return redis.Redis(port=self.port)
+
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.arguments(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = self.ping_client()
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -97,8 +102,10 @@ def test_models(tmp_path_factory) -> dict[str, str]:
 
 
 def service_config(redis_url: str, model: str, **overrides) -> ServiceConfig:
-    """A ServiceConfig for tests: loopback, ephemeral ports, a unique Redis prefix; keyword arguments replace sections."""
+    """A ServiceConfig for tests: loopback, ephemeral ports, a unique Redis prefix, the pinned sustained-anger
+    rule; keyword arguments replace sections."""
     config = ServiceConfig(
+        rules_path=PINNED_RULES,
         server=ServerConfig(host="127.0.0.1", grpc_port=0, ws_port=0, metrics_port=-1),
         inference=InferenceConfig(model=model, threads=1),
         redis=RedisConfig(url=redis_url, prefix=f"t{uuid.uuid4().hex[:10]}"),

@@ -131,11 +131,14 @@ def test_trailing_silence_decides_where_segments_close(call):
     assert default.segments == len(TIMINGS["call_stereo_8k.wav"]["customer_speech"])
 
 
-def test_unscored_channel_counts_speech_but_cuts_no_windows(customer):
-    """A channel whose role is not scored still tracks speech time but sends nothing to the model."""
+def test_unscored_channel_cuts_windows_without_audio(customer):
+    """A channel whose role is not scored cuts windows on the same schedule (for prosody rules) but carries no audio for the model."""
     samples, rate = customer
+    scored_pipeline, scored = run_channel(samples, rate)
     pipeline, windows = run_channel(samples, rate, scored=False)
-    assert windows == [] and pipeline.segments >= 1 and pipeline.speech_ms > 1000
+    assert pipeline.segments >= 1 and pipeline.speech_ms > 1000
+    assert [(w.start_sample, w.end_sample) for w in windows] == [(w.start_sample, w.end_sample) for w in scored]
+    assert all(not w.scored and len(w.samples) == 0 for w in windows) and all(w.scored and len(w.samples) for w in scored)
 
 
 def test_memory_is_bounded_for_long_audio(customer):

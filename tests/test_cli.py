@@ -6,7 +6,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -107,14 +106,19 @@ def test_make_test_model_cli_writes_a_loadable_untrained_checkpoint(tmp_path):
 
 
 def test_check_rules_cli(tmp_path):
-    """check-rules accepts the default file and rejects a bad one with exit 2 and the rule's name."""
+    """check-rules accepts the default file and rejects a bad one with exit 2 and one FILE:LINE:COLUMN error per bad rule."""
     ok = subprocess.run([PY, "-m", "service", "check-rules", "service/rules/default.yaml"], cwd=ROOT,
                         capture_output=True, text=True)
-    assert ok.returncode == 0 and "customer-angry-sustained" in ok.stdout
+    assert ok.returncode == 0 and "4 rule(s) OK" in ok.stdout and "customer-upset-fast" in ok.stdout
     bad = tmp_path / "bad.yaml"
-    bad.write_text("rules:\n  - id: loud\n    all: [{emotion: [angry], min: 2, for: 1s}]\n")
+    bad.write_text("rules:\n  - id: loud\n    all: [{emotion: [angry], min: 2, for: 1s}]\n"
+                   "  - id: quiet\n    silence: {ge: 5s}\n  - id: fast\n    speech_rate_spm: {above: 180}\n")
     result = subprocess.run([PY, "-m", "service", "check-rules", str(bad)], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 2 and "rule 'loud'" in result.stderr and "min" in result.stderr
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == f"{bad}:3:35: rule 'loud'.all[0].min: expected a number between 0 and 1, got 2"
+    assert lines[1].startswith(f"{bad}:7:23: rule 'fast'.speech_rate_spm.above: unknown key 'above'")
+    assert lines[2] == f"{bad}: 2 error(s)"
 
 
 def test_serve_refuses_bad_configuration(redis_server):

@@ -2,10 +2,10 @@
 
 import asyncio
 import json
+import time
 from dataclasses import replace
 
 import grpc
-import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from clients.bridge import CallPlan, stream_call
@@ -15,6 +15,7 @@ from tests.conftest import CALL_WAV, CUSTOMER_WAV, TIMINGS, run, service_config
 ALERT_FIELDS = {
     "schema_version", "type", "alert_id", "rule_id", "severity", "call_id", "agent_id", "team", "tenant", "speaker",
     "start_ms", "fired_ms", "wall_time", "evidence", "message", "notify", "model", "degraded", "latency_ms",
+    "occurrence", "escalated",
 }
 
 
@@ -42,7 +43,7 @@ def test_angry_call_alerts_agent_supervisor_stream_and_bridge(redis_server, test
     assert len(stream_alerts) == 1
     doc = stream_alerts[0]["document"]
     assert ALERT_FIELDS <= set(doc)
-    assert doc["schema_version"] == 1 and doc["type"] == "alert"
+    assert doc["schema_version"] == 2 and doc["type"] == "alert"
     assert (doc["rule_id"], doc["severity"], doc["speaker"]) == ("customer-angry-sustained", "high", "customer")
     assert (doc["call_id"], doc["agent_id"], doc["team"], doc["tenant"]) == ("call-angry", "agent-7", "billing", "acme")
     assert doc["model"].startswith("TEST MODEL") and doc["degraded"] is False
@@ -50,9 +51,12 @@ def test_angry_call_alerts_agent_supervisor_stream_and_bridge(redis_server, test
     assert abs(doc["start_ms"] - customer_start) < 300
     assert doc["fired_ms"] - doc["start_ms"] >= 5000
     condition = doc["evidence"]["conditions"][0]
-    assert condition["labels"] == ["angry", "fearful"] and condition["mean_score"] > 0.99
-    assert condition["held_ms"] >= 5000 and len(condition["series"]) >= 10
-    assert "angry+fearful" in doc["evidence"]["reason"]
+    assert (condition["kind"], condition["name"]) == ("emotion", "angry+fearful") and condition["value"] > 0.99
+    assert condition["held_ms"] >= 5000 and len(condition["points"]) >= 10
+    series = doc["evidence"]["series"]
+    assert len(series) >= 10 and series[-1]["end_ms"] == doc["fired_ms"]
+    assert {"scores", "loudness_dbfs", "pitch_hz", "speech_rate_spm"} <= set(series[-1])
+    assert doc["evidence"]["reason"].startswith("angry+fearful 1.00 avg over ")
     assert doc["latency_ms"] > 0
 
     alert_id = doc["alert_id"]
@@ -83,6 +87,37 @@ def test_neutral_call_raises_no_alert(redis_server, test_models, start_server, s
     assert sub.wait_for(lambda m: m[1].get("type") == "call_summary")  # everything published by now
     assert sub.wait_for(lambda m: m[1].get("type") == "alert", timeout=0.5) == []
     assert redis_server.client().xlen(f"{p}:alerts") == 0
+
+
+def test_summary_and_qa_report_of_a_live_call(redis_server, test_models, start_server, subscribe, tmp_path):
+    """The summary carries trajectory, peaks, prosody and the conversation; the service writes the QA report inside its
+    reports directory even for a call id with path characters, and updates carry prosody over gRPC."""
+    reports = tmp_path / "reports"
+    config = replay_config(redis_server.url, test_models["angry"])
+    server = start_server(replace(config, analytics=replace(config.analytics, reports_dir=str(reports))))
+    sub = subscribe([f"{server.prefix}:calls"])
+    result = run(stream_call(server.target, str(CALL_WAV), plan("../qa/report-1")))
+    assert result.error is None
+    updates = result.of("emotion")
+    assert all(set(u) >= {"pitch_hz", "speech_rate_spm", "loudness_over_baseline_db", "pitch_range_st"} for u in updates)
+    assert any(u["pitch_hz"] and 60 < u["pitch_hz"] < 400 for u in updates)
+    summary = sub.wait_for(lambda m: m[1].get("type") == "call_summary")[0][1]
+    customer = summary["speakers"][0]
+    assert customer["speaker"] == "customer" and customer["trajectory"]["resolution_ms"] == 1000
+    speech = TIMINGS["call_stereo_8k.wav"]["customer_speech"][0]
+    seconds = [p["t_ms"] // 1000 for p in customer["trajectory"]["points"]]
+    assert seconds == list(range(int(speech[0]), int(speech[1]) + 1))  # one point per second of speech, nothing else
+    assert customer["peaks"][0]["label"] == "angry" and customer["prosody"]["pitch_hz"] > 60
+    conversation = summary["conversation"]
+    assert conversation["stereo"] is True and set(conversation["talk_ratio"]) == {"customer", "agent"}
+    assert summary["alerts"][0]["reason"].startswith("angry+fearful")
+    deadline = time.monotonic() + 10
+    report = reports / "_qa_report-1.html"
+    while not report.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p.name for p in reports.iterdir()] == ["_qa_report-1.html"]
+    html = report.read_text()
+    assert "../qa/report-1" in html and "<svg" in html and "TEST MODEL" in html
 
 
 def test_updates_arrive_at_least_every_second_while_the_customer_speaks(redis_server, test_models, start_server):

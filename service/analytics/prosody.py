@@ -1,10 +1,58 @@
-"""Cheap per-window prosody figures computed inline on the CPU."""
+"""Per-speaker prosody computed inline on the CPU: frame levels, YIN pitch, syllable nuclei and the loudness baseline.
+
+Everything here runs for every channel of every call in the process, so the work is vectorised with
+numpy over a block of VAD frames (a push); Python-level loops only run per push or per handful of
+frames, never per sample. Memory per channel is bounded by `history_ms` plus fixed-size histograms,
+whatever the call length.
+
+References:
+  A. de Cheveigné, H. Kawahara (2002), "YIN, a fundamental frequency estimator for speech and music",
+  J. Acoust. Soc. Am. 111(4), 1917-1930.
+  N. H. de Jong, T. Wempe (2009), "Praat script to detect syllable nuclei and measure speech rate
+  automatically", Behavior Research Methods 41(2), 385-390.
+"""
 
 from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 SILENCE_DBFS = -96.0
+
+FULL_SCALE = 32768.0
+# Mean-square power relative to full scale below which a level reads as SILENCE_DBFS.
+_FLOOR_POWER = 10.0 ** (SILENCE_DBFS / 10.0)
+
+# Level histograms (baseline, nucleus threshold): fixed 0.25 dB bins centred on SILENCE_DBFS .. 0 dBFS.
+LEVEL_BIN_DB = 0.25
+BASELINE_BLOCK_MS = 500
+"""The baseline is the median level of consecutive blocks of this much voiced speech (each block's level
+is the power mean of its frames), the same statistic as a window's loudness of its new speech."""
+_LEVEL_BINS = int(round(-SILENCE_DBFS / LEVEL_BIN_DB)) + 1
+
+# Pitch search range of the tracker and its whole-call pitch histogram (0.1 semitone bins from PITCH_FMIN_HZ).
+PITCH_FMIN_HZ = 60.0
+PITCH_FMAX_HZ = 400.0
+PITCH_BIN_ST = 0.1
+_PITCH_BINS = int(round(12.0 * math.log2(PITCH_FMAX_HZ / PITCH_FMIN_HZ) / PITCH_BIN_ST)) + 1
+
+# The tracker estimates pitch at 8 kHz (16 kHz audio is decimated) over a window that ends at the
+# frame end; 40 ms holds two periods of the lowest F0 searched plus the lags, as yin_f0 requires.
+PITCH_RATE = 8000
+PITCH_WINDOW_MS = 40
+# Speech is low-passed to this before YIN: the higher harmonics and formant transitions make d'(tau)
+# ragged within a 40 ms window, so without it many plainly voiced frames miss the 0.15 threshold.
+PITCH_LOWPASS_HZ = 1000.0
+# The intensity contour for syllable nuclei is the level over at least this much audio ending at each
+# frame end, which smooths the ripple of a 10 or 20 ms RMS over low voices (Praat smooths likewise).
+CONTOUR_WINDOW_MS = 40
+# The syllable detector's intensity threshold is refreshed at multiples of this much call time.
+THRESHOLD_UPDATE_MS = 500
+# ProsodyTrack analyses queued frames once this much audio is queued (or when a result is read).
+BATCH_MS = 1000
 
 
 def loudness_dbfs(samples: np.ndarray) -> float:
@@ -15,3 +63,554 @@ def loudness_dbfs(samples: np.ndarray) -> float:
     if rms <= 0:
         return SILENCE_DBFS
     return max(SILENCE_DBFS, 20.0 * np.log10(rms / 32768.0))
+
+
+def _power_db(power: np.ndarray) -> np.ndarray:
+    """dBFS of mean-square powers relative to full scale, floored at SILENCE_DBFS."""
+    with np.errstate(divide="ignore"):
+        return np.maximum(10.0 * np.log10(power), SILENCE_DBFS)
+
+
+def _frame_power(frames: np.ndarray) -> np.ndarray:
+    """Mean-square power of each row relative to full scale (float64)."""
+    x = frames.astype(np.float64, copy=False)
+    width = max(x.shape[1], 1)
+    return np.einsum("ij,ij->i", x, x) / (width * FULL_SCALE * FULL_SCALE)
+
+
+def frame_levels_db(frames: np.ndarray) -> np.ndarray:
+    """RMS level of each int16 frame of `frames` (shape (n, L)) in dBFS as float64, floored at SILENCE_DBFS.
+
+    Same scale as loudness_dbfs: a full-scale square wave is 0 dBFS, a sine of amplitude A is
+    20*log10(A / sqrt(2) / 32768).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 2:
+        raise ValueError(f"frames must have shape (n, L), got {frames.shape}")
+    return _power_db(_frame_power(frames))
+
+
+def yin_min_samples(sample_rate: int, fmin: float = PITCH_FMIN_HZ) -> int:
+    """Shortest frame yin_f0 accepts: 2 * ceil(sample_rate / fmin) + 2 samples (33.5-34 ms at fmin 60 Hz)."""
+    return 2 * int(math.ceil(sample_rate / fmin)) + 2
+
+
+def _fft_size(n: int) -> int:
+    """Smallest 2^a * 3^b * 5^c >= n (fast sizes for numpy's FFT)."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            size = p35
+            while size < n:
+                size *= 2
+            best = min(best, size)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def yin_f0(
+    frames: np.ndarray, sample_rate: int, fmin: float = 60.0, fmax: float = 400.0, threshold: float = 0.15
+) -> np.ndarray:
+    """YIN fundamental frequency of each frame (de Cheveigné & Kawahara 2002), vectorised over the frames.
+
+    `frames`: shape (n, L), float or int16, one analysis window per row. Steps of the paper: the
+    difference function d(tau) over an integration window of W = L - tau_max - 1 samples (computed for
+    all frames at once through the FFT cross-correlation and running energies), the cumulative mean
+    normalised difference d'(tau), the absolute threshold (the first lag in [sr/fmax, sr/fmin] where
+    d' < `threshold`, followed down to its local minimum) and parabolic interpolation of the raw d(tau)
+    around that lag. Where d' never drops below the threshold (unvoiced, aperiodic or silent frames) the
+    frame has no period and gets NaN; the paper's fallback to the global minimum is not used.
+
+    L must be at least yin_min_samples(sample_rate, fmin) = 2 * ceil(sample_rate / fmin) + 2 samples
+    (270 at 8 kHz, 536 at 16 kHz with fmin 60 Hz): the lags up to one period of fmin plus an integration
+    window at least that long. Returns float64 Hz per frame.
+    """
+    x = np.asarray(frames, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"frames must have shape (n, L), got {x.shape}")
+    if not 0 < fmin < fmax < sample_rate / 2:
+        raise ValueError(f"need 0 < fmin < fmax < sample_rate / 2, got fmin={fmin}, fmax={fmax}")
+    n, length = x.shape
+    tau_min = max(2, int(sample_rate / fmax))
+    tau_max = int(math.ceil(sample_rate / fmin))
+    if length < yin_min_samples(sample_rate, fmin):
+        raise ValueError(
+            f"yin_f0 needs frames of at least {yin_min_samples(sample_rate, fmin)} samples at {sample_rate} Hz "
+            f"with fmin {fmin} Hz, got {length}"
+        )
+    f0 = np.full(n, np.nan)
+    if n == 0:
+        return f0
+    width = length - tau_max - 1
+    lags = tau_max + 2  # d(tau) for tau = 0 .. tau_max + 1 (the +1 serves the interpolation)
+    nfft = _fft_size(length)  # no circular wrap: j + tau <= width - 1 + tau_max + 1 = length - 1
+    spectrum = np.fft.rfft(x, nfft, axis=1)
+    head = np.fft.rfft(x[:, :width], nfft, axis=1)
+    corr = np.fft.irfft(spectrum * np.conj(head), nfft, axis=1)[:, :lags]
+    energy = np.zeros((n, length + 1))
+    np.cumsum(x * x, axis=1, out=energy[:, 1:])
+    tau = np.arange(lags)
+    # d(tau) = sum_{j<W} x_j^2 + sum_{j<W} x_{j+tau}^2 - 2 sum_{j<W} x_j x_{j+tau}
+    diff = energy[:, width : width + 1] + (energy[:, tau + width] - energy[:, tau]) - 2.0 * corr
+    np.maximum(diff, 0.0, out=diff)
+    diff[:, 0] = 0.0
+    running = np.cumsum(diff[:, 1:], axis=1)
+    cmnd = np.ones_like(diff)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        np.divide(diff[:, 1:] * tau[1:], running, out=cmnd[:, 1:], where=running > 0)
+    search = cmnd[:, tau_min : tau_max + 1]
+    below = search < threshold
+    found = below.any(axis=1)
+    if not found.any():
+        return f0
+    rows = np.flatnonzero(found)
+    first = below[rows].argmax(axis=1) + tau_min
+    # Follow the dip down to its local minimum: the first lag >= first whose successor is not lower.
+    sub = cmnd[rows]
+    rising = sub[:, 1 : tau_max + 2] >= sub[:, : tau_max + 1]
+    rising &= tau[None, : tau_max + 1] >= first[:, None]
+    best = np.where(rising.any(axis=1), rising.argmax(axis=1), tau_max)
+    d = diff[rows]
+    left, mid, right = (d[np.arange(len(rows)), best + k] for k in (-1, 0, 1))
+    curve = left - 2.0 * mid + right
+    shift = np.zeros(len(rows))
+    np.divide(0.5 * (left - right), curve, out=shift, where=curve > 0)
+    period = best + np.clip(shift, -1.0, 1.0)
+    estimate = sample_rate / period
+    estimate[(estimate < fmin) | (estimate > fmax)] = np.nan
+    f0[rows] = estimate
+    return f0
+
+
+@functools.lru_cache(maxsize=None)
+def _pitch_taps(sample_rate: int) -> np.ndarray:
+    """Linear-phase low-pass FIR (Hamming window, cutoff PITCH_LOWPASS_HZ) applied before YIN; at 16 kHz it
+    is also the anti-alias filter of the decimation to 8 kHz. 31 taps at 8 kHz, 61 at 16 kHz (~2 ms delay)."""
+    taps = 31 if sample_rate == PITCH_RATE else 61
+    cutoff = PITCH_LOWPASS_HZ / sample_rate
+    k = np.arange(taps) - (taps - 1) / 2
+    h = 2 * cutoff * np.sinc(2 * cutoff * k) * np.hamming(taps)
+    h = h / h.sum()
+    h.setflags(write=False)
+    return h
+
+
+def _level_bins(levels: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint((levels - SILENCE_DBFS) / LEVEL_BIN_DB), 0, _LEVEL_BINS - 1).astype(np.intp)
+
+
+def _hist_quantile(hist: np.ndarray, q: float) -> int:
+    """Bin index of the q-quantile of a histogram with at least one count."""
+    cumulative = np.cumsum(hist)
+    return int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
+
+
+class SyllableNuclei:
+    """Streaming syllable-nucleus detector after de Jong & Wempe (2009), "Praat script to detect syllable
+    nuclei and measure speech rate automatically", Behavior Research Methods 41(2), 385-390.
+
+    Works on the intensity contour (dB per frame) and a per-frame "pitched" flag, as the paper's script:
+      * the intensity threshold is the 0.99 quantile of the speaker's intensity so far plus `silence_db`
+        (-25 dB), but never below the minimum intensity so far; the statistics are a fixed 0.25 dB-bin
+        histogram of every frame seen, refreshed at multiples of `update_frames` of call time so that the
+        result does not depend on how the frames are split into pushes;
+      * a peak is a local maximum of the contour above the threshold;
+      * a peak counts only if the contour dips more than `min_dip_db` (2 dB) below it before the next peak
+        (the script compares each peak with the minimum between it and the following peak, which is the
+        dip that separates two consecutive peaks);
+      * a counted peak must be voiced: a pitch was found at the peak frame.
+    A nucleus is confirmed as soon as the contour has dipped that far below its peak, and is reported
+    with the frame index of the peak; a confirmed nucleus never moves. State is a handful of scalars and
+    the histogram, so memory is constant.
+    """
+
+    def __init__(self, silence_db: float = -25.0, min_dip_db: float = 2.0, quantile: float = 0.99, update_frames: int = 25) -> None:
+        if update_frames < 1:
+            raise ValueError("update_frames must be >= 1")
+        self.silence_db = silence_db
+        self.min_dip_db = min_dip_db
+        self.quantile = quantile
+        self._update = update_frames
+        self._hist = np.zeros(_LEVEL_BINS, np.int64)
+        self._min = math.inf
+        self._threshold = -math.inf  # until the first refresh every local maximum is above it
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the peak search (the audio has a gap); the speaker's intensity statistics are kept."""
+        self._prev2 = -math.inf
+        self._prev1 = -math.inf
+        self._prev1_threshold = math.inf
+        self._prev1_pitched = False
+        self._pending: tuple[int, float, bool] | None = None  # (frame, contour dB, pitched) awaiting its dip
+
+    def push(self, first_frame: int, contour_db: np.ndarray, pitched: np.ndarray) -> np.ndarray:
+        """Feed the contour of frames first_frame.. (contiguous with the previous push unless reset);
+        returns the peak frame indices of the nuclei confirmed by these frames (int64, ascending)."""
+        n = len(contour_db)
+        if n == 0:
+            return np.zeros(0, np.int64)
+        thresholds = self._thresholds(first_frame, contour_db)
+        ext = np.empty(n + 2)
+        ext[0], ext[1] = self._prev2, self._prev1
+        ext[2:] = contour_db
+        mid = ext[1 : n + 1]
+        # Local maxima among the frames first_frame-1 .. first_frame+n-2 (one frame of look-ahead).
+        peak_threshold = np.empty(n)
+        peak_threshold[0] = self._prev1_threshold
+        peak_threshold[1:] = thresholds[:-1]
+        is_peak = (ext[:n] < mid) & (mid >= ext[2:]) & (mid > peak_threshold)
+        peaks = np.flatnonzero(is_peak) + 1  # positions in ext
+        peak_pitched = np.empty(n, bool)
+        peak_pitched[0] = self._prev1_pitched
+        peak_pitched[1:] = pitched[:-1]
+
+        starts = peaks + 1
+        values = ext[peaks]
+        frames = first_frame - 2 + peaks.astype(np.int64)
+        voiced = peak_pitched[peaks - 1]
+        if self._pending is not None and (len(peaks) == 0 or peaks[0] > 1):
+            # The pending peak's dip is sought from this push's first frame up to the next peak.
+            frame, value, was_pitched = self._pending
+            starts = np.concatenate(([2], starts))
+            values = np.concatenate(([value], values))
+            frames = np.concatenate(([frame], frames))
+            voiced = np.concatenate(([was_pitched], voiced))
+        self._pending = None
+        self._prev2, self._prev1 = float(ext[n]), float(ext[n + 1])
+        self._prev1_threshold = float(thresholds[-1])
+        self._prev1_pitched = bool(pitched[-1])
+        if len(starts) == 0:
+            return np.zeros(0, np.int64)
+        dips = np.minimum.reduceat(ext, starts)  # each peak's lowest point before the next peak (or so far)
+        deep = dips < values - self.min_dip_db
+        if not deep[-1]:
+            self._pending = (int(frames[-1]), float(values[-1]), bool(voiced[-1]))
+        return frames[deep & voiced]
+
+    def _thresholds(self, first_frame: int, contour_db: np.ndarray) -> np.ndarray:
+        """Threshold in force at each frame; adds the frames to the statistics."""
+        n = len(contour_db)
+        out = np.empty(n)
+        pos = 0
+        while pos < n:
+            frame = first_frame + pos
+            end = min(n, pos + self._update - frame % self._update)
+            out[pos:end] = self._threshold
+            block = contour_db[pos:end]
+            self._hist += np.bincount(_level_bins(block), minlength=_LEVEL_BINS)
+            self._min = min(self._min, float(block.min()))
+            if (first_frame + end) % self._update == 0:
+                top = SILENCE_DBFS + LEVEL_BIN_DB * _hist_quantile(self._hist, self.quantile)
+                self._threshold = max(top + self.silence_db, self._min)
+            pos = end
+        return out
+
+
+@dataclass(frozen=True)
+class ProsodyFigures:
+    """Prosody of one span of one speaker's channel, as measured when its analysis window was cut."""
+
+    loudness_dbfs: float
+    """Level of the span's new speech [new_from_sample, end_sample): power mean of its voiced frames
+    (of all its frames if none is voiced); SILENCE_DBFS if no frame is held."""
+    loudness_over_baseline_db: float | None
+    """loudness_dbfs minus the speaker's baseline (the median level of their voiced speech so far, in
+    blocks of BASELINE_BLOCK_MS); None until the baseline is warm or when no new frame is voiced."""
+    pitch_hz: float | None
+    """Median F0 of the voiced, pitched frames over [start_sample, end_sample); None if there are none."""
+    pitch_range_st: float | None
+    """(p90 - p10) of F0 over the span in semitones; None with fewer than 5 pitched frames."""
+    speech_rate_spm: float | None
+    """Syllable nuclei per minute of voiced speech over the span; None with less than 1 s of voiced speech."""
+    voiced_ms: int
+    """Voiced speech (VAD) in [start_sample, end_sample)."""
+    nuclei: int
+    """Syllable nuclei whose peak lies in [start_sample, end_sample)."""
+
+    def as_dict(self) -> dict:
+        """The figures as a dict, floats rounded to 1 decimal, None kept."""
+        return {
+            "loudness_dbfs": _round1(self.loudness_dbfs),
+            "loudness_over_baseline_db": _round1(self.loudness_over_baseline_db),
+            "pitch_hz": _round1(self.pitch_hz),
+            "pitch_range_st": _round1(self.pitch_range_st),
+            "speech_rate_spm": _round1(self.speech_rate_spm),
+            "voiced_ms": int(self.voiced_ms),
+            "nuclei": int(self.nuclei),
+        }
+
+
+def _round1(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 1)
+
+
+# Spans need this much voiced speech for a speech rate, and this many pitched frames for a pitch range.
+MIN_RATE_VOICED_MS = 1000
+MIN_RANGE_FRAMES = 5
+
+
+class ProsodyTrack:
+    """One channel's prosody tracker: per-frame level, F0 and syllable nuclei, kept for `history_ms`,
+    plus whole-call accumulators (loudness baseline, totals) of constant size.
+
+    Frame k covers native samples [k * frame_samples, (k + 1) * frame_samples) from the call start; the
+    frames are the channel's VAD frames, and only frames the VAD marks voiced are pitched (and can hold a
+    syllable nucleus), which also saves the YIN work on unvoiced frames.
+    """
+
+    def __init__(self, sample_rate: int, frame_ms: int = 20, history_ms: int = 8000, warmup_ms: int = 10000) -> None:
+        if sample_rate not in (8000, 16000):
+            raise ValueError(f"sample_rate must be 8000 or 16000, got {sample_rate}")
+        if frame_ms not in (10, 20, 30):
+            raise ValueError(f"frame_ms must be 10, 20 or 30, got {frame_ms}")
+        if history_ms < frame_ms:
+            raise ValueError(f"history_ms must hold at least one frame, got {history_ms}")
+        if warmup_ms < 0:
+            raise ValueError(f"warmup_ms must be >= 0, got {warmup_ms}")
+        self.sample_rate = sample_rate
+        self.frame_ms = frame_ms
+        self.frame_samples = sample_rate * frame_ms // 1000
+        self.warmup_ms = warmup_ms
+        self._decimation = sample_rate // PITCH_RATE
+        self._pitch_frame = PITCH_RATE * frame_ms // 1000
+        self._pitch_window = PITCH_RATE * PITCH_WINDOW_MS // 1000
+        self._contour_frames = -(-CONTOUR_WINDOW_MS // frame_ms)
+        self._next = 0  # index of the next frame to analyse
+        self._batch_frames = max(1, BATCH_MS // frame_ms)
+        self._queued_samples: list[np.ndarray] = []
+        self._queued_voiced: list[np.ndarray] = []
+        self._queued_frames = 0
+        # History ring: slot k % capacity holds frame k if _index says so.
+        self._capacity = history_ms // frame_ms
+        self._index = np.full(self._capacity, -1, np.int64)
+        self._level = np.zeros(self._capacity)
+        self._f0 = np.full(self._capacity, np.nan)
+        self._voiced = np.zeros(self._capacity, bool)
+        self._nucleus = np.zeros(self._capacity, bool)
+        # Whole-call accumulators.
+        self._voiced_frames = 0
+        self._voiced_power = 0.0
+        self._level_hist = np.zeros(_LEVEL_BINS, np.int64)
+        self._block_frames = max(1, BASELINE_BLOCK_MS // frame_ms)
+        self._block_power: list[float] = []  # voiced frame powers of the block being filled
+        self._pitch_hist = np.zeros(_PITCH_BINS, np.int64)
+        self._nuclei = 0
+        self._detector = SyllableNuclei(update_frames=max(1, THRESHOLD_UPDATE_MS // frame_ms))
+        self._reset_stream()
+
+    def _reset_stream(self) -> None:
+        """Forget the audio before a gap: filter state, pitch window tail, contour tail, peak search."""
+        self._fir_tail = np.zeros(len(_pitch_taps(self.sample_rate)) - 1)
+        self._pitch_tail = np.zeros(self._pitch_window - self._pitch_frame)
+        self._power_tail = np.full(self._contour_frames - 1, _FLOOR_POWER)
+        self._detector.reset()
+
+    @property
+    def frames_seen(self) -> int:
+        """Index of the next frame (frames pushed or skipped so far)."""
+        return self._next + self._queued_frames
+
+    def push(self, samples: np.ndarray, voiced: np.ndarray) -> None:
+        """Add the next whole frames of the channel: int16 `samples` (len(voiced) * frame_samples of them)
+        continuing where the previous push or skip ended, and the VAD decision `voiced[i]` of each frame.
+
+        The frames are queued and analysed in blocks of up to BATCH_MS, or before any figure is read, so
+        that numpy's per-call overhead is paid per block rather than per (often 20 ms) chunk; the results
+        do not depend on how the audio is split into pushes."""
+        voiced = np.asarray(voiced, dtype=bool).reshape(-1)
+        n = len(voiced)
+        samples = np.asarray(samples)
+        if samples.ndim != 1 or len(samples) != n * self.frame_samples:
+            raise ValueError(f"expected {n} frames of {self.frame_samples} samples, got {samples.shape}")
+        if n == 0:
+            return
+        self._queued_samples.append(samples.astype(np.int16))
+        self._queued_voiced.append(voiced.copy())
+        self._queued_frames += n
+        if self._queued_frames >= self._batch_frames:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Analyse the queued frames."""
+        if not self._queued_frames:
+            return
+        if len(self._queued_samples) == 1:
+            samples, voiced = self._queued_samples[0], self._queued_voiced[0]
+        else:
+            samples, voiced = np.concatenate(self._queued_samples), np.concatenate(self._queued_voiced)
+        self._queued_samples.clear()
+        self._queued_voiced.clear()
+        self._queued_frames = 0
+        self._analyse(samples, voiced)
+
+    def _analyse(self, samples: np.ndarray, voiced: np.ndarray) -> None:
+        """Level, F0, contour and nuclei of a block of frames starting at frame self._next."""
+        n = len(voiced)
+        first = self._next
+        x = samples.astype(np.float64)
+        power = np.maximum(_frame_power(x.reshape(n, self.frame_samples)), _FLOOR_POWER)
+        level = _power_db(power)
+        f0 = self._pitch(x, voiced)
+        contour = self._contour(power)
+        nuclei = self._detector.push(first, contour, ~np.isnan(f0))
+        self._next = first + n
+        self._store(first, level, f0, voiced)
+        if len(nuclei):
+            slots = nuclei % self._capacity
+            held = self._index[slots] == nuclei
+            self._nucleus[slots[held]] = True
+            self._nuclei += len(nuclei)
+        count = int(np.count_nonzero(voiced))
+        if count:
+            self._voiced_frames += count
+            self._voiced_power += float(power[voiced].sum())
+            self._add_to_baseline(power[voiced])
+            pitched = f0[~np.isnan(f0)]
+            if len(pitched):
+                bins = np.clip(np.rint(12.0 * np.log2(pitched / PITCH_FMIN_HZ) / PITCH_BIN_ST), 0, _PITCH_BINS - 1)
+                self._pitch_hist += np.bincount(bins.astype(np.intp), minlength=_PITCH_BINS)
+
+    def skip(self, frames: int) -> None:
+        """Advance the clock over `frames` frames of audio that will never come; they get no figures and
+        the streaming state (filters, peak search) starts afresh after them."""
+        if frames < 0:
+            raise ValueError(f"cannot skip a negative number of frames ({frames})")
+        if frames:
+            self._flush()
+            self._next += frames
+            self._reset_stream()
+
+    def _pitch(self, x: np.ndarray, voiced: np.ndarray) -> np.ndarray:
+        """F0 per frame (NaN where the VAD says unvoiced or YIN finds no period) over the PITCH_WINDOW_MS of
+        audio low-passed to PITCH_LOWPASS_HZ at 8 kHz ending at each frame end (the FIR delays it by ~2 ms)."""
+        n = len(voiced)
+        taps = _pitch_taps(self.sample_rate)
+        ext = np.concatenate((self._fir_tail, x))
+        self._fir_tail = ext[len(ext) - (len(taps) - 1) :].copy()
+        if self._decimation == 2:
+            # Output m is the filter ending at native sample 2m + 1 (so 8 kHz frames stay aligned),
+            # computed as two polyphase branches at 8 kHz.
+            y = np.convolve(ext[1::2], taps[0::2], mode="valid")
+            y += np.convolve(ext[0::2], taps[1::2], mode="valid")[1:]
+        else:
+            y = np.convolve(ext, taps, mode="valid")
+        signal = np.concatenate((self._pitch_tail, y))
+        self._pitch_tail = signal[len(signal) - len(self._pitch_tail) :].copy()
+        f0 = np.full(n, np.nan)
+        rows = np.flatnonzero(voiced)
+        if len(rows):
+            windows = np.lib.stride_tricks.sliding_window_view(signal, self._pitch_window)[:: self._pitch_frame]
+            f0[rows] = yin_f0(windows[rows], PITCH_RATE, PITCH_FMIN_HZ, PITCH_FMAX_HZ)
+        return f0
+
+    def _contour(self, power: np.ndarray) -> np.ndarray:
+        """Intensity contour: level over the last CONTOUR_WINDOW_MS (whole frames) ending at each frame end."""
+        m = self._contour_frames
+        if m == 1:
+            return _power_db(power)
+        ext = np.concatenate((self._power_tail, power))
+        self._power_tail = ext[len(ext) - (m - 1) :].copy()
+        sums = np.convolve(ext, np.ones(m), mode="valid")
+        return _power_db(sums / m)
+
+    def _store(self, first: int, level: np.ndarray, f0: np.ndarray, voiced: np.ndarray) -> None:
+        n = len(level)
+        keep = min(n, self._capacity)
+        frames = np.arange(first + n - keep, first + n, dtype=np.int64)
+        slots = frames % self._capacity
+        self._index[slots] = frames
+        self._level[slots] = level[n - keep :]
+        self._f0[slots] = f0[n - keep :]
+        self._voiced[slots] = voiced[n - keep :]
+        self._nucleus[slots] = False
+
+    @property
+    def baseline_dbfs(self) -> float | None:
+        """The speaker's loudness baseline: median level of their voiced speech so far, measured in blocks
+        of BASELINE_BLOCK_MS (0.25 dB resolution); None until `warmup_ms` of voiced frames were seen."""
+        self._flush()
+        if self._voiced_frames == 0 or self._voiced_frames * self.frame_ms < self.warmup_ms:
+            return None
+        if not self._level_hist.any():
+            return None
+        return SILENCE_DBFS + LEVEL_BIN_DB * _hist_quantile(self._level_hist, 0.5)
+
+    def _add_to_baseline(self, voiced_power: np.ndarray) -> None:
+        self._block_power.extend(voiced_power.tolist())
+        size = self._block_frames
+        while len(self._block_power) >= size:
+            block = np.array(self._block_power[:size])
+            del self._block_power[:size]
+            self._level_hist += np.bincount(_level_bins(_power_db(np.array([block.mean()]))), minlength=_LEVEL_BINS)
+
+    def figures(self, start_sample: int, end_sample: int, new_from_sample: int) -> ProsodyFigures:
+        """Figures for the span [start_sample, end_sample) of this channel (native samples from the call
+        start; loudness over [new_from_sample, end_sample)) from the frames still held: frames older than
+        `history_ms` may be gone. Positions become frames by integer division: the span is frames
+        [start_sample // frame_samples, end_sample // frame_samples)."""
+        self._flush()
+        fs = self.frame_samples
+        start, end, new_from = start_sample // fs, end_sample // fs, new_from_sample // fs
+        low = max(min(start, new_from), self._next - self._capacity, 0)
+        high = min(end, self._next)
+        frames = np.arange(low, max(low, high), dtype=np.int64)
+        slots = frames % self._capacity
+        held = self._index[slots] == frames
+        frames, slots = frames[held], slots[held]
+
+        new = slots[frames >= new_from]
+        new_voiced = new[self._voiced[new]]
+        chosen = new_voiced if len(new_voiced) else new
+        if len(chosen):
+            power = np.power(10.0, self._level[chosen] / 10.0)
+            loudness = float(_power_db(np.array([power.mean()]))[0])
+        else:
+            loudness = SILENCE_DBFS
+        baseline = self.baseline_dbfs
+        over = None if baseline is None or not len(new_voiced) else loudness - baseline
+
+        span = slots[frames >= start]
+        voiced = span[self._voiced[span]]
+        f0 = self._f0[voiced]
+        f0 = f0[~np.isnan(f0)]
+        pitch = float(np.median(f0)) if len(f0) else None
+        spread = None
+        if len(f0) >= MIN_RANGE_FRAMES:
+            p10, p90 = np.percentile(f0, [10, 90])
+            spread = float(12.0 * np.log2(p90 / p10))
+        voiced_ms = len(voiced) * self.frame_ms
+        nuclei = int(np.count_nonzero(self._nucleus[span]))
+        rate = nuclei * 60000.0 / voiced_ms if voiced_ms >= MIN_RATE_VOICED_MS else None
+        return ProsodyFigures(loudness, over, pitch, spread, rate, voiced_ms, nuclei)
+
+    def totals(self) -> dict:
+        """Whole-call figures for the summary, floats rounded to 1 decimal: power-mean loudness of voiced
+        frames, baseline, median F0, p10-p90 pitch range in semitones, nuclei per minute of voiced speech,
+        voiced time and nucleus count (None where there is not enough speech)."""
+        self._flush()
+        voiced_ms = self._voiced_frames * self.frame_ms
+        loudness = None
+        if self._voiced_frames:
+            loudness = float(_power_db(np.array([self._voiced_power / self._voiced_frames]))[0])
+        pitched = int(self._pitch_hist.sum())
+        pitch = spread = None
+        if pitched:
+            median = _hist_quantile(self._pitch_hist, 0.5) * PITCH_BIN_ST
+            pitch = PITCH_FMIN_HZ * 2.0 ** (median / 12.0)
+            if pitched >= MIN_RANGE_FRAMES:
+                low, high = (_hist_quantile(self._pitch_hist, q) for q in (0.1, 0.9))
+                spread = (high - low) * PITCH_BIN_ST
+        rate = self._nuclei * 60000.0 / voiced_ms if voiced_ms >= MIN_RATE_VOICED_MS else None
+        return {
+            "loudness_dbfs": _round1(loudness),
+            "baseline_dbfs": _round1(self.baseline_dbfs),
+            "pitch_hz": _round1(pitch),
+            "pitch_range_st": _round1(spread),
+            "speech_rate_spm": _round1(rate),
+            "voiced_ms": int(voiced_ms),
+            "nuclei": int(self._nuclei),
+        }

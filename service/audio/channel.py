@@ -13,6 +13,7 @@ scores are then assembled from the frame-logit track).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import webrtcvad
@@ -47,7 +48,11 @@ class AnalysisWindow:
     arrival: float
     """time.monotonic() at which the chunk that completed this window arrived."""
     samples: np.ndarray
-    """int16 samples [encode_from_sample, end_sample) at the native rate."""
+    """int16 samples [encode_from_sample, end_sample) at the native rate (empty when not scored)."""
+    scored: bool = True
+    """The speaker's emotion is scored (otherwise the window only carries prosody to the rules)."""
+    analytics: Any = None
+    """What the session measured over the window when it was cut (prosody, conversation)."""
 
     @property
     def start_ms(self) -> int:
@@ -71,6 +76,8 @@ class ChannelPipeline:
     """Per-channel VAD segmentation and window scheduling; memory is bounded by the window length."""
 
     def __init__(self, role: Role, sample_rate: int, vad: VadConfig, windows: WindowConfig, scored: bool = True) -> None:
+        """`scored`: windows carry their audio for the emotion model; unscored windows are cut on the
+        same schedule without audio (for prosody rules)."""
         self.role = role
         self.sample_rate = sample_rate
         self.scored = scored
@@ -89,6 +96,8 @@ class ChannelPipeline:
         capacity = self._window + self._hop + (vad.trailing_silence_ms + vad.start_speech_ms) * ms + 2 * self._frame
         self._ring = SampleRing(capacity)
         self._carry = np.zeros(0, dtype=np.int16)
+        self._block = np.zeros(0, dtype=np.int16)
+        self._voiced = bytearray()
         # segmentation state
         self._in_segment = False
         self._voiced_run = 0
@@ -122,10 +131,18 @@ class ChannelPipeline:
             samples = np.concatenate([self._carry, samples])
         whole = len(samples) - len(samples) % self._frame
         self._carry = samples[whole:].copy()
+        self._block = samples[:whole]
         out: list[AnalysisWindow] = []
         for offset in range(0, whole, self._frame):
             self._frame_step(samples[offset : offset + self._frame], arrival, out)
         return out
+
+    def take_frames(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole VAD frames consumed by the last `push` and the VAD decision of each (bool array);
+        call it after every push."""
+        voiced = np.frombuffer(bytes(self._voiced), dtype=np.uint8).astype(bool)
+        self._voiced.clear()
+        return self._block, voiced
 
     def flush(self, arrival: float) -> list[AnalysisWindow]:
         """End of audio: close an open segment (a partial trailing frame is ignored)."""
@@ -145,6 +162,7 @@ class ChannelPipeline:
 
     def _frame_step(self, frame: np.ndarray, arrival: float, out: list[AnalysisWindow]) -> None:
         voiced = self._vad.is_speech(frame.tobytes(), self.sample_rate)
+        self._voiced.append(voiced)
         frame_start = self._ring.end
         self._ring.append(frame)
         frame_end = self._ring.end
@@ -180,8 +198,6 @@ class ChannelPipeline:
 
     def _maybe_window(self, arrival: float, out: list[AnalysisWindow]) -> None:
         end = self._last_voiced_end
-        if not self.scored:
-            return
         if end - self._last_window_end >= self._hop and end - self._seg_start >= self._min_window:
             out.append(self._cut(end, final=False, arrival=arrival))
 
@@ -189,7 +205,7 @@ class ChannelPipeline:
         end = self._last_voiced_end
         length = end - self._seg_start
         new = end - self._last_window_end
-        if self.scored and length >= self._min_window and (new >= self._min_tail or self._last_window_end == self._seg_start):
+        if length >= self._min_window and (new >= self._min_tail or self._last_window_end == self._seg_start):
             out.append(self._cut(end, final=True, arrival=arrival))
         self.segments += 1
         self.speech_samples += length
@@ -212,7 +228,8 @@ class ChannelPipeline:
             final=final,
             cut_sample=self._ring.end,
             arrival=arrival,
-            samples=self._ring.slice(encode_from, end),
+            samples=self._ring.slice(encode_from, end) if self.scored else np.zeros(0, dtype=np.int16),
+            scored=self.scored,
         )
         self._last_window_end = end
         return window

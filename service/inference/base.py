@@ -20,6 +20,9 @@ class WindowScores:
     """Probabilities over the model's labels: softmax of the mean frame logit."""
     frame_logits: np.ndarray
     """(frames, labels) logits at 50 Hz; the emotion of any span is softmax(mean over its frames)."""
+    embedding: np.ndarray | None = None
+    """Mean of the backbone's frame features over the encoded audio (funasr's utterance `feats`),
+    when the model was asked for embeddings."""
 
 
 class EmotionModel(ABC):
@@ -29,6 +32,8 @@ class EmotionModel(ABC):
     """Human-readable model name reported in events and alerts."""
     labels: tuple[str, ...]
     """English labels in the model's own order (masked labels removed)."""
+    return_embeddings: bool = False
+    """Also return each window's embedding (set before scoring starts; costs a copy per window)."""
 
     @abstractmethod
     def score_batch(self, windows: Sequence[np.ndarray]) -> list[WindowScores | Exception]:

@@ -195,8 +195,9 @@ class Emotion2vecModel(EmotionModel):
             out = []
             for i, n in enumerate(valid):
                 item = logits[i, :n]
-                out.append((item, torch.softmax(item.mean(dim=0), dim=-1)))
-        return [WindowScores(scores=s.cpu().numpy(), frame_logits=l.cpu().numpy()) for l, s in out]
+                embedding = feats[i, :n].float().mean(dim=0).cpu().numpy() if self.return_embeddings else None
+                out.append((item, torch.softmax(item.mean(dim=0), dim=-1), embedding))
+        return [WindowScores(scores=s.cpu().numpy(), frame_logits=l.cpu().numpy(), embedding=e) for l, s, e in out]
 
     def _padded_features(self, source, valid: list[int]):
         """emotion2vec's inference forward for a padded batch, exact for every item (see module doc)."""

@@ -1,11 +1,11 @@
-"""Alert rules: a YAML rule language and the engine that evaluates it over each speaker's scores."""
+"""Alert rules: a YAML rule language and the engine that evaluates it over a call's observations."""
 
-from service.rules.engine import ChannelRuleState, RuleEngine, RuleMatch, ScoredWindow
-from service.rules.model import EmotionCondition, Rule, RuleSet, load_rules, parse_rules
+from service.rules.engine import CallRuleState, ConditionEvidence, RuleEngine, RuleMatch, ScoredWindow
+from service.rules.model import Rule, RuleSet, load_rules, parse_rules, rule_errors
 
 __all__ = [
-    "ChannelRuleState",
-    "EmotionCondition",
+    "CallRuleState",
+    "ConditionEvidence",
     "Rule",
     "RuleEngine",
     "RuleMatch",
@@ -13,4 +13,5 @@ __all__ = [
     "ScoredWindow",
     "load_rules",
     "parse_rules",
+    "rule_errors",
 ]

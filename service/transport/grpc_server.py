@@ -15,6 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 from agentassist.v1 import agent_assist_pb2 as pb
 from agentassist.v1 import agent_assist_pb2_grpc as pb_grpc
 from service import metrics
+from service.auth import credential_from
 from service.calls import CallRegistry
 from service.config import ServerConfig
 from service.domain import (
@@ -29,7 +30,7 @@ from service.domain import (
     SessionStarted,
     Warning,
 )
-from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument
+from service.errors import CallLimitExceeded, CallPulseError, ConfigError, InvalidArgument
 from service.session import CallSession
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ STATUS_BY_KIND = {
     "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "unavailable": grpc.StatusCode.UNAVAILABLE,
     "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+    "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
 }
 
 _ENCODINGS = {
@@ -102,6 +105,10 @@ def event_to_proto(event: CallEvent) -> pb.CallEvent:
                 latency_ms=event.latency_ms,
                 loudness_dbfs=event.loudness_dbfs,
                 completed_ms=event.completed_ms,
+                loudness_over_baseline_db=event.loudness_over_baseline_db,
+                pitch_hz=event.pitch_hz,
+                pitch_range_st=event.pitch_range_st,
+                speech_rate_spm=event.speech_rate_spm,
             )
         )
     if isinstance(event, Alert):
@@ -110,7 +117,7 @@ def event_to_proto(event: CallEvent) -> pb.CallEvent:
                 alert_id=event.alert_id,
                 rule_id=event.rule_id,
                 severity=int(event.severity),
-                speaker=_ROLE_TO_PB[event.speaker],
+                speaker=_ROLE_TO_PB[event.speaker] if event.speaker else pb.ROLE_UNSPECIFIED,
                 start_ms=event.start_ms,
                 fired_ms=event.fired_ms,
                 message=event.message,
@@ -169,6 +176,9 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
         pump: asyncio.Task | None = None
         outcome = "disconnected"
         try:
+            metadata = {key.lower(): value for key, value in (context.invocation_metadata() or ())}
+            credential = credential_from(metadata.get("authorization"), metadata.get("x-api-key"))
+            self._calls.check_credential(credential)
             try:
                 first = await request_iterator.__anext__()
             except StopAsyncIteration:
@@ -176,7 +186,7 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
             kind = first.WhichOneof("payload")
             if kind != "config":
                 raise InvalidArgument(f"the first message must be a CallConfig, got {kind or 'an empty CallRequest'}")
-            session = self._calls.open(call_config_from_proto(first.config))
+            session = self._calls.open(call_config_from_proto(first.config), credential)
             session.start()
             pump = asyncio.create_task(self._pump(request_iterator, session), name="grpc-call-pump")
             async for event in session.events():
@@ -226,6 +236,14 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
             session.fail(CallPulseError("internal error while processing the call's audio"))
 
 
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read TLS file {path!r}: {exc.strerror}") from None
+
+
 class GrpcServer:
     """The grpc.aio server with AgentAssist and the standard health service."""
 
@@ -245,7 +263,12 @@ class GrpcServer:
     async def start(self) -> int:
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self._server.add_insecure_port(f"{self._config.host}:{self._config.grpc_port}")
+        address = f"{self._config.host}:{self._config.grpc_port}"
+        if self._config.tls_cert_file:
+            credentials = grpc.ssl_server_credentials([(_read(self._config.tls_key_file), _read(self._config.tls_cert_file))])
+            self.port = self._server.add_secure_port(address, credentials)
+        else:
+            self.port = self._server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind gRPC to {self._config.host}:{self._config.grpc_port}")
         await self._server.start()

@@ -88,6 +88,10 @@ def start_from_json(doc: Any) -> tuple[CallConfig, str]:
     return config, framing
 
 
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 def event_to_json(event: CallEvent) -> dict[str, Any]:
     """A domain event as the native protocol sends it (same content as the gRPC CallEvent)."""
     if isinstance(event, EmotionUpdate):
@@ -104,6 +108,10 @@ def event_to_json(event: CallEvent) -> dict[str, Any]:
             "latency_ms": round(event.latency_ms, 1),
             "loudness_dbfs": round(event.loudness_dbfs, 1),
             "completed_ms": event.completed_ms,
+            "loudness_over_baseline_db": _round(event.loudness_over_baseline_db),
+            "pitch_hz": _round(event.pitch_hz),
+            "pitch_range_st": _round(event.pitch_range_st),
+            "speech_rate_spm": _round(event.speech_rate_spm),
         }
     if isinstance(event, Alert):
         return {
@@ -111,7 +119,7 @@ def event_to_json(event: CallEvent) -> dict[str, Any]:
             "alert_id": event.alert_id,
             "rule_id": event.rule_id,
             "severity": event.severity.label,
-            "speaker": event.speaker.value,
+            "speaker": event.speaker.value if event.speaker else None,
             "start_ms": event.start_ms,
             "fired_ms": event.fired_ms,
             "message": event.message,

@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import re
+import ssl
 import time
 from http import HTTPStatus
 from typing import Any, Callable
@@ -26,10 +27,11 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from service import metrics
+from service.auth import credential_from
 from service.calls import CallRegistry
 from service.config import IngestConfig, ServerConfig
 from service.domain import AudioFormat, CallConfig, CallSummary, Encoding, Role
-from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument
+from service.errors import CallLimitExceeded, CallPulseError, ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from service.session import CallSession
 from service.transport.json_events import error_to_json, event_to_json, start_from_json
 
@@ -49,6 +51,8 @@ CLOSE_BY_KIND = {
     "resource_exhausted": CLOSE_TRY_AGAIN,
     "unavailable": CLOSE_TRY_AGAIN,
     "deadline_exceeded": CLOSE_TIMEOUT,
+    "unauthenticated": CLOSE_POLICY,
+    "permission_denied": CLOSE_POLICY,
 }
 # error event codes mirror the gRPC status names
 CODE_BY_KIND = {
@@ -57,6 +61,8 @@ CODE_BY_KIND = {
     "resource_exhausted": "RESOURCE_EXHAUSTED",
     "unavailable": "UNAVAILABLE",
     "deadline_exceeded": "DEADLINE_EXCEEDED",
+    "unauthenticated": "UNAUTHENTICATED",
+    "permission_denied": "PERMISSION_DENIED",
 }
 NATIVE_PATHS = ("/", "/calls")
 TWILIO_PATH = "/twilio"
@@ -85,8 +91,14 @@ class _Call:
         except asyncio.TimeoutError:
             raise CallLimitExceeded(f"no message for {self.ingest.idle_timeout_s:g} s (idle timeout)", reason="idle_timeout") from None
 
-    def open_session(self, config: CallConfig) -> CallSession:
-        self.session = self.calls.open(config)
+    @property
+    def credential(self) -> str | None:
+        """The caller's credential from the upgrade request's headers."""
+        headers = self.ws.request.headers if self.ws.request is not None else {}
+        return credential_from(headers.get("Authorization"), headers.get("X-API-Key"))
+
+    def open_session(self, config: CallConfig, credential: str | None = None) -> CallSession:
+        self.session = self.calls.open(config, credential if credential is not None else self.credential)
         self.session.start()
         return self.session
 
@@ -209,7 +221,9 @@ class TwilioCall(_Call):
                 if event == "start":
                     if self.session is not None:
                         raise InvalidArgument("start was received twice")
-                    session = self.open_session(self._config(doc))
+                    custom = (doc.get("start") or {}).get("customParameters") if isinstance(doc.get("start"), dict) else None
+                    token = custom.get("token") if isinstance(custom, dict) and isinstance(custom.get("token"), str) else None
+                    session = self.open_session(self._config(doc), self.credential or token)
                     drain = asyncio.create_task(_drain_events(session), name="twilio-events")
                 elif event == "media":
                     session = self._require_session(event)
@@ -440,7 +454,10 @@ class AudioHookCall(_Call):
             score_roles=score,
             realtime=custom.get("realtime", True) is not False,
         )
-        session = self.open_session(config)
+        try:
+            session = self.open_session(config, self.api_key)
+        except (Unauthenticated, PermissionDenied) as exc:
+            raise _AudioHookError("unauthorized", str(exc), CLOSE_POLICY) from None
         self.drain = asyncio.create_task(_drain_events(session), name="audiohook-events")
         self.channels = len(roles)
         await self._send("opened", {"media": [media], "startPaused": False})
@@ -573,11 +590,14 @@ async def _drain_events(session: CallSession) -> None:
 class WebSocketServer:
     """One websockets server for all protocols, on its own port, sharing the call registry with gRPC."""
 
-    def __init__(self, config: ServerConfig, calls: CallRegistry, ingest: IngestConfig, ready: Callable[[], bool]) -> None:
+    def __init__(self, config: ServerConfig, calls: CallRegistry, ingest: IngestConfig, ready: Callable[[], bool],
+                 degraded: Callable[[], str | None] = lambda: None) -> None:
+        """`ready`: calls are accepted; `degraded`: why the service runs with a dependency away (None: it does not)."""
         self._config = config
         self._calls = calls
         self._ingest = ingest
         self._ready = ready
+        self._degraded = degraded
         self._inbound_role = Role(config.twilio_inbound_role)
         self._server = None
         self.port = 0
@@ -590,9 +610,21 @@ class WebSocketServer:
             process_request=self._process_request,
             max_size=self._config.max_message_bytes,
             max_queue=32,
+            ssl=self._tls_context(),
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        """WSS when a certificate is configured."""
+        if not self._config.tls_cert_file:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self._config.tls_cert_file, self._config.tls_key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the TLS certificate and key: {exc}") from None
+        return context
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -605,10 +637,21 @@ class WebSocketServer:
             return connection.respond(HTTPStatus.OK, "ok\n")
         if path == "/readyz":
             if self._ready():
-                return connection.respond(HTTPStatus.OK, "ready\n")
+                # Still 200 when degraded: calls are served (alerts wait in the buffer), so the
+                # instance must stay in rotation.
+                why = self._degraded()
+                return connection.respond(HTTPStatus.OK, f"degraded: {why}\n" if why else "ready\n")
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready: the model is loading or the service is stopping\n")
         if path not in NATIVE_PATHS + (TWILIO_PATH, AUDIOHOOK_PATH):
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such endpoint {path}; use /, /twilio or /audiohook\n")
+        if path in NATIVE_PATHS and self._calls.auth_required:
+            # Refused before the upgrade; Twilio (custom parameter) and AudioHook (X-API-KEY, answered
+            # in its own protocol) are checked when their call opens.
+            try:
+                self._calls.check_credential(credential_from(request.headers.get("Authorization"), request.headers.get("X-API-Key")))
+            except Unauthenticated as exc:
+                metrics.error(exc.kind)
+                return connection.respond(HTTPStatus.UNAUTHORIZED, f"{exc}\n")
         return None
 
     async def _handle(self, connection: ServerConnection) -> None:

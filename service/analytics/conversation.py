@@ -1,0 +1,345 @@
+"""Call-level turn-taking from the per-frame VAD flags of every channel: dead air, over-talk and interruptions.
+
+Definitions (per channel, in VAD frames of `frame_ms` from the call start):
+  * A channel *speaks* in a frame if the VAD marks it voiced or it is within `hangover_ms` after the
+    channel's last voiced frame; the hangover bridges the short unvoiced gaps inside and between words.
+  * A *talk spurt* is a run of voiced frames whose gaps are at most `hangover_ms`. It ends at its last
+    voiced frame: a hangover that runs out without new voice is not talk, so talk time, dead air and
+    over-talk are measured up to the last voiced frame, never over the trailing hangover.
+  * *Dead air* is mutual silence: no channel speaks. A stretch is dated from the last voiced frame of
+    any channel (or from the start of the call, or the end of a pause), so a 6 s silence reads 6000 ms,
+    but it only shows once the hangover has run out: pauses up to `hangover_ms` are not dead air.
+  * *Over-talk* (stereo) is two talk spurts overlapping; the current run is the overlap confirmed so
+    far (both spurts reached it), reported while both channels speak.
+  * An *interruption*: a channel starts a talk spurt while the other channel speaks, and the two
+    spurts then overlap for at least `min_interruption_ms`; shorter overlaps are back-channels
+    ("mm-hm"). It is confirmed when the overlap reaches that length, dated at the interrupter's start;
+    its overlap_ms keeps growing while the overlap lasts and is final when one of the spurts ends.
+
+Everything depends only on the sequence of frames, never on how the bridge splits it into pushes; the
+snapshots at every `tick_ms` boundary of call time let call-level rules be evaluated on that clock.
+The per-frame loop is plain Python (50 frames/s per call) doing a few integer operations per frame;
+memory is bounded by `max_listed` and `history_ms`, whatever the call length.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.domain import Role
+
+# "Never voiced": far enough in the past that every hangover has run out.
+_NEVER = -(1 << 62)
+
+
+@dataclass(frozen=True)
+class Interruption:
+    """One confirmed interruption."""
+
+    at_ms: int
+    """Call offset where the interrupter started speaking."""
+    by: Role
+    """Who interrupted."""
+    of: Role
+    """Who was speaking and got interrupted."""
+    overlap_ms: int
+    """How long both spoke at once; grows while the overlap lasts and is final when it ends."""
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A stretch of dead air."""
+
+    start_ms: int
+    """Call offset where the last voice before it ended (or where the call or a pause ended)."""
+    duration_ms: int
+    """Length of the mutual silence."""
+
+
+@dataclass(frozen=True)
+class ConversationSnapshot:
+    """The conversation's state at one point of call time."""
+
+    now_ms: int
+    """Call offset of the snapshot."""
+    dead_air_ms: int
+    """Current run in which nobody speaks (0 while anyone speaks)."""
+    overtalk_ms: int
+    """Current run in which two speakers speak at once."""
+    overtalk_by: Role | None
+    """In the current over-talk, who started speaking second (None if no over-talk, or if both started in the same frame)."""
+    recent_interruptions: tuple[Interruption, ...]
+    """Confirmed interruptions in the last `history_ms`, oldest first."""
+
+    def interruptions_by(self, role: Role, within_ms: int) -> tuple[Interruption, ...]:
+        """The recent interruptions by `role` with at_ms > now_ms - within_ms, oldest first."""
+        since = self.now_ms - within_ms
+        return tuple(e for e in self.recent_interruptions if e.by is role and e.at_ms > since)
+
+
+class ConversationTracker:
+    """Turn-taking of one call from the VAD flags of its channels (one or two, one role each)."""
+
+    def __init__(
+        self,
+        roles: tuple[Role, ...],
+        frame_ms: int = 20,
+        hangover_ms: int = 200,
+        min_interruption_ms: int = 500,
+        min_silence_ms: int = 2000,
+        tick_ms: int = 100,
+        history_ms: int = 600_000,
+        max_listed: int = 200,
+    ) -> None:
+        roles = tuple(roles)
+        if len(roles) not in (1, 2) or len(set(roles)) != len(roles):
+            raise ValueError(f"roles must be one or two distinct roles, got {roles!r}")
+        if frame_ms <= 0 or hangover_ms < 0 or min_interruption_ms <= 0 or min_silence_ms <= 0:
+            raise ValueError("frame_ms, min_interruption_ms and min_silence_ms must be > 0 and hangover_ms >= 0")
+        if tick_ms <= 0 or history_ms <= 0 or max_listed < 1:
+            raise ValueError("tick_ms and history_ms must be > 0 and max_listed >= 1")
+        self.roles = roles
+        self.frame_ms = frame_ms
+        self.hangover_ms = hangover_ms
+        self.min_interruption_ms = min_interruption_ms
+        self.min_silence_ms = min_silence_ms
+        self.tick_ms = tick_ms
+        self.history_ms = history_ms
+        self.max_listed = max_listed
+        self._stereo = len(roles) == 2
+        self._hang = hangover_ms // frame_ms  # frames after the last voiced one that still speak
+        self._min_overlap = -(-min_interruption_ms // frame_ms)
+        self._frame = 0  # frames processed (pushed or skipped)
+        self._origin = 0  # first frame after the call start or the last pause
+        self._next_tick = tick_ms
+        self._last = [_NEVER] * len(roles)  # last voiced frame per channel
+        self._start = [_NEVER] * len(roles)  # first frame of each channel's latest talk spurt
+        self._talk = [0] * len(roles)  # talk frames per channel
+        self._last_any = _NEVER
+        self._dead_frames = 0
+        self._silences: list[tuple[int, int, Silence]] = []  # min-heap of the longest listed silences
+        self._silences_total = 0
+        self._overtalk_frames = 0
+        # The latest pair of talk spurts (one per channel): overlap counted so far, and whether it began
+        # as an interruption (index of the interrupter) and has been confirmed as one.
+        self._pair_counted = 0
+        self._pair_by: int | None = None
+        self._pair_confirmed = False
+        self._count = 0
+        self._by_count = [0] * len(roles)
+        self._events: deque[Interruption] = deque(maxlen=max_listed)
+        # Confirmed interruptions start at least min_interruption_ms apart, which bounds this deque.
+        self._recent: deque[Interruption] = deque(maxlen=history_ms // min_interruption_ms + 2)
+        self._recent_tuple: tuple[Interruption, ...] | None = ()
+
+    @property
+    def now_ms(self) -> int:
+        """Call offset of the end of the frames processed so far."""
+        return self._frame * self.frame_ms
+
+    def push(self, voiced: np.ndarray) -> list[ConversationSnapshot]:
+        """Process the next frames: `voiced` has shape (n_frames, len(roles)) (or (n_frames,) for one
+        channel), one VAD flag per frame and channel. Returns a snapshot for every tick boundary
+        (multiple of tick_ms of call time) crossed, in order; a boundary inside a frame is reported with
+        the state at the end of that frame."""
+        flags = np.asarray(voiced, dtype=bool)
+        if flags.ndim == 1 and not self._stereo:
+            flags = flags[:, None]
+        if flags.ndim != 2 or flags.shape[1] != len(self.roles):
+            raise ValueError(f"voiced must have shape (n_frames, {len(self.roles)}), got {flags.shape}")
+        out: list[ConversationSnapshot] = []
+        frame_ms = self.frame_ms
+        if self._stereo:
+            for v0, v1 in flags.tolist():
+                if v0 or v1:
+                    self._voice_pair(self._frame, v0, v1)
+                self._frame += 1
+                if self._frame * frame_ms >= self._next_tick:
+                    self._ticks(out)
+        else:
+            for (v0,) in flags.tolist():
+                if v0:
+                    k = self._frame
+                    self._voice_any(k)
+                    self._voice(0, k)
+                self._frame += 1
+                if self._frame * frame_ms >= self._next_tick:
+                    self._ticks(out)
+        return out
+
+    def skip(self, frames: int) -> list[ConversationSnapshot]:
+        """Advance the clock over `frames` frames of audio that will never come (a pause). The current
+        runs end where the audio stopped (what happened before counts as usual; the pause itself is
+        neither dead air nor over-talk, and no hangover or talk spurt carries across it). Returns the
+        tick snapshots crossed, with dead_air_ms and overtalk_ms 0."""
+        if frames < 0:
+            raise ValueError(f"cannot skip a negative number of frames ({frames})")
+        out: list[ConversationSnapshot] = []
+        if frames == 0:
+            return out
+        gap = self._dead_run()
+        if gap:
+            self._record_silence(self._frame - gap, gap)
+        self._last = [_NEVER] * len(self.roles)
+        self._start = [_NEVER] * len(self.roles)
+        self._last_any = _NEVER
+        self._new_pair(None)
+        self._frame += frames
+        self._origin = self._frame
+        end_ms = self._frame * self.frame_ms
+        while self._next_tick <= end_ms:
+            out.append(ConversationSnapshot(self._next_tick, 0, 0, None, self._recent_at(self._next_tick)))
+            self._next_tick += self.tick_ms
+        return out
+
+    def snapshot(self) -> ConversationSnapshot:
+        """The state at the end of the frames processed so far."""
+        return self._snapshot(self.now_ms)
+
+    def summary(self) -> dict:
+        """Whole-call figures (call it at the end of the call; a dead-air stretch still running counts)."""
+        frame_ms = self.frame_ms
+        listed = list(self._silences)
+        total = self._silences_total
+        dead = self._dead_frames
+        gap = self._dead_run()
+        if gap:
+            dead += gap
+            duration = gap * frame_ms
+            if duration >= self.min_silence_ms:
+                total += 1
+                silence = Silence((self._frame - gap) * frame_ms, duration)
+                listed.append((duration, -silence.start_ms, silence))
+                if len(listed) > self.max_listed:
+                    listed.remove(min(listed))
+        silences = sorted((item[2] for item in listed), key=lambda s: s.start_ms)
+        talk_total = sum(self._talk)
+        return {
+            "stereo": self._stereo,
+            "talk_ms": {role.value: talk * frame_ms for role, talk in zip(self.roles, self._talk)},
+            "talk_ratio": {
+                role.value: round(talk / talk_total, 3) if talk_total else 0.0 for role, talk in zip(self.roles, self._talk)
+            },
+            "dead_air_ms": dead * frame_ms,
+            "silences": [{"start_ms": s.start_ms, "duration_ms": s.duration_ms} for s in silences],
+            "silences_total": total,
+            "overtalk_ms": self._overtalk_frames * frame_ms,
+            "interruptions": {
+                "count": self._count,
+                "by": {role.value: count for role, count in zip(self.roles, self._by_count)},
+                "events": [
+                    {"at_ms": e.at_ms, "by": e.by.value, "of": e.of.value, "overlap_ms": e.overlap_ms} for e in self._events
+                ],
+            },
+        }
+
+    # -- per-frame work ---------------------------------------------------------------------------
+
+    def _voice(self, c: int, k: int) -> bool:
+        """Channel c is voiced in frame k; returns whether that starts a new talk spurt."""
+        gap = k - self._last[c] - 1
+        self._last[c] = k
+        if gap <= self._hang:  # the hangover bridged the gap: it was talk
+            self._talk[c] += gap + 1
+            return False
+        self._talk[c] += 1
+        self._start[c] = k
+        return True
+
+    def _voice_any(self, k: int) -> None:
+        """Someone is voiced in frame k: a dead-air stretch before it ends."""
+        start = max(self._last_any + 1, self._origin)
+        if k - start > self._hang:
+            self._record_silence(start, k - start)
+        self._last_any = k
+
+    def _voice_pair(self, k: int, v0: bool, v1: bool) -> None:
+        """Stereo frame k with at least one channel voiced."""
+        self._voice_any(k)
+        new0 = self._voice(0, k) if v0 else False
+        new1 = self._voice(1, k) if v1 else False
+        if new0 or new1:
+            # A new pair of spurts. A spurt that starts alone is an interruption candidate: its overlap
+            # with the other channel's latest spurt can only become positive if that spurt still runs,
+            # i.e. the other channel was already speaking (voiced or within its hangover).
+            self._new_pair(None if new0 == new1 else (0 if new0 else 1))
+        last0, last1 = self._last
+        start0, start1 = self._start
+        overlap = min(last0, last1) - max(start0, start1) + 1
+        if overlap > self._pair_counted:
+            self._overtalk_frames += overlap - self._pair_counted
+            self._pair_counted = overlap
+            if self._pair_by is not None and overlap >= self._min_overlap:
+                self._interruption(overlap)
+
+    def _new_pair(self, by: int | None) -> None:
+        self._pair_counted = 0
+        self._pair_by = by
+        self._pair_confirmed = False
+
+    def _interruption(self, overlap: int) -> None:
+        """The current pair's overlap reached (or grew past) the confirmation length."""
+        by = self._pair_by
+        event = Interruption(self._start[by] * self.frame_ms, self.roles[by], self.roles[1 - by], overlap * self.frame_ms)
+        if not self._pair_confirmed:
+            self._pair_confirmed = True
+            self._count += 1
+            self._by_count[by] += 1
+            self._events.append(event)
+            self._recent.append(event)
+        else:  # the latest event is this pair's: its overlap grew
+            self._events[-1] = event
+            if self._recent and self._recent[-1].at_ms == event.at_ms:
+                self._recent[-1] = event
+        self._recent_tuple = None
+
+    def _record_silence(self, start: int, frames: int) -> None:
+        self._dead_frames += frames
+        duration = frames * self.frame_ms
+        if duration >= self.min_silence_ms:
+            self._silences_total += 1
+            silence = Silence(start * self.frame_ms, duration)
+            # Keep the longest (ties: the earliest); the heap's root is the first to go.
+            item = (duration, -silence.start_ms, silence)
+            if len(self._silences) < self.max_listed:
+                heapq.heappush(self._silences, item)
+            else:
+                heapq.heappushpop(self._silences, item)
+
+    def _dead_run(self) -> int:
+        """Frames of the dead-air stretch running at the end of the processed frames (0 if none)."""
+        gap = self._frame - max(self._last_any + 1, self._origin)
+        return gap if gap > self._hang else 0
+
+    def _ticks(self, out: list[ConversationSnapshot]) -> None:
+        end_ms = self._frame * self.frame_ms
+        while self._next_tick <= end_ms:
+            out.append(self._snapshot(self._next_tick))
+            self._next_tick += self.tick_ms
+
+    def _snapshot(self, now_ms: int) -> ConversationSnapshot:
+        dead_ms = self._dead_run() * self.frame_ms
+        overtalk_ms, by = 0, None
+        if self._stereo:
+            k = self._frame - 1
+            last0, last1 = self._last
+            if k - last0 <= self._hang and k - last1 <= self._hang:
+                start0, start1 = self._start
+                overlap = min(last0, last1) - max(start0, start1) + 1
+                if overlap > 0:
+                    overtalk_ms = overlap * self.frame_ms
+                    by = None if start0 == start1 else self.roles[0 if start0 > start1 else 1]
+        return ConversationSnapshot(now_ms, dead_ms, overtalk_ms, by, self._recent_at(now_ms))
+
+    def _recent_at(self, now_ms: int) -> tuple[Interruption, ...]:
+        recent = self._recent
+        while recent and recent[0].at_ms <= now_ms - self.history_ms:
+            recent.popleft()
+            self._recent_tuple = None
+        if self._recent_tuple is None:
+            self._recent_tuple = tuple(recent)
+        return self._recent_tuple

@@ -1,0 +1,156 @@
+"""Conversation analytics and rule timing through a real CallSession (VAD, prosody, turn-taking, rules) with a scripted model."""
+
+import asyncio
+
+import numpy as np
+import soxr
+
+from clients.wavfile import read_wav
+from service.batch import MemorySink
+from service.config import IngestConfig, VadConfig, WindowConfig
+from service.domain import Alert, AudioFormat, CallConfig, CallSummary, EmotionUpdate, Encoding, Role
+from service.inference.batcher import InferenceBatcher
+from service.rules import RuleEngine, load_rules, parse_rules
+from service.config import DEFAULT_RULES_PATH
+from service.session import CallSession, SessionContext
+from tests.conftest import CUSTOMER_WAV
+from tests.fakes import FakeEmotionModel, one_hot
+
+RATE = 8000
+LOUD_RMS = 0.08  # model-input RMS (float audio in -1..1) above which the scripted model says angry
+
+
+def speech_8k() -> np.ndarray:
+    """The customer fixture's utterance at 8 kHz as float32 (about 3.5 s of speech)."""
+    speech = read_wav(str(CUSTOMER_WAV)).samples[:, 0].astype(np.float32)
+    return soxr.resample(speech, 16000, RATE)
+
+
+def scripted_model() -> FakeEmotionModel:
+    """FAKE model scripted on loudness: loud audio is angry, anything else neutral."""
+    def script(audio: np.ndarray) -> np.ndarray:
+        rms = float(np.sqrt(np.mean(np.square(audio)))) if len(audio) else 0.0
+        return one_hot("angry" if rms > LOUD_RMS else "neutral")
+    return FakeEmotionModel(script)
+
+
+async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(Role.CUSTOMER,), chunk_ms=100):
+    """Replay int16 audio (frames x channels) through a CallSession; returns (alerts, updates, summary)."""
+    model = scripted_model()
+    batcher = InferenceBatcher(model, max_batch=8, max_wait_ms=1, queue_size=256)
+    batcher.start()
+    rules = parse_rules(rules_text) if rules_text else load_rules(DEFAULT_RULES_PATH)
+    engine = RuleEngine(rules)
+    ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(), batcher=batcher,
+                         rules=lambda: engine, publisher=MemorySink(), model_name=model.name, labels=model.labels)
+    call = CallConfig("analytics-1", "a", "t", "", AudioFormat(Encoding.PCM16LE, RATE, roles), realtime=False)
+    session = CallSession(call, ctx)
+    session.start()
+    alerts, updates, summaries = [], [], []
+
+    async def consume():
+        async for event in session.events():
+            if isinstance(event, Alert):
+                alerts.append(event)
+            elif isinstance(event, EmotionUpdate):
+                updates.append(event)
+            elif isinstance(event, CallSummary):
+                summaries.append(event)
+
+    consumer = asyncio.create_task(consume())
+    try:
+        step = RATE * chunk_ms // 1000
+        for seq, offset in enumerate(range(0, len(audio), step)):
+            session.push_audio(seq, audio[offset:offset + step].astype("<i2").tobytes())
+            await session.flow_control()
+        await session.finish()
+        await consumer
+    finally:
+        batcher.stop()
+    return alerts, updates, summaries[0]
+
+
+def _int16(x: np.ndarray) -> np.ndarray:
+    return np.clip(x, -32768, 32767).astype(np.int16)
+
+
+async def test_raised_voice_fires_after_the_baseline_warm_up_and_three_seconds_louder():
+    """A customer who speaks 12 s at one level and then 14 dB louder gets the raised-voice alert about 3 s of speech into
+    the loud part, the angry+fast alert only once the scripted model hears anger, and nothing while the level is steady."""
+    speech = speech_8k()
+    pause = np.zeros(RATE // 2, np.float32)
+    quiet = np.concatenate([np.concatenate([speech * 0.2, pause]) for _ in range(4)])
+    loud = np.concatenate([np.concatenate([speech * 1.0, pause]) for _ in range(2)])
+    audio = _int16(np.concatenate([quiet, loud]))[:, None]
+    loud_start_ms = len(quiet) * 1000 // RATE
+    alerts, updates, summary = await run_session(audio)
+
+    assert all(a.fired_ms > loud_start_ms for a in alerts), [(a.rule_id, a.fired_ms) for a in alerts]
+    raised = [a for a in alerts if a.rule_id == "customer-raised-voice"]
+    assert len(raised) == 1
+    evidence = raised[0].document["evidence"]
+    assert evidence["conditions"][0]["held_ms"] >= 3000 and evidence["conditions"][0]["value"] >= 10
+    assert loud_start_ms + 3000 - 40 <= raised[0].fired_ms <= loud_start_ms + 5500  # VAD frames are on a 20 ms grid
+    assert "dB over the speaker's baseline over 3." in evidence["reason"]
+    quiet_updates = [u for u in updates if u.window_end_ms < loud_start_ms]
+    assert quiet_updates and all(u.top_label == "neutral" for u in quiet_updates)
+    # steady speech reads near 0 dB over its own baseline (a segment's closing window measures only its fading tail)
+    warm = [u for u in quiet_updates if u.loudness_over_baseline_db is not None and not u.segment_final]
+    assert warm and all(abs(u.loudness_over_baseline_db) < 4 for u in warm)
+    assert all(u.speech_rate_spm is None or 100 < u.speech_rate_spm < 480 for u in updates)  # espeak at 185 wpm is dense
+    customer = summary.document["speakers"][0]
+    assert customer["prosody"]["baseline_dbfs"] is not None and customer["prosody"]["pitch_hz"] > 60
+
+
+async def test_dead_air_fires_at_five_seconds_of_mutual_silence():
+    """Six seconds in which neither channel speaks fires dead-air once, five seconds after the last speech ends."""
+    speech = _int16(speech_8k())
+    silence = np.zeros(RATE * 6, np.int16)
+    customer = np.concatenate([speech, silence, np.zeros(len(speech), np.int16)])
+    agent = np.concatenate([np.zeros(len(speech) + len(silence), np.int16), speech])
+    alerts, _, summary = await run_session(np.stack([customer, agent], axis=1), roles=(Role.CUSTOMER, Role.AGENT))
+    dead = [a for a in alerts if a.rule_id == "dead-air"]
+    assert len(dead) == 1 and dead[0].speaker is None and dead[0].notify == ("agent",)
+    silence_start = dead[0].start_ms
+    speech_end_ms = len(speech) * 1000 // RATE
+    assert speech_end_ms - 800 <= silence_start <= speech_end_ms + 300  # trailing silence inside the fixture counts
+    assert 5000 <= dead[0].fired_ms - silence_start < 5100  # conversation rules run every 100 ms of call time
+    listed = summary.document["conversation"]["silences"]
+    assert any(abs(s["start_ms"] - silence_start) <= 20 and s["duration_ms"] >= 5500 for s in listed)
+
+
+async def test_agent_talking_over_the_customer_three_times_alerts_the_supervisor():
+    """Three times the agent starts talking 1 s into the customer's speech and both go on: one supervisor alert, with who
+    interrupted whom in the evidence and the summary."""
+    speech = _int16(speech_8k())
+    n = len(speech)
+    gap = np.zeros(RATE * 2, np.int16)
+    customer, agent = [], []
+    for _ in range(3):
+        customer += [speech, gap]
+        agent += [np.zeros(RATE, np.int16), speech[: n - RATE], gap]
+    audio = np.stack([np.concatenate(customer), np.concatenate(agent)], axis=1)
+    alerts, _, summary = await run_session(audio, roles=(Role.CUSTOMER, Role.AGENT))
+    over = [a for a in alerts if a.rule_id == "agent-talks-over-customer"]
+    assert len(over) == 1 and over[0].speaker is Role.AGENT and over[0].notify == ("supervisor",)
+    events = over[0].document["evidence"]["conditions"][0]["events"]
+    assert len(events) == 3 and all(e["by"] == "agent" and e["of"] == "customer" for e in events)
+    first_speech = events[0]["at_ms"]
+    assert 900 <= first_speech <= 1300
+    interruptions = summary.document["conversation"]["interruptions"]
+    assert interruptions["by"] == {"customer": 0, "agent": 3}
+    assert summary.document["conversation"]["overtalk_ms"] > 3 * 1500
+
+
+async def test_rule_timing_in_the_pipeline_matches_the_speech():
+    """An 'angry for 2 s' rule fires 2 s of loud speech after the loud speech starts, not counting the pauses."""
+    speech = speech_8k()
+    audio = _int16(np.concatenate([speech * 0.1, np.zeros(RATE, np.float32), speech]))[:, None]
+    rules = "rules:\n  - id: angry2\n    speaker: customer\n    all: [{emotion: [angry], min: 0.6, for: 2s}]\n"
+    alerts, updates, _ = await run_session(audio, rules)
+    loud_updates = [u for u in updates if u.top_label == "angry"]
+    assert len(alerts) == 1 and loud_updates
+    first_loud = min(u.window_end_ms for u in loud_updates)
+    assert alerts[0].start_ms <= first_loud
+    assert 2000 <= alerts[0].fired_ms - alerts[0].start_ms <= 2600
+    assert alerts[0].start_ms >= (len(speech) + RATE) * 1000 // RATE - 200

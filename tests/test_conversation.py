@@ -1,0 +1,253 @@
+"""Call-level turn-taking (dead air, over-talk, interruptions) on synthetic VAD flags and the stereo speech fixture."""
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webrtcvad
+
+from service.analytics.conversation import ConversationSnapshot, ConversationTracker, Interruption
+from service.domain import Role
+
+SAMPLES = Path(__file__).resolve().parent.parent / "clients" / "samples"
+C, A = Role.CUSTOMER, Role.AGENT
+FRAME_MS = 20
+
+
+def flags(total_ms, customer=(), agent=(), stereo=True):
+    """VAD flags of (start_ms, end_ms) speech spans per channel, 20 ms frames."""
+    out = np.zeros((total_ms // FRAME_MS, 2 if stereo else 1), bool)
+    for column, spans in enumerate((customer, agent) if stereo else (customer,)):
+        for start, end in spans:
+            out[start // FRAME_MS : end // FRAME_MS, column] = True
+    return out
+
+
+def at(snapshots, now_ms):
+    (snapshot,) = [s for s in snapshots if s.now_ms == now_ms]
+    return snapshot
+
+
+def test_dead_air_run_reaches_the_silence_length_and_resets_when_someone_speaks():
+    """A 6 s mutual silence shows as a dead-air run reaching 6000 ms, is listed with its start and length, and resets to 0 on speech."""
+    tracker = ConversationTracker((C, A))
+    snaps = tracker.push(flags(8000, customer=[(0, 1000)], agent=[(7000, 8000)]))
+    assert at(snaps, 1100).dead_air_ms == 0  # within the hangover
+    assert at(snaps, 1300).dead_air_ms == 300  # dated from the end of the voice
+    assert at(snaps, 7000).dead_air_ms == 6000
+    assert max(s.dead_air_ms for s in snaps) == 6000
+    assert at(snaps, 7100).dead_air_ms == 0
+    summary = tracker.summary()
+    assert summary["silences"] == [{"start_ms": 1000, "duration_ms": 6000}]
+    assert summary["silences_total"] == 1 and summary["dead_air_ms"] == 6000
+
+
+def test_agent_talking_over_the_customer_for_800_ms_is_one_interruption():
+    """The agent starting 1 s into the customer's speech and overlapping 800 ms is one interruption by the agent, dated at its start."""
+    tracker = ConversationTracker((C, A))
+    snaps = tracker.push(flags(4000, customer=[(0, 3000)], agent=[(1000, 1800)]))
+    assert at(snaps, 1400).recent_interruptions == ()  # 400 ms of overlap: not yet
+    confirmed = at(snaps, 1500).recent_interruptions
+    assert confirmed == (Interruption(1000, A, C, 500),)
+    assert at(snaps, 1600).overtalk_ms == 600 and at(snaps, 1600).overtalk_by is A
+    final = tracker.snapshot().recent_interruptions
+    assert final == (Interruption(at_ms=1000, by=A, of=C, overlap_ms=800),)
+    assert tracker.snapshot().interruptions_by(A, 10_000) == final
+    assert tracker.snapshot().interruptions_by(C, 10_000) == ()
+    summary = tracker.summary()
+    assert summary["interruptions"] == {
+        "count": 1, "by": {"customer": 0, "agent": 1},
+        "events": [{"at_ms": 1000, "by": "agent", "of": "customer", "overlap_ms": 800}],
+    }
+    assert summary["overtalk_ms"] == 800
+
+
+def test_a_300_ms_overlap_is_overtalk_but_no_interruption():
+    """A 300 ms back-channel counts as over-talk but not as an interruption."""
+    tracker = ConversationTracker((C, A))
+    snaps = tracker.push(flags(4000, customer=[(0, 3000)], agent=[(1000, 1300)]))
+    assert all(s.recent_interruptions == () for s in snaps)
+    assert at(snaps, 1200).overtalk_ms == 200 and at(snaps, 1200).overtalk_by is A
+    assert at(snaps, 1600).overtalk_ms == 0 and at(snaps, 1600).overtalk_by is None
+    summary = tracker.summary()
+    assert summary["overtalk_ms"] == 300 and summary["interruptions"]["count"] == 0
+
+
+@pytest.mark.parametrize("gap_ms, bridged", [(100, True), (400, False)])
+def test_hangover_bridges_a_short_gap_but_not_a_long_one(gap_ms, bridged):
+    """A 100 ms pause inside a turn is talk, a 400 ms pause is dead air."""
+    tracker = ConversationTracker((C,), min_silence_ms=300)
+    snaps = tracker.push(flags(3000, customer=[(0, 1000), (1000 + gap_ms, 2000 + gap_ms)], stereo=False))
+    summary = tracker.summary()
+    if bridged:
+        assert summary["talk_ms"] == {"customer": 2000 + gap_ms}
+        assert all(s.dead_air_ms == 0 for s in snaps if s.now_ms <= 2000 + gap_ms)
+        assert summary["silences"] == [{"start_ms": 2000 + gap_ms, "duration_ms": 1000 - gap_ms}]
+    else:
+        assert summary["talk_ms"] == {"customer": 2000}
+        assert at(snaps, 1400).dead_air_ms == 400
+        assert summary["silences"][0] == {"start_ms": 1000, "duration_ms": gap_ms}
+
+
+def test_hangover_bridges_the_interrupted_speakers_short_pause():
+    """An agent starting in a 100 ms pause of the customer, who then goes on, still interrupts the customer."""
+    tracker = ConversationTracker((C, A))
+    tracker.push(flags(3000, customer=[(0, 1000), (1100, 3000)], agent=[(1040, 1800)]))
+    assert tracker.summary()["interruptions"]["events"] == [{"at_ms": 1040, "by": "agent", "of": "customer", "overlap_ms": 760}]
+
+
+def test_a_quick_turn_switch_is_neither_overtalk_nor_interruption():
+    """The agent answering 100 ms after the customer stops (inside the customer's hangover) is no over-talk."""
+    tracker = ConversationTracker((C, A))
+    snaps = tracker.push(flags(3000, customer=[(0, 1000)], agent=[(1100, 2500)]))
+    assert all(s.overtalk_ms == 0 and s.dead_air_ms == 0 for s in snaps if s.now_ms <= 2500)
+    summary = tracker.summary()
+    assert summary["overtalk_ms"] == 0 and summary["interruptions"]["count"] == 0
+    assert summary["talk_ms"] == {"customer": 1000, "agent": 1400}
+
+
+def test_ticks_at_every_boundary_and_identical_however_the_frames_are_split():
+    """A snapshot comes at every 100 ms boundary, and 1-frame, 37-frame or single pushes give the same snapshots and summary."""
+    rng = np.random.default_rng(5)
+    # Alternating runs of voice and silence of random length per channel: talk, pauses, overlaps.
+    columns = []
+    for _ in range(2):
+        runs = rng.integers(2, 120, 200)
+        values = np.arange(len(runs)) % 2 == rng.integers(0, 2)
+        columns.append(np.repeat(values, runs)[:3000])
+    voiced = np.stack(columns, axis=1)
+    results = []
+    for piece in (1, 37, len(voiced)):
+        tracker = ConversationTracker((C, A), min_silence_ms=500)
+        snaps = []
+        for i in range(0, len(voiced), piece):
+            snaps.extend(tracker.push(voiced[i : i + piece]))
+        results.append((snaps, tracker.summary()))
+    assert [s.now_ms for s in results[0][0]] == list(range(100, 60001, 100))
+    assert results[0] == results[1] == results[2]
+    summary = results[0][1]
+    assert summary["interruptions"]["count"] > 0 and summary["overtalk_ms"] > 0 and summary["silences_total"] > 0
+
+
+def test_ticks_inside_a_frame_are_reported_at_their_boundary():
+    """With 30 ms frames every 100 ms boundary still gets one snapshot, in order."""
+    tracker = ConversationTracker((C, A), frame_ms=30)
+    snaps = tracker.push(np.zeros((100, 2), bool))
+    assert [s.now_ms for s in snaps] == list(range(100, 3001, 100))
+
+
+def test_skip_advances_the_clock_without_counting_dead_air():
+    """A pause advances the clock, its tick snapshots show no dead air, and silence after it is dated from its end."""
+    tracker = ConversationTracker((C, A))
+    tracker.push(flags(1000, customer=[(0, 1000)]))
+    during = tracker.skip(250)
+    assert [s.now_ms for s in during] == list(range(1100, 6001, 100))
+    assert all(s.dead_air_ms == 0 and s.overtalk_ms == 0 and s.overtalk_by is None for s in during)
+    after = tracker.push(flags(3000, agent=[(2500, 3000)]))
+    assert at(after, 8500).dead_air_ms == 2500
+    summary = tracker.summary()
+    assert summary["silences"] == [{"start_ms": 6000, "duration_ms": 2500}]
+    assert summary["dead_air_ms"] == 2500
+    assert summary["talk_ms"] == {"customer": 1000, "agent": 500}
+
+
+def test_no_hangover_or_talk_carries_across_a_skip():
+    """Speech resuming 100 ms after a pause starts a new turn: the skipped frames are not talk."""
+    tracker = ConversationTracker((C,))
+    tracker.push(flags(1000, customer=[(0, 1000)], stereo=False))
+    tracker.skip(5)
+    tracker.push(flags(1000, customer=[(0, 1000)], stereo=False))
+    assert tracker.summary()["talk_ms"] == {"customer": 2000}
+    assert tracker.snapshot().now_ms == 2100
+
+
+def test_mono_call_has_dead_air_but_no_overtalk():
+    """A mono call reports dead air when its one channel is silent and never over-talk."""
+    tracker = ConversationTracker((C,))
+    snaps = tracker.push(flags(6000, customer=[(0, 1000), (4000, 6000)], stereo=False))
+    assert all(s.overtalk_ms == 0 and s.overtalk_by is None for s in snaps)
+    assert at(snaps, 4000).dead_air_ms == 3000
+    summary = tracker.summary()
+    assert summary["stereo"] is False and summary["overtalk_ms"] == 0
+    assert summary["silences"] == [{"start_ms": 1000, "duration_ms": 3000}]
+    assert summary["interruptions"] == {"count": 0, "by": {"customer": 0}, "events": []}
+
+
+def test_summary_talk_ratio_counts_and_bounded_lists():
+    """summary() gives talk shares, counts every interruption and long silence, and lists at most max_listed of each."""
+    tracker = ConversationTracker((C, A), max_listed=2, min_silence_ms=1000)
+    spans_c = [(0, 3000), (5000, 8000), (11500, 14500), (17000, 20000)]
+    spans_a = [(1000, 2000), (6000, 7000), (12500, 13500)]
+    tracker.push(flags(22000, customer=spans_c, agent=spans_a))
+    summary = tracker.summary()
+    assert summary["talk_ms"] == {"customer": 12000, "agent": 3000}
+    assert summary["talk_ratio"] == {"customer": 0.8, "agent": 0.2}
+    assert summary["interruptions"]["count"] == 3 and summary["interruptions"]["by"] == {"customer": 0, "agent": 3}
+    assert [e["at_ms"] for e in summary["interruptions"]["events"]] == [6000, 12500]  # the latest two
+    # Silences: 2000 ms at 3000, 3500 ms at 8000, 2500 ms at 14500, 2000 ms (still running) at 20000.
+    assert summary["silences_total"] == 4
+    assert summary["silences"] == [{"start_ms": 8000, "duration_ms": 3500}, {"start_ms": 14500, "duration_ms": 2500}]
+    assert summary["dead_air_ms"] == 10000
+    assert set(summary) == {"stereo", "talk_ms", "talk_ratio", "dead_air_ms", "silences", "silences_total", "overtalk_ms", "interruptions"}
+    silent = ConversationTracker((C, A))
+    silent.push(np.zeros((10, 2), bool))
+    assert silent.summary()["talk_ratio"] == {"customer": 0.0, "agent": 0.0}
+
+
+def test_recent_interruptions_age_out_after_history_ms():
+    """Interruptions older than history_ms leave the snapshots but stay in the summary; interruptions_by filters by role and age."""
+    tracker = ConversationTracker((C, A), history_ms=5000)
+    snaps = tracker.push(flags(8000, customer=[(0, 3000)], agent=[(1000, 2000)]))
+    snapshot = at(snaps, 3000)
+    assert len(snapshot.recent_interruptions) == 1
+    assert snapshot.interruptions_by(A, 2500) == snapshot.recent_interruptions
+    assert snapshot.interruptions_by(A, 2000) == ()  # at_ms 1000 is not after 3000 - 2000
+    assert at(snaps, 6000).recent_interruptions == ()
+    assert tracker.summary()["interruptions"]["count"] == 1
+
+
+def test_push_rejects_flags_of_the_wrong_shape():
+    """push raises for flags without one column per channel, and the constructor rejects a repeated role."""
+    with pytest.raises(ValueError):
+        ConversationTracker((C, A)).push(np.zeros((5, 1), bool))
+    with pytest.raises(ValueError):
+        ConversationTracker((C, C))
+
+
+def test_stereo_fixture_turn_taking_matches_its_timings():
+    """On the stereo fixture dead air falls where nobody speaks, talk time matches the timings, and there is no interruption."""
+    with wave.open(str(SAMPLES / "call_stereo_8k.wav")) as w:
+        rate = w.getframerate()
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, w.getnchannels())
+    timings = json.loads((SAMPLES / "timings.json").read_text())["call_stereo_8k.wav"]
+    step = rate * FRAME_MS // 1000
+    n = len(data) // step
+    vads = [webrtcvad.Vad(2), webrtcvad.Vad(2)]  # webrtcvad keeps state: one per channel
+    voiced = np.array([
+        [vads[c].is_speech(np.ascontiguousarray(data[i * step : (i + 1) * step, c]).tobytes(), rate) for c in range(2)]
+        for i in range(n)
+    ])
+    tracker = ConversationTracker((C, A), min_silence_ms=300)
+    snaps: list[ConversationSnapshot] = []
+    for i in range(0, n, 10):  # 200 ms chunks
+        snaps.extend(tracker.push(voiced[i : i + 10]))
+    summary = tracker.summary()
+    customer = sum(end - start for start, end in timings["customer_speech"]) * 1000
+    agent = sum(end - start for start, end in timings["agent_speech"]) * 1000
+    assert abs(summary["talk_ms"]["customer"] - customer) < 0.1 * customer
+    assert abs(summary["talk_ms"]["agent"] - agent) < 0.1 * agent
+    assert summary["interruptions"]["count"] == 0 and summary["overtalk_ms"] == 0
+    # The gaps between turns and the tail after the last one are dead air...
+    speech = sorted(timings["agent_speech"] + timings["customer_speech"])
+    gaps = [(a[1], b[0]) for a, b in zip(speech, speech[1:])] + [(speech[-1][1], n * FRAME_MS / 1000)]
+    for start, end in gaps:
+        middle = round((start + end) / 2 * 10) * 100
+        assert at(snaps, middle).dead_air_ms > 0
+        assert any(abs(s["start_ms"] - start * 1000) <= 300 and abs(s["start_ms"] + s["duration_ms"] - end * 1000) <= 300
+                   for s in summary["silences"])
+    # ...and there is none while someone speaks.
+    for s in snaps:
+        if any(start + 0.3 <= s.now_ms / 1000 <= end - 0.3 for start, end in speech):
+            assert s.dead_air_ms == 0

@@ -1,0 +1,348 @@
+"""Prosody analytics against generated signals with a known answer and the committed espeak-ng speech fixtures."""
+
+import math
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import webrtcvad
+
+from service.analytics.prosody import (
+    SILENCE_DBFS,
+    ProsodyFigures,
+    ProsodyTrack,
+    frame_levels_db,
+    loudness_dbfs,
+    yin_f0,
+    yin_min_samples,
+)
+
+SAMPLES = Path(__file__).resolve().parent.parent / "clients" / "samples"
+
+
+def sine(freq, rate, seconds, amplitude=1.0, phase=0.3):
+    t = np.arange(int(round(seconds * rate))) / rate
+    return amplitude * np.sin(2 * np.pi * freq * t + phase)
+
+
+def sawtooth(freq, rate, seconds):
+    """Band-limited sawtooth: every harmonic below Nyquist at amplitude 1/k."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    k = np.arange(1, int(rate / 2 / freq) + 1)
+    return (np.sin(2 * np.pi * freq * t[:, None] * k[None, :] + k) / k).sum(axis=1)
+
+
+def glottal_pulses(freq, rate, seconds):
+    """Derivative of a Rosenberg glottal pulse train (open phase 40%, closing 16%)."""
+    t = np.arange(int(round(seconds * rate))) / rate
+    phase = (t * freq) % 1.0
+    flow = np.where(phase < 0.4, 0.5 * (1 - np.cos(np.pi * phase / 0.4)),
+                    np.where(phase < 0.56, np.cos(np.pi * (phase - 0.4) / 0.32), 0.0))
+    return np.diff(flow, prepend=flow[0])
+
+
+def frames_of(signal, length, count):
+    return np.asarray(signal[: length * count]).reshape(count, length)
+
+
+def to_int16(signal, peak=12000):
+    return np.round(signal / np.max(np.abs(signal)) * peak).astype(np.int16)
+
+
+def amplitude_for_dbfs(level):
+    return 32768.0 * math.sqrt(2) * 10 ** (level / 20)
+
+
+def syllable_train(rate_per_s, sample_rate, seconds, source, syllable_ms=150):
+    """`source` gated by a Hann envelope of `syllable_ms` at the start of every 1/rate s (silent in between)."""
+    n = int(seconds * sample_rate)
+    envelope = np.zeros(n)
+    period, width = int(sample_rate / rate_per_s), int(sample_rate * syllable_ms / 1000)
+    for start in range(0, n - width + 1, period):
+        envelope[start : start + width] = np.hanning(width)
+    return envelope * source[:n]
+
+
+def read_channel(path, channel=0):
+    with wave.open(str(path)) as w:
+        rate, channels = w.getframerate(), w.getnchannels()
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, channels)
+    return np.ascontiguousarray(data[:, channel]), rate
+
+
+def vad_flags(samples, rate, frame_ms=20):
+    vad = webrtcvad.Vad(2)
+    step = rate * frame_ms // 1000
+    n = len(samples) // step
+    flags = np.array([vad.is_speech(samples[i * step : (i + 1) * step].tobytes(), rate) for i in range(n)])
+    return samples[: n * step], flags
+
+
+# -- YIN --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.parametrize("f0", [80.0, 120.0, 200.0, 300.0])
+def test_yin_finds_the_frequency_of_a_pure_tone(rate, f0):
+    """yin_f0 estimates a pure tone's frequency within 1% in every 40 ms frame."""
+    length = rate * 40 // 1000
+    frames = frames_of(sine(f0, rate, 1.0, 10000), length, 20)
+    estimate = yin_f0(frames, rate)
+    assert estimate.shape == (20,)
+    assert not np.isnan(estimate).any()
+    assert np.max(np.abs(estimate / f0 - 1)) < 0.01
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.parametrize("f0", [80.0, 120.0, 150.0, 200.0, 300.0])
+@pytest.mark.parametrize("source", [sawtooth, glottal_pulses])
+def test_yin_finds_the_f0_of_harmonic_rich_tones(rate, f0, source):
+    """yin_f0 estimates the F0 of a sawtooth or glottal-pulse train within 1% (no octave errors)."""
+    length = rate * 40 // 1000
+    frames = frames_of(to_int16(source(f0, rate, 1.0)), length, 20)
+    estimate = yin_f0(frames, rate)
+    assert not np.isnan(estimate).any()
+    assert np.max(np.abs(estimate / f0 - 1)) < 0.01
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_yin_gives_nan_on_white_noise_and_silence(rate):
+    """yin_f0 finds no period in white noise or digital silence."""
+    length = rate * 40 // 1000
+    noise = np.random.default_rng(7).normal(0, 3000, (200, length))
+    assert np.isnan(yin_f0(noise, rate)).all()
+    assert np.isnan(yin_f0(np.zeros((5, length), np.int16), rate)).all()
+
+
+def test_yin_rejects_frames_shorter_than_its_minimum():
+    """yin_f0 raises for frames shorter than two periods of fmin plus the lags and accepts the minimum."""
+    rate = 8000
+    minimum = yin_min_samples(rate)
+    assert minimum == 2 * math.ceil(rate / 60.0) + 2
+    with pytest.raises(ValueError):
+        yin_f0(np.zeros((1, minimum - 1)), rate)
+    estimate = yin_f0(frames_of(sine(150.0, rate, 0.1, 8000), minimum, 1), rate)
+    assert abs(estimate[0] / 150.0 - 1) < 0.01
+
+
+# -- levels -----------------------------------------------------------------------------------------
+
+
+def test_frame_levels_follow_known_steps():
+    """A sine of amplitude A reads 20*log10(A/sqrt2/32768) dBFS, silence the floor, a full-scale square 0 dBFS."""
+    rate, length = 8000, 160
+    amplitudes = [100.0, 1000.0, 10000.0, 30000.0]
+    rows = [np.round(sine(200.0, rate, 0.02, a)).astype(np.int16) for a in amplitudes]
+    rows.append(np.zeros(length, np.int16))
+    rows.append(np.where(np.arange(length) % 40 < 20, 32767, -32768).astype(np.int16))
+    levels = frame_levels_db(np.stack(rows))
+    assert levels.dtype == np.float64
+    expected = [20 * math.log10(a / math.sqrt(2) / 32768) for a in amplitudes]
+    assert np.allclose(levels[:4], expected, atol=0.02)
+    assert levels[4] == SILENCE_DBFS
+    assert abs(levels[5]) < 0.01
+    assert all(abs(levels[i] - loudness_dbfs(rows[i])) < 1e-9 for i in range(len(rows)))
+
+
+def test_baseline_warms_up_and_loudness_over_baseline_measures_the_step():
+    """A speaker at -30 dBFS for 12 s then at -18 dBFS reads about +12 dB over a baseline that is None before the warm-up."""
+    rate = 8000
+    track = ProsodyTrack(rate)
+    quiet = np.round(sine(150.0, rate, 12.0, amplitude_for_dbfs(-30.0))).astype(np.int16)
+    loud = np.round(sine(150.0, rate, 2.0, amplitude_for_dbfs(-18.0))).astype(np.int16)
+    track.push(quiet[: 9 * rate], np.ones(450, bool))
+    early = track.figures(8 * rate, 9 * rate, 8 * rate)
+    assert track.baseline_dbfs is None and early.loudness_over_baseline_db is None
+    assert abs(early.loudness_dbfs + 30.0) < 0.1
+    track.push(quiet[9 * rate :], np.ones(150, bool))
+    assert abs(track.baseline_dbfs + 30.0) < 0.2
+    track.push(loud, np.ones(100, bool))
+    figures = track.figures(12 * rate, 14 * rate, 13 * rate)
+    assert abs(figures.loudness_dbfs + 18.0) < 0.1
+    assert abs(figures.loudness_over_baseline_db - 12.0) < 0.3
+
+
+def test_figures_measure_loudness_over_new_speech_and_span_over_held_frames():
+    """Loudness covers only [new_from, end) voiced frames, voiced_ms only VAD-voiced frames, and frames past history_ms are gone."""
+    rate = 8000
+    track = ProsodyTrack(rate, history_ms=2000)
+    quiet = np.round(sine(150.0, rate, 1.0, amplitude_for_dbfs(-30.0))).astype(np.int16)
+    loud = np.round(sine(150.0, rate, 1.0, amplitude_for_dbfs(-18.0))).astype(np.int16)
+    voiced = np.ones(50, bool)
+    voiced[:10] = False
+    track.push(quiet, voiced)
+    track.push(loud, np.ones(50, bool))
+    new_only = track.figures(0, 2 * rate, rate)
+    both = track.figures(0, 2 * rate, 0)
+    assert abs(new_only.loudness_dbfs + 18.0) < 0.1
+    expected = 10 * math.log10((10 ** -3.0 * 40 + 10 ** -1.8 * 50) / 90)
+    assert abs(both.loudness_dbfs - expected) < 0.1
+    assert both.voiced_ms == 1800
+    assert abs(both.pitch_hz - 150.0) < 1.5
+    assert both.pitch_range_st is not None and both.pitch_range_st < 0.2
+    track.push(loud, np.ones(50, bool))
+    assert track.figures(0, 3 * rate, 0).voiced_ms == 2000  # only the last 2 s are held
+    empty = track.figures(10 * rate, 11 * rate, 10 * rate)
+    assert empty.loudness_dbfs == SILENCE_DBFS and empty.voiced_ms == 0 and empty.pitch_hz is None
+
+
+def test_unvoiced_frames_are_not_pitched():
+    """Frames the VAD marks unvoiced get no pitch and no voiced time even when they hold a tone."""
+    rate = 16000
+    track = ProsodyTrack(rate)
+    track.push(np.round(sine(150.0, rate, 1.0, 8000)).astype(np.int16), np.zeros(50, bool))
+    figures = track.figures(0, rate, 0)
+    assert figures.pitch_hz is None and figures.voiced_ms == 0 and figures.speech_rate_spm is None
+    assert abs(figures.loudness_dbfs - (20 * math.log10(8000 / math.sqrt(2) / 32768))) < 0.1
+
+
+# -- syllable nuclei --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.parametrize("syllables_per_s", [3, 4, 5])
+def test_speech_rate_of_a_modulated_voiced_tone(rate, syllables_per_s):
+    """A 140 Hz harmonic tone gated into syllables at a known rate gives a speech rate within 5% of 60 * rate."""
+    seconds = 10
+    signal = to_int16(syllable_train(syllables_per_s, rate, seconds, sawtooth(140.0, rate, seconds)))
+    track = ProsodyTrack(rate)
+    track.push(signal, np.ones(seconds * 50, bool))
+    figures = track.figures(2 * rate, seconds * rate, 2 * rate)  # the 8 s still held
+    assert figures.voiced_ms == 8000
+    assert abs(figures.speech_rate_spm / (60 * syllables_per_s) - 1) < 0.05
+    totals = track.totals()
+    assert abs(totals["speech_rate_spm"] / (60 * syllables_per_s) - 1) < 0.05
+    assert abs(totals["pitch_hz"] - 140.0) < 2.0
+
+
+@pytest.mark.parametrize("separation_ms, per_pair", [(60, 1), (120, 2)])
+def test_intensity_peaks_need_a_dip_of_more_than_2_db_between_them(separation_ms, per_pair):
+    """Two voiced bumps 60 ms apart (about 1 dB dip between) are one nucleus; 120 ms apart (about 9 dB dip) they are two."""
+    rate, seconds = 8000, 10
+    width, offset = int(0.16 * rate), int(separation_ms * rate / 1000)
+    envelope = np.zeros(seconds * rate)
+    for start in range(0, seconds * rate - width - offset, rate):
+        envelope[start : start + width] = np.hanning(width)
+        envelope[start + offset : start + offset + width] = np.maximum(
+            envelope[start + offset : start + offset + width], np.hanning(width))
+    track = ProsodyTrack(rate)
+    track.push(to_int16(envelope * sawtooth(140.0, rate, seconds)), np.ones(seconds * 50, bool))
+    assert track.totals()["nuclei"] == seconds * per_pair
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_unvoiced_noise_bursts_give_no_nuclei(rate):
+    """Noise bursts at a syllable rate have intensity peaks but no pitch, so they are not syllable nuclei."""
+    seconds = 6
+    noise = np.random.default_rng(3).normal(0, 1, seconds * rate)
+    track = ProsodyTrack(rate)
+    track.push(to_int16(syllable_train(4, rate, seconds, noise)), np.ones(seconds * 50, bool))
+    totals = track.totals()
+    assert totals["nuclei"] == 0 and totals["speech_rate_spm"] == 0.0
+    assert totals["pitch_hz"] is None
+
+
+def test_a_nucleus_confirmed_later_is_attributed_to_its_peak_frame():
+    """A nucleus is confirmed only after the intensity dips, then counted in the span holding its peak."""
+    rate = 8000
+    source = sawtooth(140.0, rate, 2.0)
+    envelope = np.zeros(2 * rate)
+    envelope[rate : rate + 1200] = np.hanning(1200)  # one 150 ms syllable peaking at 1.075 s
+    signal = to_int16(envelope * source)
+    track = ProsodyTrack(rate)
+    cut = 1100 * rate // 1000
+    track.push(signal[:cut], np.ones(55, bool))
+    assert track.totals()["nuclei"] == 0
+    track.push(signal[cut:], np.ones(45, bool))
+    assert track.totals()["nuclei"] == 1
+    assert track.figures(1040 * rate // 1000, 1120 * rate // 1000, 0).nuclei == 1
+    assert track.figures(1120 * rate // 1000, 2 * rate, 0).nuclei == 0
+
+
+# -- streaming --------------------------------------------------------------------------------------
+
+
+def test_results_do_not_depend_on_how_the_audio_is_chunked():
+    """Pushing the same frames in 20 ms, 140 ms or one piece gives identical figures and totals."""
+    rate = 16000
+    seconds = 5
+    signal = to_int16(syllable_train(4, rate, seconds, glottal_pulses(110.0, rate, seconds)))
+    voiced = np.random.default_rng(1).random(seconds * 50) < 0.8
+    results = []
+    for frames_per_push in (1, 7, seconds * 50):
+        track = ProsodyTrack(rate)
+        step = frames_per_push * track.frame_samples
+        for i in range(0, len(voiced), frames_per_push):
+            track.push(signal[i * track.frame_samples : i * track.frame_samples + step], voiced[i : i + frames_per_push])
+        results.append((track.figures(rate, 5 * rate, 4 * rate), track.totals()))
+    assert results[0] == results[1] == results[2]
+    assert results[0][1]["nuclei"] > 0
+
+
+def test_skip_advances_the_clock_without_figures():
+    """Skipped frames get no figures, and audio after a skip lands at its call position."""
+    rate = 8000
+    track = ProsodyTrack(rate)
+    quiet = np.round(sine(150.0, rate, 1.0, amplitude_for_dbfs(-30.0))).astype(np.int16)
+    loud = np.round(sine(150.0, rate, 1.0, amplitude_for_dbfs(-18.0))).astype(np.int16)
+    track.push(quiet, np.ones(50, bool))
+    track.skip(50)
+    track.push(loud, np.ones(50, bool))
+    assert track.frames_seen == 150
+    assert track.figures(rate, 2 * rate, rate).voiced_ms == 0
+    after = track.figures(2 * rate, 3 * rate, 2 * rate)
+    assert after.voiced_ms == 1000 and abs(after.loudness_dbfs + 18.0) < 0.1
+    assert track.totals()["voiced_ms"] == 2000
+    with pytest.raises(ValueError):
+        track.skip(-1)
+
+
+def test_push_rejects_samples_that_are_not_whole_frames():
+    """push raises when the sample count is not len(voiced) whole frames, and the constructor rejects unsupported rates."""
+    track = ProsodyTrack(8000)
+    with pytest.raises(ValueError):
+        track.push(np.zeros(159, np.int16), np.ones(1, bool))
+    with pytest.raises(ValueError):
+        ProsodyTrack(44100)
+
+
+def test_totals_and_as_dict_round_to_one_decimal_and_keep_none():
+    """totals() and ProsodyFigures.as_dict() round floats to 1 decimal and keep None."""
+    figures = ProsodyFigures(-20.123, None, 151.26, None, 240.04, 1200, 4)
+    assert figures.as_dict() == {
+        "loudness_dbfs": -20.1, "loudness_over_baseline_db": None, "pitch_hz": 151.3, "pitch_range_st": None,
+        "speech_rate_spm": 240.0, "voiced_ms": 1200, "nuclei": 4,
+    }
+    empty = ProsodyTrack(8000).totals()
+    assert empty == {"loudness_dbfs": None, "baseline_dbfs": None, "pitch_hz": None, "pitch_range_st": None,
+                     "speech_rate_spm": None, "voiced_ms": 0, "nuclei": 0}
+    track = ProsodyTrack(8000, warmup_ms=1000)
+    track.push(np.round(sine(150.0, 8000, 2.0, amplitude_for_dbfs(-24.0))).astype(np.int16), np.ones(100, bool))
+    totals = track.totals()
+    assert totals["voiced_ms"] == 2000 and totals["loudness_dbfs"] == -24.0
+    assert abs(totals["baseline_dbfs"] + 24.0) <= 0.2 and abs(totals["pitch_hz"] - 150.0) < 1.0
+    assert all(v == round(v, 1) for v in totals.values() if isinstance(v, float))
+
+
+# -- speech fixtures --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, channel",
+    [("customer_16k.wav", 0), ("call_stereo_8k.wav", 0), ("call_stereo_8k.wav", 1)],
+)
+def test_espeak_speech_has_plausible_pitch_and_speech_rate(name, channel):
+    """On the espeak-ng fixtures the pitch lies in 70-300 Hz and the speech rate in 150-400 syllables per minute."""
+    samples, rate = read_channel(SAMPLES / name, channel)
+    samples, flags = vad_flags(samples, rate)
+    track = ProsodyTrack(rate, history_ms=30000)
+    step = track.frame_samples * 5
+    for i in range(0, len(flags), 5):  # 100 ms chunks
+        track.push(samples[i * track.frame_samples : i * track.frame_samples + step], flags[i : i + 5])
+    figures = track.figures(0, len(samples), 0)
+    assert 70 <= figures.pitch_hz <= 300
+    assert 150 <= figures.speech_rate_spm <= 400
+    assert figures.voiced_ms >= 3000
+    totals = track.totals()
+    assert 70 <= totals["pitch_hz"] <= 300 and 150 <= totals["speech_rate_spm"] <= 400
