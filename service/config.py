@@ -239,6 +239,9 @@ class AnalyticsConfig:
     at once (shorter overlaps are back-channels such as "mm-hm")."""
     min_silence_ms: int = 2000
     """Dead air at least this long is listed in the call summary."""
+    crosstalk_margin_db: float = 20.0
+    """Stereo calls: where both channels are voiced, a channel this many dB or more below the other is
+    the other side's voice leaking in (echo, bleed) and does not count as speaking; 0 turns this off."""
     tick_ms: int = 100
     """Conversation rules (dead air, over-talk, interruptions) are evaluated every this much call time."""
     peaks: int = 5
@@ -253,6 +256,7 @@ class AnalyticsConfig:
         _check(0 <= self.hangover_ms <= 2000, f"hangover_ms must be 0..2000, got {self.hangover_ms}")
         _check(0 < self.interruption_min_overlap_ms <= 10000, f"interruption_min_overlap_ms must be 1..10000, got {self.interruption_min_overlap_ms}")
         _check(self.min_silence_ms >= 100, f"min_silence_ms must be >= 100, got {self.min_silence_ms}")
+        _check(0 <= self.crosstalk_margin_db <= 80, f"crosstalk_margin_db must be 0..80, got {self.crosstalk_margin_db}")
         _check(20 <= self.tick_ms <= 1000, f"tick_ms must be 20..1000, got {self.tick_ms}")
         _check(0 <= self.peaks <= 50, f"peaks must be 0..50, got {self.peaks}")
         _check(self.rules_poll_s >= 0, f"rules_poll_s must be >= 0, got {self.rules_poll_s}")
@@ -341,6 +345,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_BASELINE_WARMUP_MS": ("analytics", "baseline_warmup_ms", int),
     "CALLPULSE_INTERRUPTION_MIN_OVERLAP_MS": ("analytics", "interruption_min_overlap_ms", int),
     "CALLPULSE_MIN_SILENCE_MS": ("analytics", "min_silence_ms", int),
+    "CALLPULSE_CROSSTALK_MARGIN_DB": ("analytics", "crosstalk_margin_db", float),
     "CALLPULSE_LOG_LEVEL": ("", "log_level", str),
 }
 

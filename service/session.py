@@ -35,6 +35,7 @@ import numpy as np
 from service import metrics
 from service.alerts import EventSink, build_alert, wall_time_iso
 from service.analytics.conversation import ConversationSnapshot, ConversationTracker
+from service.analytics.crosstalk import speaking_frames
 from service.analytics.frames import FrameTrack
 from service.analytics.prosody import ProsodyFigures, ProsodyTrack
 from service.analytics.timeline import ChannelTimeline
@@ -178,7 +179,9 @@ class CallSession:
             for role in fmt.channel_roles
         }
         self._voiced_frames = {role: 0 for role in fmt.channel_roles}
+        self._crosstalk_frames = {role: 0 for role in fmt.channel_roles}
         self._frame_ms = frame_ms
+        self._frame_samples = fmt.sample_rate * frame_ms // 1000
         self._conversation = ConversationTracker(
             fmt.channel_roles, frame_ms, hangover_ms=analytics.hangover_ms, min_interruption_ms=analytics.interruption_min_overlap_ms,
             min_silence_ms=analytics.min_silence_ms, tick_ms=analytics.tick_ms,
@@ -328,23 +331,31 @@ class CallSession:
             self._audio_frames += len(frames)
             self._received_frames += len(frames)
             cut: list[AnalysisWindow] = []
-            voiced_columns = []
+            blocks, voiced_columns = [], []
             for index, pipeline in enumerate(self._pipelines):
                 metrics.audio_ingested(pipeline.role.value, len(frames) / rate)
                 cut.extend(pipeline.push(np.ascontiguousarray(frames[:, index]), arrival))
                 block, voiced = pipeline.take_frames()
-                if len(voiced):
-                    self._prosody[pipeline.role].push(block, voiced)
-                    self._voiced_frames[pipeline.role] += int(np.count_nonzero(voiced))
+                blocks.append(block)
                 voiced_columns.append(voiced)
                 self._count_segments(index)
-            ticks = self._conversation.push(np.stack(voiced_columns, axis=1)) if len(voiced_columns[0]) else []
+            ticks = self._analyse_frames(blocks, np.stack(voiced_columns, axis=1)) if len(voiced_columns[0]) else []
             self._take_windows(cut)
             self._on_ticks(ticks, arrival)
         self._submit_ready()
         limit_s = self._ctx.ingest.max_call_duration_s
         if self._audio_frames / rate > limit_s:
             raise CallLimitExceeded(f"the call passed its maximum duration of {limit_s:g} s", reason="max_duration")
+
+    def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
+        """Prosody and turn-taking for the next whole VAD frames of every channel (near silence and crosstalk removed)."""
+        speaking, crosstalk = speaking_frames(blocks, vad, self._frame_samples, self._ctx.analytics.crosstalk_margin_db)
+        for index, pipeline in enumerate(self._pipelines):
+            role = pipeline.role
+            self._prosody[role].push(blocks[index], speaking[:, index])
+            self._voiced_frames[role] += int(np.count_nonzero(speaking[:, index]))
+            self._crosstalk_frames[role] += int(np.count_nonzero(crosstalk[:, index]))
+        return self._conversation.push(speaking)
 
     def _report(self, notice: Notice) -> None:
         rate = self.config.audio.sample_rate
@@ -708,6 +719,7 @@ class CallSession:
                 "windows_dropped": s.windows_dropped,
                 "top_labels": dict(s.top_labels),
                 "prosody": self._prosody[s.speaker].totals(),
+                "crosstalk_ms": self._crosstalk_frames[s.speaker] * self._frame_ms,
                 "trajectory": {
                     "resolution_ms": 1000,
                     "points": [{"t_ms": t_ms, "scores": [round(float(x), 4) for x in scores]} for t_ms, scores in timeline.trajectory()],

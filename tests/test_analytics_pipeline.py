@@ -7,7 +7,7 @@ import soxr
 
 from clients.wavfile import read_wav
 from service.batch import MemorySink
-from service.config import IngestConfig, VadConfig, WindowConfig
+from service.config import AnalyticsConfig, IngestConfig, VadConfig, WindowConfig
 from service.domain import Alert, AudioFormat, CallConfig, CallSummary, EmotionUpdate, Encoding, Role
 from service.inference.batcher import InferenceBatcher
 from service.rules import RuleEngine, load_rules, parse_rules
@@ -34,7 +34,8 @@ def scripted_model() -> FakeEmotionModel:
     return FakeEmotionModel(script)
 
 
-async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(Role.CUSTOMER,), chunk_ms=100):
+async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(Role.CUSTOMER,), chunk_ms=100,
+                      analytics: AnalyticsConfig = AnalyticsConfig()):
     """Replay int16 audio (frames x channels) through a CallSession; returns (alerts, updates, summary)."""
     model = scripted_model()
     batcher = InferenceBatcher(model, max_batch=8, max_wait_ms=1, queue_size=256)
@@ -42,7 +43,8 @@ async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(R
     rules = parse_rules(rules_text) if rules_text else load_rules(DEFAULT_RULES_PATH)
     engine = RuleEngine(rules)
     ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(), batcher=batcher,
-                         rules=lambda: engine, publisher=MemorySink(), model_name=model.name, labels=model.labels)
+                         rules=lambda: engine, publisher=MemorySink(), model_name=model.name, labels=model.labels,
+                         analytics=analytics)
     call = CallConfig("analytics-1", "a", "t", "", AudioFormat(Encoding.PCM16LE, RATE, roles), realtime=False)
     session = CallSession(call, ctx)
     session.start()
@@ -140,6 +142,43 @@ async def test_agent_talking_over_the_customer_three_times_alerts_the_supervisor
     interruptions = summary.document["conversation"]["interruptions"]
     assert interruptions["by"] == {"customer": 0, "agent": 3}
     assert summary.document["conversation"]["overtalk_ms"] > 3 * 1500
+
+
+async def test_the_other_side_leaking_into_a_channel_is_neither_over_talk_nor_an_interruption():
+    """The customer's voice leaking 30 dB down into the agent's channel (echo) is not the agent speaking: no over-talk,
+    no interruption, the leaked speech is counted as crosstalk; with suppression off the same call reads as over-talk."""
+    speech = speech_8k()
+    gap = np.zeros(RATE * 2, np.float32)
+    customer = np.concatenate([speech, gap, speech, gap])
+    leak = customer * 10 ** (-30 / 20)
+    audio = np.stack([_int16(customer), _int16(leak)], axis=1)
+    roles = (Role.CUSTOMER, Role.AGENT)
+
+    _, _, summary = await run_session(audio, roles=roles)
+    conversation = summary.document["conversation"]
+    assert conversation["overtalk_ms"] == 0 and conversation["interruptions"]["count"] == 0
+    agent = next(s for s in summary.document["speakers"] if s["speaker"] == "agent")
+    assert agent["crosstalk_ms"] > 1000 and agent["prosody"]["voiced_ms"] == 0
+
+    _, _, unsuppressed = await run_session(audio, roles=roles, analytics=AnalyticsConfig(crosstalk_margin_db=0))
+    assert unsuppressed.document["conversation"]["overtalk_ms"] > 1000
+    agent = next(s for s in unsuppressed.document["speakers"] if s["speaker"] == "agent")
+    assert agent["crosstalk_ms"] == 0 and agent["prosody"]["voiced_ms"] > 1000
+
+
+async def test_a_quieter_speaker_talking_over_the_other_still_interrupts():
+    """An agent 8 dB quieter than the customer who talks into the customer's speech is real over-talk, kept by the
+    crosstalk margin: the interruptions are counted as without the level difference."""
+    speech = _int16(speech_8k())
+    n = len(speech)
+    gap = np.zeros(RATE * 2, np.int16)
+    customer, agent = [], []
+    for _ in range(2):
+        customer += [speech, gap]
+        agent += [np.zeros(RATE, np.int16), _int16(speech[: n - RATE] * 10 ** (-8 / 20)), gap]
+    audio = np.stack([np.concatenate(customer), np.concatenate(agent)], axis=1)
+    _, _, summary = await run_session(audio, roles=(Role.CUSTOMER, Role.AGENT))
+    assert summary.document["conversation"]["interruptions"]["by"] == {"customer": 0, "agent": 2}
 
 
 async def test_rule_timing_in_the_pipeline_matches_the_speech():

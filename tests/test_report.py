@@ -51,7 +51,7 @@ def make_summary() -> dict:
              "trajectory": {"resolution_ms": 1000, "points": points},
              "peaks": [{"start_ms": 40000, "end_ms": 43000, "score": 0.82, "label": "angry"},
                        {"start_ms": 125000, "end_ms": 128000, "score": 0.61, "label": "sad"}]},
-            {"speaker": "agent", "scored": False, "speech_ms": 90000, "segments": 30, "windows_scored": 0,
+            {"speaker": "agent", "scored": False, "speech_ms": 90000, "crosstalk_ms": 7300, "segments": 30, "windows_scored": 0,
              "windows_merged": 0, "windows_dropped": 0, "top_labels": {},
              "prosody": _prosody(loudness_dbfs=None, pitch_hz=None, speech_rate_spm=None),
              "trajectory": {"resolution_ms": 1000, "points": []}, "peaks": []},
@@ -249,6 +249,8 @@ def test_key_figures_and_prosody_are_shown():
     # the agent's null loudness/pitch/rate are left out, its baseline is shown
     agent_card = re.search(r"<h3>agent</h3>.*?</div></div>", page, flags=re.S).group(0)
     assert "Pitch<" not in agent_card and "-25.0 dBFS" in agent_card
+    assert "leaking in (not counted)</dt><dd>7.3 s" in agent_card  # crosstalk shown only where there was some
+    assert page.count("leaking in (not counted)") == 1
 
 
 def test_test_model_banner_only_for_test_models():

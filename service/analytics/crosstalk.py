@@ -1,0 +1,59 @@
+"""Which VAD-voiced frames are someone speaking: drop near-silent frames and the other side's voice leaking in.
+
+Two corrections to the per-channel VAD before turn-taking and prosody use it:
+  * *Near silence*: the VAD smooths its decisions, so it keeps marking frames voiced for a moment
+    after speech even when they hold digital silence (PBXs zero a muted or idle channel). A frame at or
+    below SPEECH_FLOOR_DBFS is no one's voice, whatever the VAD says.
+  * *Crosstalk* (stereo): each channel also carries a faint copy of the other speaker (line echo, a
+    headset picking up the loudspeaker, bleed in the recording chain), which its VAD marks as speech,
+    so every turn of one speaker reads as over-talk and every reply as an interruption. Two people
+    talking at once on their own phones arrive at comparable levels; leakage arrives far below the
+    voice it copies. So in a frame where more than one channel speaks, a channel `margin_db` or more
+    below the loudest of them is treated as not speaking.
+
+Measured on a real 245 s stereo service call (the README's analytics section): with neither
+correction 30.7 s of over-talk and 16 interruptions, most of them with one side 25-60 dB below the
+other; with both (20 dB margin) 6.7 s and 3.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from service.analytics.prosody import frame_levels_db
+
+SPEECH_FLOOR_DBFS = -70.0
+"""A frame at or below this level is not speech (phone speech sits around -35 to -15 dBFS)."""
+
+
+def speaking_frames(
+    blocks: Sequence[np.ndarray], voiced: np.ndarray, frame_samples: int, margin_db: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frames in which each channel speaks, and those of them dropped as crosstalk.
+
+    `blocks[c]` holds channel c's int16 samples of the frames decided in `voiced[:, c]` (shape
+    (frames, channels), bool), `frame_samples` per frame. A voiced frame speaks unless it is at or
+    below SPEECH_FLOOR_DBFS, or another channel speaks in the same frame at least `margin_db` louder
+    (`margin_db` 0 turns the crosstalk test off). Returns (speaking, crosstalk), both shaped like
+    `voiced`.
+    """
+    voiced = np.asarray(voiced, dtype=bool)
+    if voiced.ndim != 2 or voiced.shape[1] != len(blocks):
+        raise ValueError(f"voiced must have shape (frames, {len(blocks)}), got {voiced.shape}")
+    if not voiced.any():
+        return voiced, np.zeros_like(voiced)
+    frames = voiced.shape[0]
+    levels = np.stack(
+        [frame_levels_db(np.asarray(b)[: frames * frame_samples].reshape(frames, frame_samples)) for b in blocks], axis=1,
+    )
+    speaking = voiced & (levels > SPEECH_FLOOR_DBFS)
+    crosstalk = np.zeros_like(voiced)
+    if margin_db > 0 and voiced.shape[1] > 1:
+        overlap = np.count_nonzero(speaking, axis=1) >= 2
+        if overlap.any():
+            loudest = np.where(speaking, levels, -np.inf).max(axis=1, keepdims=True)
+            crosstalk = speaking & overlap[:, None] & (levels <= loudest - margin_db)
+            speaking = speaking & ~crosstalk
+    return speaking, crosstalk
