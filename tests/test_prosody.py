@@ -14,6 +14,7 @@ from service.analytics.prosody import (
     ProsodyTrack,
     frame_levels_db,
     loudness_dbfs,
+    pitch_jumps,
     yin_f0,
     yin_min_samples,
 )
@@ -197,6 +198,36 @@ def test_unvoiced_frames_are_not_pitched():
     assert abs(figures.loudness_dbfs - (20 * math.log10(8000 / math.sqrt(2) / 32768))) < 0.1
 
 
+def test_pitch_jumps_flags_isolated_octave_errors_and_accepts_a_sustained_change():
+    """A frame or two read an octave up amid steady pitch are jumps; a lasting move to a new pitch is accepted from the
+    frame where it makes up half the reference; NaN frames are never jumps; too little reference flags nothing."""
+    steady = [120.0] * 10
+    f0 = np.array(steady + [240.0, 121.0, 250.0, 255.0, 119.0, np.nan, 120.0])
+    assert np.flatnonzero(pitch_jumps(np.zeros(0), f0)).tolist() == [10, 12, 13]
+    sustained = np.array(steady + [220.0] * 10)
+    flagged = np.flatnonzero(pitch_jumps(np.zeros(0), sustained))
+    assert flagged.tolist() == [10, 11, 12, 13, 14]  # from the 6th frame at 220 Hz the median of the last 9 moved
+    assert not pitch_jumps(np.zeros(0), np.array([120.0, 240.0, 480.0])).any()  # fewer than 3 earlier values
+    assert pitch_jumps(np.array([120.0] * 9), np.array([230.0, np.nan])).tolist() == [True, False]  # history counts
+    assert not pitch_jumps(np.array([120.0] * 9), np.array([180.0])).any()  # 7 semitones is within the 9 allowed
+
+
+def test_octave_up_bursts_inside_a_steady_voice_do_not_widen_the_pitch_range():
+    """Short bursts at twice the F0 in a steady 120 Hz voice are dropped from the pitch figures and counted as jumps."""
+    rate = 8000
+    voice = sawtooth(120.0, rate, 3.0)
+    burst = sawtooth(240.0, rate, 0.06)
+    for start in (0.5, 1.2, 1.9, 2.5):
+        at = int(start * rate)
+        voice[at:at + len(burst)] = burst
+    track = ProsodyTrack(rate, history_ms=4000)
+    track.push(to_int16(voice), np.ones(150, bool))
+    figures = track.figures(0, 3 * rate, 0)
+    assert abs(figures.pitch_hz - 120.0) < 2 and figures.pitch_range_st < 1.0
+    totals = track.totals()
+    assert totals["pitch_jumps"] >= 4 and totals["pitch_range_st"] < 1.0
+
+
 # -- syllable nuclei --------------------------------------------------------------------------------
 
 
@@ -316,7 +347,7 @@ def test_totals_and_as_dict_round_to_one_decimal_and_keep_none():
     }
     empty = ProsodyTrack(8000).totals()
     assert empty == {"loudness_dbfs": None, "baseline_dbfs": None, "pitch_hz": None, "pitch_range_st": None,
-                     "speech_rate_spm": None, "voiced_ms": 0, "nuclei": 0}
+                     "speech_rate_spm": None, "voiced_ms": 0, "nuclei": 0, "pitch_jumps": 0}
     track = ProsodyTrack(8000, warmup_ms=1000)
     track.push(np.round(sine(150.0, 8000, 2.0, amplitude_for_dbfs(-24.0))).astype(np.int16), np.ones(100, bool))
     totals = track.totals()

@@ -46,6 +46,13 @@ PITCH_WINDOW_MS = 40
 # Speech is low-passed to this before YIN: the higher harmonics and formant transitions make d'(tau)
 # ragged within a 40 ms window, so without it many plainly voiced frames miss the 0.15 threshold.
 PITCH_LOWPASS_HZ = 1000.0
+# YIN on phone speech sometimes locks onto a harmonic for a frame or three (F0 read 1.8-3x too high).
+# A pitched frame more than PITCH_JUMP_ST from the median F0 of the speaker's previous
+# PITCH_REFERENCE_FRAMES pitched frames is such an error and gets no F0 (it stays pitched for the
+# syllable detector). A real, sustained jump is accepted once half the reference has moved (~100 ms).
+PITCH_JUMP_ST = 9.0
+PITCH_REFERENCE_FRAMES = 9
+PITCH_MIN_REFERENCE = 3
 # The intensity contour for syllable nuclei is the level over at least this much audio ending at each
 # frame end, which smooths the ripple of a 10 or 20 ms RMS over low voices (Praat smooths likewise).
 CONTOUR_WINDOW_MS = 40
@@ -183,6 +190,31 @@ def yin_f0(
     estimate[(estimate < fmin) | (estimate > fmax)] = np.nan
     f0[rows] = estimate
     return f0
+
+
+def pitch_jumps(previous: np.ndarray, f0: np.ndarray, max_jump_st: float = PITCH_JUMP_ST,
+                reference_frames: int = PITCH_REFERENCE_FRAMES, min_reference: int = PITCH_MIN_REFERENCE) -> np.ndarray:
+    """Where F0 jumps away from the speaker's recent pitch: True for each pitched (non-NaN) entry of `f0`
+    more than `max_jump_st` semitones from the median of the `reference_frames` pitched values before it
+    (`previous`, oldest first, then the earlier entries of `f0`), when there are at least `min_reference`
+    of them. The reference holds raw values, jumps included, so a sustained change of pitch is accepted
+    as soon as it makes up half the reference."""
+    f0 = np.asarray(f0, dtype=np.float64)
+    jumps = np.zeros(len(f0), bool)
+    rows = np.flatnonzero(~np.isnan(f0))
+    if not len(rows):
+        return jumps
+    previous = np.asarray(previous, dtype=np.float64)[-reference_frames:]
+    sequence = np.concatenate((np.full(reference_frames - len(previous), np.nan), previous, f0[rows]))
+    # Row j: the reference_frames values before the j-th new pitched value.
+    reference = np.lib.stride_tricks.sliding_window_view(sequence, reference_frames)[: len(rows)]
+    enough = np.count_nonzero(~np.isnan(reference), axis=1) >= min_reference
+    if not enough.any():
+        return jumps
+    median = np.nanmedian(reference[enough], axis=1)
+    distance = np.abs(12.0 * np.log2(f0[rows[enough]] / median))
+    jumps[rows[enough]] = distance > max_jump_st
+    return jumps
 
 
 @functools.lru_cache(maxsize=None)
@@ -398,6 +430,8 @@ class ProsodyTrack:
         self._block_frames = max(1, BASELINE_BLOCK_MS // frame_ms)
         self._block_power: list[float] = []  # voiced frame powers of the block being filled
         self._pitch_hist = np.zeros(_PITCH_BINS, np.int64)
+        self._recent_f0 = np.zeros(0)  # the last PITCH_REFERENCE_FRAMES raw F0 values, for pitch_jumps
+        self._pitch_jumps = 0
         self._nuclei = 0
         self._detector = SyllableNuclei(update_frames=max(1, THRESHOLD_UPDATE_MS // frame_ms))
         self._reset_stream()
@@ -457,6 +491,12 @@ class ProsodyTrack:
         f0 = self._pitch(x, voiced)
         contour = self._contour(power)
         nuclei = self._detector.push(first, contour, ~np.isnan(f0))
+        raw = f0[~np.isnan(f0)]
+        jumps = pitch_jumps(self._recent_f0, f0)
+        if len(raw):
+            self._recent_f0 = np.concatenate((self._recent_f0, raw))[-PITCH_REFERENCE_FRAMES:]
+        f0[jumps] = np.nan
+        self._pitch_jumps += int(np.count_nonzero(jumps))
         self._next = first + n
         self._store(first, level, f0, voiced)
         if len(nuclei):
@@ -590,7 +630,8 @@ class ProsodyTrack:
     def totals(self) -> dict:
         """Whole-call figures for the summary, floats rounded to 1 decimal: power-mean loudness of voiced
         frames, baseline, median F0, p10-p90 pitch range in semitones, nuclei per minute of voiced speech,
-        voiced time and nucleus count (None where there is not enough speech)."""
+        voiced time, nucleus count, and the pitched frames whose F0 was dropped as a jump (None where there
+        is not enough speech)."""
         self._flush()
         voiced_ms = self._voiced_frames * self.frame_ms
         loudness = None
@@ -613,4 +654,5 @@ class ProsodyTrack:
             "speech_rate_spm": _round1(rate),
             "voiced_ms": int(voiced_ms),
             "nuclei": int(self._nuclei),
+            "pitch_jumps": self._pitch_jumps,
         }
