@@ -71,3 +71,35 @@ def test_records_survive_a_restart_and_prepend_goes_first(tmp_path):
     assert len(again) == 11
     assert drain(again) == [5, 6] + list(range(11, 20))
     assert os.listdir(tmp_path) == []
+
+
+def test_appends_do_not_wait_for_the_disk_and_share_fsyncs(tmp_path, monkeypatch):
+    """append returns while an fsync is still running; the appends made meanwhile are covered by one later fsync on the
+    syncer thread, and close waits until everything is synced."""
+    import threading
+
+    import service.spill as spill_module
+
+    gate = threading.Event()
+    calls: list[tuple[int, bool]] = []  # (thread id, whether the gate was open when the fsync finished)
+    real_fsync = os.fsync
+
+    def slow_fsync(fd):
+        opened = gate.wait(5)
+        calls.append((threading.get_ident(), opened))
+        real_fsync(fd)
+
+    monkeypatch.setattr(spill_module.os, "fsync", slow_fsync)
+    spill = DiskSpill(str(tmp_path), max_bytes=1 << 20)
+    spill.append({"n": 0})
+    for n in range(1, 4):  # the first fsync is held at the gate: these appends must not wait for it
+        spill.append({"n": n})
+    assert not gate.is_set() and not spill.wait_synced(timeout=0.05)
+    gate.set()
+    assert spill.wait_synced(timeout=5)
+    assert calls and all(opened for _, opened in calls)  # no append ever waited out the 5 s gate
+    assert len(calls) <= 2 and all(thread != threading.get_ident() for thread, _ in calls)
+    spill.append({"n": 4})
+    spill.close()
+    assert spill.wait_synced(timeout=0)
+    assert drain(DiskSpill(str(tmp_path), max_bytes=1 << 20)) == [0, 1, 2, 3, 4]
