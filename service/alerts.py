@@ -5,7 +5,10 @@ Channels (prefix configurable, default `agentassist`; `{prefix}:{tenant}` for au
   {prefix}:supervisor:{team}     escalations for that team's supervisors (PUBLISH)
   {prefix}:calls                 call lifecycle and summaries            (PUBLISH)
   {prefix}:alerts                durable copy of every alert             (XADD, capped)
-  {prefix}:delivered:{id}        delivered ids, for exactly-once delivery (SET NX with a TTL)
+  {{prefix}:alerts}:delivered:{id}  delivered ids, for exactly-once delivery (SET NX with a TTL)
+
+The delivered-id keys carry their stream's name as a Redis Cluster hash tag, so the delivery script's
+two keys always share a slot.
 """
 
 from __future__ import annotations
@@ -344,8 +347,9 @@ class AlertPublisher(EventSink):
         else:
             stream_args = ["", "", ""]
         payload = json.dumps(document)
+        stream = item.get("stream", self.channels.alerts_stream)
         delivered = await self._script(
-            keys=[f"{self.config.prefix}:delivered:{item['id']}", item.get("stream", self.channels.alerts_stream)],
+            keys=[f"{{{stream}}}:delivered:{item['id']}", stream],
             args=[payload, self.config.dedup_ttl_s, *stream_args, *item["channels"]],
         )
         if item["kind"] == "alert" and delivered:

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import numpy as np
 import redis
+from redis.crc import key_slot
 
 from clients.bridge import CallPlan, run_call
 from clients.wavfile import read_wav, write_wav
@@ -138,7 +139,8 @@ def test_alerts_spilled_to_disk_reach_redis_after_a_service_restart(test_models,
 
 
 def test_delivery_is_idempotent_by_id(redis_server):
-    """Sending the same alert twice (a retry after a lost reply) leaves one stream entry and one pop-up."""
+    """Sending the same alert twice (a retry after a lost reply) leaves one stream entry and one pop-up, and one
+    delivered-id key in the stream's cluster slot."""
     import asyncio
 
     from service.alerts import AlertPublisher
@@ -161,10 +163,12 @@ def test_delivery_is_idempotent_by_id(redis_server):
             if message:
                 messages.append(message)
         pubsub.close()
-        return client.xrange("idem:alerts"), messages
+        return client.xrange("idem:alerts"), messages, client.keys("*delivered*")
 
-    entries, messages = asyncio.run(main())
+    entries, messages, marks = asyncio.run(main())
     assert [e[1]["alert_id"] for e in entries] == ["same-id"] and len(messages) == 1
+    # The delivered-id key shares the stream's Redis Cluster slot (the script touches both).
+    assert marks == ["{idem:alerts}:delivered:same-id"] and key_slot(marks[0].encode()) == key_slot(b"idem:alerts")
 
 
 def test_subscriber_since_replays_missed_alerts_then_follows_live_ones_once(redis_server, test_models, start_server,
