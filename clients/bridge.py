@@ -27,19 +27,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import grpc
 import numpy as np
 import soxr
 from google.protobuf.json_format import MessageToDict
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agentassist.v1 import agent_assist_pb2 as pb
 from agentassist.v1 import agent_assist_pb2_grpc as pb_grpc
 from clients.wavfile import read_wav
 from service.audio.codecs import encode
 from service.domain import Encoding
+from service.transport.signatures import decode_client_secret, sign_audiohook, twilio_signature
 
 CHUNK_MS = 20
 ENCODINGS = {"pcm16": (Encoding.PCM16LE, pb.AUDIO_ENCODING_PCM16LE, "pcm16le"),
@@ -72,6 +74,10 @@ class CallPlan:
     """Credential: gRPC/native `authorization: Bearer`, Twilio custom parameter `token`, AudioHook X-API-KEY."""
     ca_file: str | None = None
     """CA certificate that signs the server's (grpcs:// and wss:// targets); None: the system's."""
+    twilio_auth_token: str | None = None
+    """Sign the Twilio upgrade with X-Twilio-Signature as Twilio does (the target URL, this auth token)."""
+    audiohook_client_secret: str | None = None
+    """Sign the AudioHook upgrade as Genesys Cloud does (HTTP message signature with this base64 secret)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -333,7 +339,8 @@ async def _run_twilio(url: str, plan: CallPlan, audio: Audio, on_event, hangup_a
         sequence += 1
         return json.dumps({"event": event, "sequenceNumber": str(sequence), **body, "streamSid": stream_sid})
 
-    async with connect(url, max_size=None, ssl=_tls(url, plan)) as ws:
+    headers = {"X-Twilio-Signature": twilio_signature(plan.twilio_auth_token, url)} if plan.twilio_auth_token else {}
+    async with connect(url, additional_headers=headers, max_size=None, ssl=_tls(url, plan)) as ws:
         async def send() -> None:
             await ws.send(json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}))
             await ws.send(message("start", start={
@@ -365,6 +372,16 @@ async def _run_audiohook(url: str, plan: CallPlan, audio: Audio, on_event, hangu
         "Audiohook-Session-Id": session_id,
         "X-API-KEY": plan.token or plan.api_key,
     }
+    if plan.audiohook_client_secret:
+        target = urlsplit(url)
+        default_port = 443 if target.scheme == "wss" else 80
+        authority = target.hostname if target.port in (None, default_port) else f"{target.hostname}:{target.port}"  # as websockets sends Host
+        now = int(time.time())
+        headers.update(sign_audiohook(
+            decode_client_secret(plan.audiohook_client_secret), target.path or "/", authority,
+            {name.lower(): value for name, value in headers.items()},
+            keyid=headers["X-API-KEY"], nonce=uuid.uuid4().hex, created=now, expires=now + 300,
+        ))
     channels = ["external" if role == "customer" else "internal" for role in audio.roles]
     state = {"seq": 0, "serverseq": 0, "frames": 0}
 
@@ -476,6 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default="callpulse-dev-key", help="AudioHook X-API-KEY (without --token)")
     p.add_argument("--token", help="credential: authorization Bearer (gRPC, native), Twilio custom parameter, AudioHook X-API-KEY")
     p.add_argument("--ca-file", help="CA certificate of the server (grpcs://, wss://)")
+    p.add_argument("--twilio-auth-token", help="sign the /twilio upgrade with X-Twilio-Signature (as Twilio does)")
+    p.add_argument("--audiohook-client-secret", help="sign the /audiohook upgrade (base64 secret, as Genesys Cloud does)")
     p.add_argument("--hangup-after", type=float, help="drop the connection after this many seconds (fault testing)")
     return p
 
@@ -487,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         call_id=args.call_id, agent_id=args.agent_id, team=args.team, tenant=args.tenant,
         encoding=args.encoding, rate=args.rate, roles=split(args.roles), score_roles=split(args.score), speed=args.speed,
         realtime=args.realtime, protocol=args.protocol, framing=args.framing, api_key=args.api_key,
-        token=args.token, ca_file=args.ca_file,
+        token=args.token, ca_file=args.ca_file, twilio_auth_token=args.twilio_auth_token,
+        audiohook_client_secret=args.audiohook_client_secret,
     )
     bad_roles = [r for r in plan.roles + plan.score_roles if r not in ROLES]
     if bad_roles or args.speed < 0:
@@ -496,6 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_call(args.target, args.wav, plan, on_event=lambda e: print(json.dumps(e), flush=True),
                           hangup_after_s=args.hangup_after)
+    except InvalidStatus as exc:  # refused before the upgrade (credentials, signature)
+        body = exc.response.body.decode(errors="replace").strip() if exc.response.body else ""
+        print(f"error: the server refused the connection: HTTP {exc.response.status_code} {body}", file=sys.stderr)
+        return 3
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

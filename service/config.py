@@ -6,10 +6,13 @@ and, for the common ones, by a command-line option; the command line wins over t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from service.errors import ConfigError
 
@@ -199,6 +202,15 @@ class ServerConfig:
     """Role of Twilio's inbound track (the caller's audio); the outbound track gets the other role."""
     audiohook_api_keys: tuple[str, ...] = ()
     """API keys accepted in AudioHook's X-API-KEY header; empty accepts any non-empty key (development only)."""
+    audiohook_client_secret: str = ""
+    """The AudioHook client secret (base64, as entered in Genesys Cloud). When set, an /audiohook upgrade
+    must carry a valid, unexpired HTTP message signature made with it (refused with 401 otherwise)."""
+    twilio_auth_token: str = ""
+    """The Twilio account's auth token. When set, a /twilio upgrade must carry a valid X-Twilio-Signature
+    (refused with 403 otherwise)."""
+    public_ws_url: str = ""
+    """The WebSocket base URL as the platforms see it (e.g. wss://callpulse.example.com), which Twilio signs;
+    empty: wss:// and the request's Host header."""
     shutdown_grace_s: float = 20.0
     """On SIGTERM: time to end active calls (with their summaries), drain and exit."""
     max_rss_mb: int = 0
@@ -224,6 +236,13 @@ class ServerConfig:
         _check(0 < self.shutdown_grace_s <= 3600, f"shutdown_grace_s must be in (0, 3600], got {self.shutdown_grace_s}")
         _check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_cert_file and tls_key_file go together: set both or neither")
         _check(self.max_rss_mb >= 0, f"max_rss_mb must be >= 0, got {self.max_rss_mb}")
+        _check(not self.public_ws_url or urlsplit(self.public_ws_url).scheme in ("ws", "wss"),
+               "public_ws_url must be a ws:// or wss:// URL")
+        if self.audiohook_client_secret:
+            try:
+                _check(bool(base64.b64decode(self.audiohook_client_secret, validate=True)), "audiohook_client_secret is empty")
+            except (binascii.Error, ValueError):
+                raise ConfigError("audiohook_client_secret must be base64, as entered in Genesys Cloud") from None
 
 
 @dataclass(frozen=True)
@@ -303,6 +322,9 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_MAX_MESSAGE_BYTES": ("server", "max_message_bytes", int),
     "CALLPULSE_TWILIO_INBOUND_ROLE": ("server", "twilio_inbound_role", str),
     "CALLPULSE_AUDIOHOOK_API_KEYS": ("server", "audiohook_api_keys", _parse_list),
+    "CALLPULSE_AUDIOHOOK_CLIENT_SECRET": ("server", "audiohook_client_secret", str),
+    "CALLPULSE_TWILIO_AUTH_TOKEN": ("server", "twilio_auth_token", str),
+    "CALLPULSE_PUBLIC_WS_URL": ("server", "public_ws_url", str),
     "CALLPULSE_SHUTDOWN_GRACE_S": ("server", "shutdown_grace_s", float),
     "CALLPULSE_MAX_RSS_MB": ("server", "max_rss_mb", int),
     "CALLPULSE_AUTH_TOKENS": ("server", "auth_tokens", _parse_list),
@@ -349,7 +371,8 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_LOG_LEVEL": ("", "log_level", str),
 }
 
-SECRET_ENV_VARS = frozenset({"CALLPULSE_AUTH_TOKENS", "CALLPULSE_AUDIOHOOK_API_KEYS", "CALLPULSE_REDIS_URL"})
+SECRET_ENV_VARS = frozenset({"CALLPULSE_AUTH_TOKENS", "CALLPULSE_AUDIOHOOK_API_KEYS", "CALLPULSE_REDIS_URL",
+                             "CALLPULSE_AUDIOHOOK_CLIENT_SECRET", "CALLPULSE_TWILIO_AUTH_TOKEN"})
 """Variables whose values never appear in messages or logs."""
 
 # command-line option dest -> (section, field)
@@ -435,4 +458,7 @@ def config_as_dict(config: ServiceConfig) -> dict[str, Any]:
     for key in ("server.audiohook_api_keys", "server.auth_tokens"):
         if out.get(key):
             out[key] = f"<{len(out[key])} secrets>"
+    for key in ("server.audiohook_client_secret", "server.twilio_auth_token"):
+        if out.get(key):
+            out[key] = "<secret>"
     return out

@@ -34,6 +34,7 @@ from service.domain import AudioFormat, CallConfig, CallSummary, Encoding, Role
 from service.errors import CallLimitExceeded, CallPulseError, ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from service.session import CallSession
 from service.transport.json_events import error_to_json, event_to_json, start_from_json
+from service.transport.signatures import NonceCache, SignatureError, decode_client_secret, verify_audiohook, verify_twilio
 
 log = logging.getLogger(__name__)
 
@@ -599,6 +600,8 @@ class WebSocketServer:
         self._ready = ready
         self._degraded = degraded
         self._inbound_role = Role(config.twilio_inbound_role)
+        self._audiohook_key = decode_client_secret(config.audiohook_client_secret) if config.audiohook_client_secret else None
+        self._audiohook_nonces = NonceCache()
         self._server = None
         self.port = 0
 
@@ -644,6 +647,11 @@ class WebSocketServer:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready: the model is loading or the service is stopping\n")
         if path not in NATIVE_PATHS + (TWILIO_PATH, AUDIOHOOK_PATH):
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such endpoint {path}; use /, /twilio or /audiohook\n")
+        refused = self._check_signature(path, request)
+        if refused is not None:
+            metrics.error("unauthenticated")
+            log.info("refused a %s connection: %s", path, refused[1])
+            return connection.respond(refused[0], f"{refused[1]}\n")
         if path in NATIVE_PATHS and self._calls.auth_required:
             # Refused before the upgrade; Twilio (custom parameter) and AudioHook (X-API-KEY, answered
             # in its own protocol) are checked when their call opens.
@@ -652,6 +660,31 @@ class WebSocketServer:
             except Unauthenticated as exc:
                 metrics.error(exc.kind)
                 return connection.respond(HTTPStatus.UNAUTHORIZED, f"{exc}\n")
+        return None
+
+    def _check_signature(self, path: str, request) -> tuple[HTTPStatus, str] | None:
+        """The platform's request signature where one is configured: None when valid (or not required),
+        else the HTTP status and reason to refuse the upgrade with."""
+        headers = {name.lower(): value for name, value in request.headers.raw_items()}
+        host = headers.get("host", "")
+        if path == TWILIO_PATH and self._config.twilio_auth_token:
+            # Twilio signs the URL of its <Stream>; without public_ws_url that is this Host, and behind a
+            # TLS-terminating proxy the scheme Twilio used is not known here, so both are tried.
+            bases = [self._config.public_ws_url.rstrip("/")] if self._config.public_ws_url else [f"wss://{host}", f"ws://{host}"]
+            errors = []
+            for base in bases:
+                try:
+                    verify_twilio(self._config.twilio_auth_token, headers.get("x-twilio-signature"), base + request.path)
+                    break
+                except SignatureError as exc:
+                    errors.append(str(exc))
+            else:
+                return HTTPStatus.FORBIDDEN, errors[0]
+        if path == AUDIOHOOK_PATH and self._audiohook_key is not None:
+            try:
+                verify_audiohook(self._audiohook_key, request.path, host, headers, time.time(), self._audiohook_nonces)
+            except SignatureError as exc:
+                return HTTPStatus.UNAUTHORIZED, str(exc)
         return None
 
     async def _handle(self, connection: ServerConnection) -> None:
