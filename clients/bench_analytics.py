@@ -3,7 +3,7 @@
     python -m clients.bench_analytics [--wav FILE] [--seconds 120] [--chunk-ms 20]
 
 Feeds a stereo recording (the bundled sample call by default, looped) through the same VAD,
-ProsodyTrack and ConversationTracker a CallSession uses, in chunks like a bridge sends, asking for
+crosstalk gate, ProsodyTrack and ConversationTracker a CallSession uses, in chunks like a bridge sends, asking for
 window figures every 500 ms of speech as the session does, and prints CPU seconds per second of
 call audio for each part (single thread).
 """
@@ -20,15 +20,18 @@ import webrtcvad
 
 from clients.wavfile import read_wav
 from service.analytics.conversation import ConversationTracker
+from service.analytics.crosstalk import speaking_frames
 from service.analytics.prosody import ProsodyTrack
 from service.domain import Role
 
 SAMPLE = Path(__file__).resolve().parent / "samples" / "call_stereo_8k.wav"
 FRAME_MS = 20
+CROSSTALK_MARGIN_DB = 20.0  # AnalyticsConfig's default
 
 
 def measure(samples: np.ndarray, rate: int, chunk_ms: int) -> dict[str, float]:
-    """CPU seconds per second of audio for VAD, prosody (both channels) and turn-taking."""
+    """CPU seconds per second of audio for VAD, who is speaking (near silence, crosstalk), prosody (both
+    channels) and turn-taking."""
     frame = rate * FRAME_MS // 1000
     channels = samples.shape[1]
     usable = len(samples) - len(samples) % frame
@@ -42,22 +45,27 @@ def measure(samples: np.ndarray, rate: int, chunk_ms: int) -> dict[str, float]:
     conversation = ConversationTracker((Role.CUSTOMER, Role.AGENT)[:channels], FRAME_MS)
     chunk_frames = max(1, chunk_ms // FRAME_MS)
     hop_frames = 500 // FRAME_MS
-    prosody_s = conversation_s = 0.0
+    prosody_s = conversation_s = speaking_s = 0.0
     for first in range(0, len(voiced), chunk_frames):
         last = min(len(voiced), first + chunk_frames)
         block = samples[first * frame:last * frame]
         began = time.process_time()
+        columns = [np.ascontiguousarray(block[:, c]) for c in range(channels)]
+        speaking, _ = speaking_frames(columns, voiced[first:last], frame, CROSSTALK_MARGIN_DB)
+        speaking_s += time.process_time() - began
+        began = time.process_time()
         for c, track in enumerate(tracks):
-            track.push(np.ascontiguousarray(block[:, c]), voiced[first:last, c])
+            track.push(columns[c], speaking[:, c])
             if last // hop_frames != first // hop_frames:  # a window is cut every 500 ms of speech
                 end = last * frame
                 track.figures(max(0, end - 3 * rate), end, max(0, end - rate // 2))
         prosody_s += time.process_time() - began
         began = time.process_time()
-        conversation.push(voiced[first:last])
+        conversation.push(speaking)
         conversation_s += time.process_time() - began
     audio_s = usable / rate
     return {"audio_s": round(audio_s, 1), "vad_cpu_per_audio_s": round(vad_s / audio_s, 5),
+            "speaking_cpu_per_audio_s": round(speaking_s / audio_s, 5),
             "prosody_cpu_per_audio_s": round(prosody_s / audio_s, 5),
             "conversation_cpu_per_audio_s": round(conversation_s / audio_s, 5)}
 

@@ -58,3 +58,20 @@ def test_a_mask_that_does_not_match_the_channels_is_refused():
     """A VAD mask with another number of channels than blocks raises ValueError naming the expected shape."""
     with pytest.raises(ValueError, match=r"shape \(frames, 2\)"):
         speaking_frames([tone_frames([-10]), tone_frames([-10])], np.ones((1, 3), bool), FRAME, margin_db=20)
+
+
+@pytest.mark.parametrize("channels, margin", [(2, 20.0), (2, 0.0), (1, 20.0), (3, 15.0)])
+def test_frame_by_frame_gives_the_same_answer_as_a_block(channels, margin):
+    """Deciding 20 ms at a time (the usual chunk) gives exactly what deciding the same frames in one block gives."""
+    rng = np.random.default_rng(channels)
+    frames = 200
+    levels = rng.uniform(-100, -5, size=(frames, channels))
+    blocks = [tone_frames(levels[:, c].tolist()) for c in range(channels)]
+    blocks = [np.where(rng.random(len(b)) < 0.02, 0, b).astype(np.int16) for b in blocks]
+    voiced = rng.random((frames, channels)) < 0.7
+    speaking, crosstalk = speaking_frames(blocks, voiced, FRAME, margin)
+    one_by_one = [speaking_frames([b[i * FRAME:(i + 1) * FRAME] for b in blocks], voiced[i:i + 1], FRAME, margin)
+                  for i in range(frames)]
+    assert np.array_equal(np.concatenate([s for s, _ in one_by_one]), speaking)
+    assert np.array_equal(np.concatenate([c for _, c in one_by_one]), crosstalk)
+    assert crosstalk.any() == (margin > 0 and channels > 1)

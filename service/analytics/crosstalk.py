@@ -22,10 +22,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.analytics.prosody import frame_levels_db
+from service.analytics.prosody import FULL_SCALE
 
 SPEECH_FLOOR_DBFS = -70.0
 """A frame at or below this level is not speech (phone speech sits around -35 to -15 dBFS)."""
+_FLOOR_POWER = 10.0 ** (SPEECH_FLOOR_DBFS / 10.0)
 
 
 def speaking_frames(
@@ -44,16 +45,35 @@ def speaking_frames(
         raise ValueError(f"voiced must have shape (frames, {len(blocks)}), got {voiced.shape}")
     if not voiced.any():
         return voiced, np.zeros_like(voiced)
-    frames = voiced.shape[0]
-    levels = np.stack(
-        [frame_levels_db(np.asarray(b)[: frames * frame_samples].reshape(frames, frame_samples)) for b in blocks], axis=1,
-    )
-    speaking = voiced & (levels > SPEECH_FLOOR_DBFS)
+    frames, channels = voiced.shape
+    floor = _FLOOR_POWER * frame_samples * FULL_SCALE * FULL_SCALE
+    ratio = 10.0 ** (-margin_db / 10.0)
+    if frames == 1:
+        return _one_frame(blocks, voiced[0], frame_samples, floor, ratio if margin_db > 0 else 0.0)
+    # Compared as mean-square powers (no logarithms): this runs on every chunk of every call.
+    x = np.stack([np.asarray(b)[: frames * frame_samples] for b in blocks]).reshape(channels, frames, frame_samples)
+    x = x.astype(np.float64)
+    power = np.einsum("cfs,cfs->fc", x, x)  # frame_samples * 32768^2 times the power relative to full scale
+    speaking = voiced & (power > floor)
     crosstalk = np.zeros_like(voiced)
-    if margin_db > 0 and voiced.shape[1] > 1:
+    if margin_db > 0 and channels > 1:
         overlap = np.count_nonzero(speaking, axis=1) >= 2
         if overlap.any():
-            loudest = np.where(speaking, levels, -np.inf).max(axis=1, keepdims=True)
-            crosstalk = speaking & overlap[:, None] & (levels <= loudest - margin_db)
+            loudest = np.where(speaking, power, 0.0).max(axis=1, keepdims=True)
+            crosstalk = speaking & overlap[:, None] & (power <= loudest * ratio)
             speaking = speaking & ~crosstalk
     return speaking, crosstalk
+
+
+def _one_frame(blocks: Sequence[np.ndarray], voiced: np.ndarray, frame_samples: int, floor: float,
+               ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """speaking_frames for a single frame (a 20 ms chunk, the usual push) in scalar code."""
+    flags = voiced.tolist()
+    power = [float(np.dot(x, x)) for x in (np.asarray(b)[:frame_samples].astype(np.float64) for b in blocks)]
+    speaking = [flag and p > floor for flag, p in zip(flags, power)]
+    crosstalk = [False] * len(flags)
+    if ratio > 0 and sum(speaking) >= 2:
+        limit = max(p for p, s in zip(power, speaking) if s) * ratio
+        crosstalk = [s and p <= limit for p, s in zip(power, speaking)]
+        speaking = [s and not c for s, c in zip(speaking, crosstalk)]
+    return np.array([speaking]), np.array([crosstalk])
