@@ -163,7 +163,7 @@ def test_delivery_is_idempotent_by_id(redis_server):
             if message:
                 messages.append(message)
         pubsub.close()
-        return client.xrange("idem:alerts"), messages, client.keys("*delivered*")
+        return client.xrange("idem:alerts"), messages, client.keys("{idem:alerts}:*")
 
     entries, messages, marks = asyncio.run(main())
     assert [e[1]["alert_id"] for e in entries] == ["same-id"] and len(messages) == 1
