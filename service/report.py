@@ -271,6 +271,7 @@ def _speaker_panel(
         f"speech {_seconds(speaker.get('speech_ms'))} in {_int(speaker.get('segments'))} segments"
         f" · windows scored {_int(speaker.get('windows_scored'))}, merged {_int(speaker.get('windows_merged'))},"
         f" dropped {_int(speaker.get('windows_dropped'))}"
+        + (f", skipped (no own speech) {_int(speaker.get('windows_skipped'))}" if _num(speaker.get("windows_skipped")) else "")
     )
     parts = [f'<article class="speaker"><h3>{_e(str(name).capitalize() if name else "Speaker")}</h3>',
              f'<p class="sub">{stats}</p>']

@@ -180,6 +180,11 @@ class CallSession:
         }
         self._voiced_frames = {role: 0 for role in fmt.channel_roles}
         self._crosstalk_frames = {role: 0 for role in fmt.channel_roles}
+        self._skipped_windows = {role: 0 for role in fmt.channel_roles}
+        # Frame ranges of the new audio of recently skipped windows (enough to cover one window).
+        self._unspoken: dict[Role, deque[tuple[int, int]]] = {
+            role: deque(maxlen=ctx.windows.window_ms // ctx.windows.hop_ms + 2) for role in fmt.channel_roles
+        }
         self._frame_ms = frame_ms
         self._frame_samples = fmt.sample_rate * frame_ms // 1000
         self._conversation = ConversationTracker(
@@ -493,7 +498,15 @@ class CallSession:
             figures = self._prosody[window.role].figures(window.start_sample, window.end_sample, window.new_from_sample)
             speech_ms = self._voiced_frames[window.role] * self._frame_ms
             window = dataclasses.replace(window, analytics=WindowAnalytics(figures, snapshot, speech_ms))
-            if window.scored:
+            if window.scored and figures.voiced_ms == 0:
+                # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
+                # in, or near silence): the model would score someone else's voice.
+                self._skipped_windows[window.role] += 1
+                step = window.frame_samples
+                self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
+                metrics.window("skipped_no_speech")
+                self._evaluate(window, None, degraded=False)
+            elif window.scored:
                 self._ready.append(window)
             else:
                 self._evaluate(window, None, degraded=False)
@@ -645,7 +658,17 @@ class CallSession:
         scores, held = track.scores(first, end)
         if scores is None:
             return result.scores, True
-        return scores, held < end - first - 1  # the last 20 ms slot never has a frame yet
+        # The last 20 ms slot never has a frame yet; the new audio of skipped windows (no speech of the
+        # speaker's own) was never encoded and is not missing either.
+        expected = end - first - 1 - self._unspoken_frames(window.role, first, end - 1)
+        return scores, held < expected
+
+    def _unspoken_frames(self, role: Role, first: int, end: int) -> int:
+        """How many frames of [first, end) lie in the new audio of this speaker's skipped windows."""
+        covered = np.zeros(max(0, end - first), bool)
+        for low, high in self._unspoken[role]:
+            covered[max(low, first) - first:max(0, min(high, end) - first)] = True
+        return int(np.count_nonzero(covered))
 
     def _handle_scores(self, window: AnalysisWindow, result: WindowScores) -> None:
         began = time.perf_counter()
@@ -717,6 +740,7 @@ class CallSession:
                 "windows_scored": s.windows_scored,
                 "windows_merged": s.windows_merged,
                 "windows_dropped": s.windows_dropped,
+                "windows_skipped": self._skipped_windows[s.speaker],
                 "top_labels": dict(s.top_labels),
                 "prosody": self._prosody[s.speaker].totals(),
                 "crosstalk_ms": self._crosstalk_frames[s.speaker] * self._frame_ms,

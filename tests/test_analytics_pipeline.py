@@ -35,7 +35,7 @@ def scripted_model() -> FakeEmotionModel:
 
 
 async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(Role.CUSTOMER,), chunk_ms=100,
-                      analytics: AnalyticsConfig = AnalyticsConfig()):
+                      analytics: AnalyticsConfig = AnalyticsConfig(), score_roles=(Role.CUSTOMER,)):
     """Replay int16 audio (frames x channels) through a CallSession; returns (alerts, updates, summary)."""
     model = scripted_model()
     batcher = InferenceBatcher(model, max_batch=8, max_wait_ms=1, queue_size=256)
@@ -45,7 +45,8 @@ async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(R
     ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(), batcher=batcher,
                          rules=lambda: engine, publisher=MemorySink(), model_name=model.name, labels=model.labels,
                          analytics=analytics)
-    call = CallConfig("analytics-1", "a", "t", "", AudioFormat(Encoding.PCM16LE, RATE, roles), realtime=False)
+    call = CallConfig("analytics-1", "a", "t", "", AudioFormat(Encoding.PCM16LE, RATE, roles), score_roles=score_roles,
+                      realtime=False)
     session = CallSession(call, ctx)
     session.start()
     alerts, updates, summaries = [], [], []
@@ -164,6 +165,44 @@ async def test_the_other_side_leaking_into_a_channel_is_neither_over_talk_nor_an
     assert unsuppressed.document["conversation"]["overtalk_ms"] > 1000
     agent = next(s for s in unsuppressed.document["speakers"] if s["speaker"] == "agent")
     assert agent["crosstalk_ms"] == 0 and agent["prosody"]["voiced_ms"] > 1000
+
+
+async def test_windows_with_none_of_the_speakers_own_speech_are_not_scored():
+    """With both channels scored, the agent channel that only carries the customer's voice 30 dB down sends nothing to the
+    model (its windows are counted as skipped), while the customer's windows are scored as usual and none is degraded;
+    with crosstalk suppression off the leaked voice is scored as the agent's."""
+    speech = speech_8k()
+    gap = np.zeros(RATE * 2, np.float32)
+    customer = np.concatenate([speech, gap, speech, gap])
+    audio = np.stack([_int16(customer), _int16(customer * 10 ** (-30 / 20))], axis=1)
+    roles = (Role.CUSTOMER, Role.AGENT)
+
+    _, updates, summary = await run_session(audio, roles=roles, score_roles=roles)
+    speakers = {s["speaker"]: s for s in summary.document["speakers"]}
+    assert speakers["agent"]["windows_scored"] == 0 and speakers["agent"]["windows_skipped"] > 4
+    assert speakers["customer"]["windows_scored"] > 4 and speakers["customer"]["windows_skipped"] == 0
+    assert updates and all(u.speaker is Role.CUSTOMER and not u.degraded for u in updates)
+
+    _, updates, summary = await run_session(audio, roles=roles, score_roles=roles, analytics=AnalyticsConfig(crosstalk_margin_db=0))
+    speakers = {s["speaker"]: s for s in summary.document["speakers"]}
+    assert speakers["agent"]["windows_scored"] > 4 and speakers["agent"]["windows_skipped"] == 0
+    assert any(u.speaker is Role.AGENT for u in updates)
+
+
+async def test_a_window_after_skipped_leakage_in_the_same_segment_is_not_degraded():
+    """A customer channel that first carries only the agent's voice leaking in and then, without a pause, the customer's
+    own speech: the leaked part is skipped and the customer's windows that overlap it are not marked degraded."""
+    speech = speech_8k()
+    n = len(speech)
+    agent = np.concatenate([speech, np.zeros(n, np.float32)])
+    customer = np.concatenate([speech * 10 ** (-30 / 20), speech])
+    audio = np.stack([_int16(customer), _int16(agent)], axis=1)
+    _, updates, summary = await run_session(audio, roles=(Role.CUSTOMER, Role.AGENT))
+    customer_doc = next(s for s in summary.document["speakers"] if s["speaker"] == "customer")
+    assert customer_doc["windows_skipped"] > 2 and customer_doc["windows_scored"] > 2
+    own = [u for u in updates if u.speaker is Role.CUSTOMER]
+    assert own and all(u.window_end_ms > n * 1000 // RATE for u in own)
+    assert not any(u.degraded for u in own)
 
 
 async def test_a_quieter_speaker_talking_over_the_other_still_interrupts():

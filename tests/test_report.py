@@ -46,7 +46,7 @@ def make_summary() -> dict:
         "model": "emotion2vec_plus_large", "alert_count": 2, "labels": list(LABELS),
         "speakers": [
             {"speaker": "customer", "scored": True, "speech_ms": 120000, "segments": 40,
-             "windows_scored": 200, "windows_merged": 0, "windows_dropped": 0,
+             "windows_scored": 200, "windows_merged": 0, "windows_dropped": 0, "windows_skipped": 6,
              "top_labels": {"neutral": 150, "angry": 50}, "prosody": _prosody(),
              "trajectory": {"resolution_ms": 1000, "points": points},
              "peaks": [{"start_ms": 40000, "end_ms": 43000, "score": 0.82, "label": "angry"},
@@ -251,6 +251,7 @@ def test_key_figures_and_prosody_are_shown():
     assert "Pitch<" not in agent_card and "-25.0 dBFS" in agent_card
     assert "leaking in (not counted)</dt><dd>7.3 s" in agent_card  # crosstalk shown only where there was some
     assert page.count("leaking in (not counted)") == 1
+    assert "dropped 0, skipped (no own speech) 6" in page and page.count("skipped (no own speech)") == 1
 
 
 def test_test_model_banner_only_for_test_models():
