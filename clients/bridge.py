@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import json
 import ssl
 import sys
@@ -78,6 +79,9 @@ class CallPlan:
     """Sign the Twilio upgrade with X-Twilio-Signature as Twilio does (the target URL, this auth token)."""
     audiohook_client_secret: str | None = None
     """Sign the AudioHook upgrade as Genesys Cloud does (HTTP message signature with this base64 secret)."""
+    transcript: tuple[dict[str, Any], ...] = ()
+    """Final transcript segments ({speaker, start_ms, end_ms, text}) sent as the audio they cover has been
+    sent, as a recognizer beside the call would (gRPC and native protocol)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -91,6 +95,28 @@ class CallPlan:
         if self.realtime is not None:
             return self.realtime
         return 0 < self.speed <= LIVE_SPEED_LIMIT
+
+
+def load_transcript(path: str) -> tuple[dict[str, Any], ...]:
+    """Transcript segments from a JSON file (a list, or {"segments": [...]}), ordered by their end."""
+    with open(path, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    if isinstance(doc, dict) and "segments" in doc:
+        doc = doc["segments"]
+    if not isinstance(doc, list) or not all(isinstance(s, dict) and isinstance(s.get("end_ms"), int) for s in doc):
+        raise ValueError(f"{path}: expected a list of {{speaker, start_ms, end_ms, text}} segments")
+    return tuple(sorted(doc, key=lambda s: s["end_ms"]))
+
+
+def _due_segments(plan: CallPlan, sent: int, seq: int) -> list[dict[str, Any]]:
+    """The transcript segments (from index `sent` on) that end within the first `seq` chunks."""
+    covered_ms = seq * CHUNK_MS
+    due = []
+    for segment in plan.transcript[sent:]:
+        if segment["end_ms"] > covered_ms:
+            break
+        due.append(segment)
+    return due
 
 
 @dataclass
@@ -219,10 +245,16 @@ def _grpc_requests(plan: CallPlan, audio: Audio, result: CallResult, stop: threa
     )
     yield pb.CallRequest(config=config)
     pacer = _Pacer(plan.speed, stop, result)
+    sent = 0
     for seq, chunk in enumerate(audio.chunks(), start=1):
         if not pacer.wait_sync(seq):
             return
         yield pb.CallRequest(audio=pb.AudioChunk(seq=seq, data=encode(encoding, chunk)))
+        for segment in _due_segments(plan, sent, seq):
+            sent += 1
+            yield pb.CallRequest(transcript=pb.TranscriptSegment(
+                speaker=ROLES.get(segment.get("speaker"), 0), start_ms=segment.get("start_ms", 0),
+                end_ms=segment["end_ms"], text=segment.get("text", "")))
     yield pb.CallRequest(end=pb.EndOfCall(reason="end_of_call"))
 
 
@@ -280,10 +312,14 @@ async def _run_native(url: str, plan: CallPlan, audio: Audio, on_event, hangup_a
         async def send() -> None:
             await ws.send(json.dumps(start))
             pacer = _Pacer(plan.speed, threading.Event(), result)
+            sent = 0
             for seq, chunk in enumerate(audio.chunks(), start=1):
                 await pacer.wait(seq)
                 data = encode(encoding, chunk)
                 await ws.send(seq.to_bytes(8, "big") + data if plan.framing == "seq64" else data)
+                for segment in _due_segments(plan, sent, seq):
+                    sent += 1
+                    await ws.send(json.dumps({"type": "transcript", **segment}))
             await ws.send(json.dumps({"type": "stop"}))
 
         sender = asyncio.create_task(send())
@@ -496,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--twilio-auth-token", help="sign the /twilio upgrade with X-Twilio-Signature (as Twilio does)")
     p.add_argument("--audiohook-client-secret", help="sign the /audiohook upgrade (base64 secret, as Genesys Cloud does)")
     p.add_argument("--hangup-after", type=float, help="drop the connection after this many seconds (fault testing)")
+    p.add_argument("--transcript", help="JSON transcript segments to send beside the audio (gRPC and native protocol)")
     return p
 
 
@@ -509,6 +546,15 @@ def main(argv: list[str] | None = None) -> int:
         token=args.token, ca_file=args.ca_file, twilio_auth_token=args.twilio_auth_token,
         audiohook_client_secret=args.audiohook_client_secret,
     )
+    if args.transcript:
+        if args.protocol != "native" and args.target.startswith(("ws://", "wss://")):
+            print(f"error: --transcript is for gRPC and the native protocol; {args.protocol} carries no transcript", file=sys.stderr)
+            return 2
+        try:
+            plan = dataclasses.replace(plan, transcript=load_transcript(args.transcript))
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     bad_roles = [r for r in plan.roles + plan.score_roles if r not in ROLES]
     if bad_roles or args.speed < 0:
         print(f"error: {'unknown role ' + bad_roles[0] if bad_roles else '--speed must be >= 0'}", file=sys.stderr)

@@ -21,6 +21,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "clients" / "samples" / "call_stereo_8k.wav"
+TRANSCRIPT = ROOT / "clients" / "samples" / "call_stereo_8k.transcript.json"  # the exact text the sample voices speak
 REPORTS = ROOT / "reports"  # QA reports the demo service writes (CALLPULSE_REPORTS_DIR)
 PY = sys.executable
 
@@ -126,7 +127,7 @@ class Demo:
         bridge = subprocess.Popen(
             [PY, "-m", "clients.bridge", "--target", f"grpc://127.0.0.1:{port}", "--wav", str(SAMPLE),
              "--roles", "customer,agent", "--call-id", f"demo-{int(time.time())}", "--agent-id", "agent-42",
-             "--team", "billing", "--tenant", "demo", "--speed", str(self.args.speed)],
+             "--team", "billing", "--tenant", "demo", "--speed", str(self.args.speed), "--transcript", str(TRANSCRIPT)],
             cwd=ROOT, stdout=subprocess.PIPE, text=True,
         )
         for line in bridge.stdout:
@@ -134,7 +135,7 @@ class Demo:
             kind = event["type"]
             if kind == "emotion":
                 prosody = " ".join(f"{name}={event[key]:.0f}" for name, key in
-                                   (("pitch_hz", "pitch_hz"), ("syll/min", "speech_rate_spm")) if event.get(key) is not None)
+                                   (("pitch_hz", "pitch_hz"), ("syll/min", "speech_rate_spm"), ("chars/min", "speech_rate_cpm")) if event.get(key) is not None)
                 self.say(f"bridge <- emotion {event['speaker']} "
                          f"{event['window_start_ms'] / 1000:5.1f}-{event['window_end_ms'] / 1000:5.1f}s "
                          f"top={event['top_label']} {event['top_score']:.2f} loudness={event['loudness_dbfs']:.0f}dBFS "
@@ -143,7 +144,9 @@ class Demo:
                 reason = event["document"]["evidence"]["reason"]
                 self.say(f"bridge <- ALERT {event['rule_id']} ({event['severity']}): {event['message']} [{reason}]")
             elif kind == "summary":
+                rates = {s["speaker"]: s.get("prosody", {}).get("speech_rate_cpm") for s in event["document"]["speakers"]}
                 speakers = ", ".join(f"{s['speaker']} {s['speech_ms'] / 1000:.1f}s speech"
+                                     + (f" ({rates[s['speaker']]:.0f} chars/min by the transcript)" if rates.get(s["speaker"]) else "")
                                      for s in event["speakers"])
                 self.say(f"bridge <- call summary: {speakers}; alerts {len(event['alert_ids'])}")
                 report = REPORTS / f"{event['call_id']}.html"

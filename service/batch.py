@@ -5,6 +5,7 @@ stereo), replays it through a CallSession exactly as a live call with `realtime:
 processed (so nothing is dropped), and writes per call DIR/<name>/result.json (summary, timeline,
 alerts), report.html (the QA report), embeddings.npy when asked, and across calls DIR/calls.csv and
 DIR/heatmap.svg. A file that cannot be read or analysed is reported and skipped; the batch goes on.
+A transcript beside a recording (NAME.transcript.json) is fed in as a live recognizer's results would be.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import logging
 import os
 import sys
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,7 +26,7 @@ import numpy as np
 from service.alerts import EventSink
 from service.audio.files import RecordedAudio, read_call_audio
 from service.config import ServiceConfig
-from service.domain import Alert, AudioFormat, CallConfig, CallSummary, EmotionUpdate, Encoding, Role, Warning
+from service.domain import Alert, AudioFormat, CallConfig, CallSummary, EmotionUpdate, Encoding, Role, TranscriptSegment, Warning
 from service.errors import CallPulseError, InvalidArgument
 from service.inference.base import EmotionModel
 from service.inference.batcher import InferenceBatcher
@@ -98,6 +100,7 @@ class _Collected:
     embeddings: list[np.ndarray] = field(default_factory=list)
     warnings: list[dict[str, str]] = field(default_factory=list)
     summary: CallSummary | None = None
+    transcript: dict[str, Any] | None = None
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -117,12 +120,52 @@ def _timeline_entry(update: EmotionUpdate, embedding_row: int | None) -> dict[st
         "pitch_hz": _round(update.pitch_hz),
         "pitch_range_st": _round(update.pitch_range_st),
         "speech_rate_spm": _round(update.speech_rate_spm),
+        "speech_rate_cpm": _round(update.speech_rate_cpm),
         "segment_final": update.segment_final,
         "degraded": update.degraded,
     }
     if embedding_row is not None:
         entry["embedding_row"] = embedding_row
     return entry
+
+
+TRANSCRIPT_SUFFIX = ".transcript.json"
+_SEGMENT_KEYS = {"speaker", "start_ms", "end_ms", "text"}
+
+
+def transcript_path(recording: str) -> str:
+    """Where a recording's transcript lies: beside it, named like it with .transcript.json for its extension."""
+    base, _ext = os.path.splitext(recording)
+    return base + TRANSCRIPT_SUFFIX
+
+
+def read_transcript(path: str) -> list[TranscriptSegment]:
+    """Final transcript segments of a recording, ordered by their end: a JSON list (or {"segments": [...]})
+    of {"speaker", "start_ms", "end_ms", "text"}. Raises InvalidArgument naming the file and the segment."""
+    name = os.path.basename(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"{name}: cannot read the transcript ({exc})") from None
+    if isinstance(doc, dict) and set(doc) == {"segments"}:
+        doc = doc["segments"]
+    if not isinstance(doc, list):
+        raise InvalidArgument(f"{name}: expected a list of segments or {{\"segments\": [...]}}")
+    segments = []
+    for index, item in enumerate(doc):
+        where = f"{name}: segments[{index}]"
+        if not isinstance(item, dict) or set(item) != _SEGMENT_KEYS:
+            raise InvalidArgument(f"{where}: expected an object with exactly speaker, start_ms, end_ms and text")
+        try:
+            speaker = Role(item["speaker"])
+        except (ValueError, TypeError):
+            raise InvalidArgument(f"{where}.speaker: unknown role {item['speaker']!r}; expected customer or agent") from None
+        try:
+            segments.append(TranscriptSegment(speaker, item["start_ms"], item["end_ms"], item["text"]))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{where}: {exc}") from None
+    return sorted(segments, key=lambda seg: seg.end_ms)
 
 
 class BatchAnalyzer:
@@ -190,8 +233,12 @@ class BatchAnalyzer:
         try:
             audio = await loop.run_in_executor(None, read_call_audio, path)
             result.audio_s = audio.duration_s
-            collected, sink = await self._replay(path, audio, batcher)
+            sidecar = transcript_path(path)
+            transcript = read_transcript(sidecar) if os.path.exists(sidecar) else []
+            collected, sink = await self._replay(path, audio, batcher, transcript)
             assert collected.summary is not None
+            if transcript:
+                collected.transcript = {"file": os.path.abspath(sidecar), "segments": len(transcript)}
             await loop.run_in_executor(None, self._write_call_files, out_dir, path, audio, collected, sink)
         except CallPulseError as exc:
             result.status, result.error = "error", str(exc)  # reported by the caller (recording names can be personal)
@@ -203,7 +250,8 @@ class BatchAnalyzer:
         result.summary, result.out_dir = collected.summary.document, out_dir
         return result
 
-    async def _replay(self, path: str, audio: RecordedAudio, batcher: InferenceBatcher) -> tuple[_Collected, MemorySink]:
+    async def _replay(self, path: str, audio: RecordedAudio, batcher: InferenceBatcher,
+                      transcript: Sequence[TranscriptSegment] = ()) -> tuple[_Collected, MemorySink]:
         from service.app import safe_file_name
 
         channels = audio.samples.shape[1]
@@ -247,9 +295,16 @@ class BatchAnalyzer:
         try:
             chunk = audio.sample_rate * CHUNK_MS // 1000
             samples = audio.samples
+            pending = deque(transcript)
             for seq, offset in enumerate(range(0, len(samples), chunk)):
+                # As from a live recognizer: a segment is known once the audio it covers has arrived.
+                chunk_end_ms = (offset + chunk) * 1000 // audio.sample_rate
+                while pending and pending[0].end_ms <= chunk_end_ms:
+                    session.push_transcript(pending.popleft())
                 session.push_audio(seq, samples[offset:offset + chunk].tobytes())
                 await session.flow_control()
+            while pending:
+                session.push_transcript(pending.popleft())
             await session.finish()
             await consumer
         finally:
@@ -274,6 +329,8 @@ class BatchAnalyzer:
             "alerts": sink.alerts,
             "warnings": collected.warnings,
         }
+        if collected.transcript:
+            document["transcript"] = collected.transcript
         if collected.embeddings:
             matrix = np.stack(collected.embeddings)
             np.save(os.path.join(out_dir, "embeddings.npy"), matrix)

@@ -109,6 +109,42 @@ class CallConfig:
             raise InvalidArgument(f"score_roles: {', '.join(missing)} has no audio channel (channel_roles: {', '.join(r.value for r in self.audio.channel_roles)})")
 
 
+MAX_TRANSCRIPT_SEGMENT_MS = 120_000
+MAX_TRANSCRIPT_TEXT_CHARS = 10_000
+
+
+@dataclass(frozen=True)
+class TranscriptSegment:
+    """One final result of a speech recognizer running beside the call (the telephony platform's, or
+    the bridge's): who said it, when, and what. The service only counts its characters."""
+
+    speaker: Role
+    """Whose channel the text was recognized on."""
+    start_ms: int
+    """Call offset where the segment's speech starts."""
+    end_ms: int
+    """Call offset where it ends; after start_ms, at most MAX_TRANSCRIPT_SEGMENT_MS later."""
+    text: str = field(repr=False)
+    """The recognized text (never logged; reduced to a character count on arrival)."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.speaker, Role):
+            raise InvalidArgument(f"transcript.speaker: unknown role {self.speaker!r}; expected customer or agent")
+        for name in ("start_ms", "end_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgument(f"transcript.{name}: expected a whole number of milliseconds >= 0, got {value!r}")
+        if self.end_ms <= self.start_ms:
+            raise InvalidArgument(f"transcript.end_ms ({self.end_ms}) must be after start_ms ({self.start_ms})")
+        if self.end_ms - self.start_ms > MAX_TRANSCRIPT_SEGMENT_MS:
+            raise InvalidArgument(f"transcript: a segment of {self.end_ms - self.start_ms} ms is longer than the "
+                                  f"{MAX_TRANSCRIPT_SEGMENT_MS} ms allowed; send final results sentence by sentence")
+        if not isinstance(self.text, str):
+            raise InvalidArgument(f"transcript.text: expected a string, got {type(self.text).__name__}")
+        if len(self.text) > MAX_TRANSCRIPT_TEXT_CHARS:
+            raise InvalidArgument(f"transcript.text: {len(self.text)} characters, at most {MAX_TRANSCRIPT_TEXT_CHARS}")
+
+
 @dataclass(frozen=True)
 class SessionStarted:
     """The call was accepted."""
@@ -146,6 +182,8 @@ class EmotionUpdate:
     """F0 range over the window in semitones."""
     speech_rate_spm: float | None = None
     """Syllable nuclei per minute of speech over the window."""
+    speech_rate_cpm: float | None = None
+    """Characters per minute of the speaker's transcribed speech (only when the bridge sends a transcript)."""
     embedding: Any = field(default=None, repr=False, compare=False)
     """The window's embedding (numpy array) when the model was asked for them (batch analysis)."""
 

@@ -39,6 +39,8 @@ CHUNKS_DROPPED = Counter("callpulse_chunks_dropped_total", "Audio chunks dropped
 PACING_DELAYS = Counter("callpulse_pacing_delays_total", "Times a live call was slowed to the pacing limit")
 ERRORS = Counter("callpulse_errors_total", "Errors, by kind", ["kind"])
 EVENTS_DROPPED = Counter("callpulse_events_dropped_total", "Events not delivered to a slow bridge", ["type"])
+TRANSCRIPT_SEGMENTS = Counter("callpulse_transcript_segments_total", "Transcript segments from bridges, by outcome "
+                              "(counted, or rejected with a warning)", ["outcome"])
 
 
 def serve(port: int, host: str) -> int:
@@ -126,6 +128,10 @@ def audio_gap(seconds: float) -> None:
 
 def chunk_dropped(reason: str) -> None:
     CHUNKS_DROPPED.labels(reason).inc()
+
+
+def transcript_segment(outcome: str) -> None:
+    TRANSCRIPT_SEGMENTS.labels(outcome).inc()
 
 
 def pacing_delay() -> None:

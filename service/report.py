@@ -567,6 +567,7 @@ _PROSODY_FIELDS = (
     ("pitch_hz", "Pitch", 0, " Hz"),
     ("pitch_range_st", "Pitch range", 1, " st"),
     ("speech_rate_spm", "Speech rate", 0, " syllables/min"),
+    ("speech_rate_cpm", "Speech rate (transcript)", 0, " characters/min"),
 )
 
 

@@ -39,6 +39,7 @@ from service.analytics.crosstalk import speaking_frames
 from service.analytics.frames import FrameTrack
 from service.analytics.prosody import ProsodyFigures, ProsodyTrack
 from service.analytics.timeline import ChannelTimeline
+from service.analytics.transcript import TranscriptRate, count_characters
 from service.audio.channel import AnalysisWindow, ChannelPipeline
 from service.audio.codecs import decode
 from service.audio.ingest import InterleavedIngest, Notice, TrackIngest
@@ -53,6 +54,7 @@ from service.domain import (
     EmotionUpdate,
     Role,
     SessionStarted,
+    TranscriptSegment,
     Warning,
 )
 from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument, ServiceUnavailable
@@ -181,6 +183,7 @@ class CallSession:
         self._voiced_frames = {role: 0 for role in fmt.channel_roles}
         self._crosstalk_frames = {role: 0 for role in fmt.channel_roles}
         self._skipped_windows = {role: 0 for role in fmt.channel_roles}
+        self._transcripts = {role: TranscriptRate() for role in fmt.channel_roles}
         # Frame ranges of the new audio of recently skipped windows (enough to cover one window).
         self._unspoken: dict[Role, deque[tuple[int, int]]] = {
             role: deque(maxlen=ctx.windows.window_ms // ctx.windows.hop_ms + 2) for role in fmt.channel_roles
@@ -293,6 +296,26 @@ class CallSession:
         self._on_ticks(self._conversation.skip(frames), arrival)
         self._audio_frames += samples
         self._submit_ready()
+
+    def push_transcript(self, segment: TranscriptSegment) -> bool:
+        """Count one final transcript segment towards its speaker's speech rate in characters per minute.
+        A segment for a speaker the call has no channel for is refused with a TRANSCRIPT_REJECTED warning
+        and changes nothing; returns whether it was counted."""
+        if self._state != "open":
+            raise InvalidArgument("a transcript segment was sent after the end of the call")
+        if segment.speaker not in self._transcripts:
+            roles = ", ".join(r.value for r in self.config.audio.channel_roles)
+            self.transcript_rejected(f"transcript.speaker: {segment.speaker.value} has no audio channel in this call ({roles})")
+            return False
+        self._transcripts[segment.speaker].add(segment.start_ms, segment.end_ms, count_characters(segment.text))
+        metrics.transcript_segment("counted")
+        return True
+
+    def transcript_rejected(self, reason: str) -> None:
+        """A transcript segment could not be used (`reason` names the field, never the text): the bridge gets
+        a TRANSCRIPT_REJECTED warning, the call goes on without it."""
+        metrics.transcript_segment("rejected")
+        self._warn("TRANSCRIPT_REJECTED", f"transcript segment ignored: {reason}")
 
     async def flow_control(self) -> None:
         """Await this after each push: paces a live call, and makes a replay wait for the model."""
@@ -496,6 +519,9 @@ class CallSession:
         snapshot = self._conversation.snapshot()
         for window in windows:
             figures = self._prosody[window.role].figures(window.start_sample, window.end_sample, window.new_from_sample)
+            cpm = self._transcripts[window.role].rate(window.end_ms)
+            if cpm is not None:
+                figures = dataclasses.replace(figures, speech_rate_cpm=cpm)
             speech_ms = self._voiced_frames[window.role] * self._frame_ms
             window = dataclasses.replace(window, analytics=WindowAnalytics(figures, snapshot, speech_ms))
             if window.scored and figures.voiced_ms == 0:
@@ -697,6 +723,7 @@ class CallSession:
             pitch_hz=prosody.pitch_hz,
             pitch_range_st=prosody.pitch_range_st,
             speech_rate_spm=prosody.speech_rate_spm,
+            speech_rate_cpm=prosody.speech_rate_cpm,
             embedding=result.embedding if self._ctx.windows.scoring == "full" else None,
         )
         timeline.add(update, new_from_ms=window.new_from_sample * 1000 // window.sample_rate)
@@ -742,7 +769,7 @@ class CallSession:
                 "windows_dropped": s.windows_dropped,
                 "windows_skipped": self._skipped_windows[s.speaker],
                 "top_labels": dict(s.top_labels),
-                "prosody": self._prosody[s.speaker].totals(),
+                "prosody": {**self._prosody[s.speaker].totals(), **self._transcripts[s.speaker].totals()},
                 "crosstalk_ms": self._crosstalk_frames[s.speaker] * self._frame_ms,
                 "trajectory": {
                     "resolution_ms": 1000,

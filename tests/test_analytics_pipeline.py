@@ -8,7 +8,7 @@ import soxr
 from clients.wavfile import read_wav
 from service.batch import MemorySink
 from service.config import AnalyticsConfig, IngestConfig, VadConfig, WindowConfig
-from service.domain import Alert, AudioFormat, CallConfig, CallSummary, EmotionUpdate, Encoding, Role
+from service.domain import Alert, AudioFormat, CallConfig, CallSummary, EmotionUpdate, Encoding, Role, TranscriptSegment, Warning
 from service.inference.batcher import InferenceBatcher
 from service.rules import RuleEngine, load_rules, parse_rules
 from service.config import DEFAULT_RULES_PATH
@@ -35,8 +35,10 @@ def scripted_model() -> FakeEmotionModel:
 
 
 async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(Role.CUSTOMER,), chunk_ms=100,
-                      analytics: AnalyticsConfig = AnalyticsConfig(), score_roles=(Role.CUSTOMER,)):
-    """Replay int16 audio (frames x channels) through a CallSession; returns (alerts, updates, summary)."""
+                      analytics: AnalyticsConfig = AnalyticsConfig(), score_roles=(Role.CUSTOMER,), transcript=(),
+                      warnings: list | None = None):
+    """Replay int16 audio (frames x channels) through a CallSession, each transcript segment pushed once the
+    audio it covers was; returns (alerts, updates, summary) and collects Warning events into `warnings`."""
     model = scripted_model()
     batcher = InferenceBatcher(model, max_batch=8, max_wait_ms=1, queue_size=256)
     batcher.start()
@@ -59,12 +61,17 @@ async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(R
                 updates.append(event)
             elif isinstance(event, CallSummary):
                 summaries.append(event)
+            elif isinstance(event, Warning) and warnings is not None:
+                warnings.append(event)
 
     consumer = asyncio.create_task(consume())
+    pending = sorted(transcript, key=lambda seg: seg.end_ms)
     try:
         step = RATE * chunk_ms // 1000
         for seq, offset in enumerate(range(0, len(audio), step)):
             session.push_audio(seq, audio[offset:offset + step].astype("<i2").tobytes())
+            while pending and pending[0].end_ms <= (offset + step) * 1000 // RATE:
+                session.push_transcript(pending.pop(0))
             await session.flow_control()
         await session.finish()
         await consumer
@@ -232,3 +239,54 @@ async def test_rule_timing_in_the_pipeline_matches_the_speech():
     assert alerts[0].start_ms <= first_loud
     assert 2000 <= alerts[0].fired_ms - alerts[0].start_ms <= 2600
     assert alerts[0].start_ms >= (len(speech) + RATE) * 1000 // RATE - 200
+
+
+TRANSCRIPT_RULE = """
+rules:
+  - id: fast-talker
+    speaker: customer
+    speech_rate_cpm: {gt: 700}
+    notify: [agent]
+"""
+
+
+async def test_a_transcript_gives_windows_a_speech_rate_in_characters_and_a_rule_can_use_it():
+    """Transcript segments pushed beside the audio give later windows their characters per minute (60 characters in
+    2 s of transcribed speech = 1800/min, over the rule's 700), fire a speech_rate_cpm rule with that reason, and
+    reach the summary's totals; a segment for a speaker without a channel is refused with a warning."""
+    speech = speech_8k()
+    audio = _int16(np.concatenate([speech, np.zeros(RATE, np.float32), speech, np.zeros(RATE, np.float32)]))[:, None]
+    n_ms = len(speech) * 1000 // RATE
+    transcript = [
+        TranscriptSegment(Role.CUSTOMER, 200, 2200, "a" * 60),  # 1800 characters/min
+        TranscriptSegment(Role.AGENT, 300, 900, "not on this call"),
+        TranscriptSegment(Role.CUSTOMER, n_ms + 1200, n_ms + 3200, "b" * 10),
+    ]
+    warnings: list = []
+    alerts, updates, summary = await run_session(audio.astype(np.int16), TRANSCRIPT_RULE, transcript=transcript,
+                                                 warnings=warnings)
+    before = [u for u in updates if u.window_end_ms < 2200]
+    after = [u for u in updates if 2200 <= u.window_end_ms < 2200 + 15000 and u.window_end_ms < n_ms + 3200]
+    assert before and all(u.speech_rate_cpm is None for u in before)
+    assert after and all(u.speech_rate_cpm == 1800.0 for u in after)
+    assert [a.rule_id for a in alerts] == ["fast-talker"]
+    assert "1800 characters/min" in alerts[0].document["evidence"]["reason"]
+    assert alerts[0].document["evidence"]["conditions"][0]["name"] == "speech_rate_cpm"
+    late = [u for u in updates if u.window_end_ms >= n_ms + 3200]
+    assert late and all(u.speech_rate_cpm == 70 * 60000 / 4000 for u in late)  # both segments within 15 s
+    prosody = summary.document["speakers"][0]["prosody"]
+    assert prosody["transcript_chars"] == 70 and prosody["transcript_segments"] == 2 and prosody["transcript_ms"] == 4000
+    assert prosody["speech_rate_cpm"] == 1050.0
+    assert [w.code for w in warnings] == ["TRANSCRIPT_REJECTED"]
+    assert "agent has no audio channel" in warnings[0].message and "not on this call" not in warnings[0].message
+
+
+async def test_without_a_transcript_there_is_no_character_rate():
+    """A call without transcript segments reports no speech_rate_cpm anywhere and a speech_rate_cpm rule never fires."""
+    speech = speech_8k()
+    audio = _int16(np.concatenate([speech, np.zeros(RATE, np.float32)]))[:, None]
+    alerts, updates, summary = await run_session(audio, TRANSCRIPT_RULE)
+    assert updates and all(u.speech_rate_cpm is None for u in updates)
+    assert alerts == []
+    prosody = summary.document["speakers"][0]["prosody"]
+    assert prosody["speech_rate_cpm"] is None and prosody["transcript_chars"] == 0

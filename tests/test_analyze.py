@@ -109,3 +109,33 @@ def test_analyze_refuses_bad_rules_before_reading_anything(test_models, tmp_path
     assert result.returncode == 2
     assert f"{rules}:3:19: rule 'x'.silence.ge: expected a duration" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_transcript_beside_a_recording_gives_its_character_rate_and_a_bad_one_skips_only_that_file(test_models, tmp_path):
+    """call.transcript.json beside call.wav adds characters per minute to the timeline, the summary and the report
+    and is named in result.json; other.wav, whose transcript is malformed, is skipped with the reason."""
+    call = read_wav(str(CALL_WAV)).samples
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("call.wav", "other.wav"):
+        sf.write(folder / name, call, 8000, subtype="PCM_16")
+    segments = [{"speaker": "customer", "start_ms": 6000, "end_ms": 8000, "text": "y" * 40},  # 1200 characters/min
+                {"speaker": "agent", "start_ms": 500, "end_ms": 4500, "text": "z" * 40}]      # 600 characters/min
+    (folder / "call.transcript.json").write_text(json.dumps(segments))
+    (folder / "other.transcript.json").write_text(json.dumps([{"speaker": "customer", "start_ms": 1}]))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "service", "analyze", str(folder / "call.wav"), str(folder / "other.wav"), "--out", str(out),
+         "--model", test_models["neutral"], "--threads", "1", "--no-progress"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "other.transcript.json: segments[0]: expected an object with exactly speaker, start_ms, end_ms and text" in result.stderr
+    doc = json.loads((out / "call" / "result.json").read_text())
+    assert doc["transcript"] == {"file": str(folder / "call.transcript.json"), "segments": 2}
+    rates = {(e["speaker"], e["speech_rate_cpm"]) for e in doc["timeline"] if e["end_ms"] >= 8000}
+    assert ("customer", 1200.0) in rates and ("agent", 600.0) in rates
+    speakers = {s["speaker"]: s["prosody"] for s in doc["summary"]["speakers"]}
+    assert speakers["customer"]["speech_rate_cpm"] == 1200.0 and speakers["agent"]["transcript_chars"] == 40
+    assert "Speech rate (transcript)" in (out / "call" / "report.html").read_text()
+    assert not (out / "other").exists()

@@ -20,7 +20,7 @@ from service.domain import AudioFormat, Encoding, Role
 from service.errors import InvalidArgument
 from service.rules import rule_errors
 from service.transport.grpc_server import call_config_from_proto
-from service.transport.json_events import start_from_json
+from service.transport.json_events import start_from_json, transcript_from_json
 from service.transport.ws_server import TwilioCall, _is_client_message, _select_media
 from tests.conftest import service_config
 
@@ -76,6 +76,25 @@ def test_native_start_parser_accepts_or_names_the_problem(doc):
         assert str(exc)
         return
     assert framing in ("raw", "seq64") and config.call_id
+
+
+transcript_docs = st.fixed_dictionaries(
+    {"type": st.just("transcript")},
+    optional={"speaker": json_values | st.sampled_from(["customer", "agent"]), "start_ms": json_values | st.integers(-5, 10**6),
+              "end_ms": json_values | st.integers(-5, 10**6), "text": json_values, "extra": json_values},
+)
+
+
+@UNIT
+@given(transcript_docs)
+def test_native_transcript_parser_accepts_or_names_the_problem(doc):
+    """Any `transcript` message gives a valid segment or an InvalidArgument naming a transcript field, nothing else."""
+    try:
+        segment = transcript_from_json(doc)
+    except InvalidArgument as exc:
+        assert str(exc).startswith("transcript")
+        return
+    assert 0 <= segment.start_ms < segment.end_ms and isinstance(segment.text, str)
 
 
 @UNIT
@@ -166,6 +185,7 @@ frames = st.lists(
             json.dumps({"type": "start", "call_id": "fz", "agent_id": "a", "team": "t", "framing": "seq64",
                         "audio": {"encoding": "pcm16le", "sample_rate_hz": 8000, "channels": 1}}),
             json.dumps({"type": "stop"}),
+            json.dumps({"type": "transcript", "speaker": "customer", "start_ms": 0, "end_ms": 1500, "text": "fuzz"}),
             json.dumps({"event": "start", "start": {"customParameters": {"agent_id": "a", "team": "t"}, "tracks": ["inbound"],
                                                   "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}),
             json.dumps({"event": "media", "media": {"track": "inbound", "chunk": "1", "payload": "////"}}),

@@ -343,8 +343,9 @@ def test_totals_and_as_dict_round_to_one_decimal_and_keep_none():
     figures = ProsodyFigures(-20.123, None, 151.26, None, 240.04, 1200, 4)
     assert figures.as_dict() == {
         "loudness_dbfs": -20.1, "loudness_over_baseline_db": None, "pitch_hz": 151.3, "pitch_range_st": None,
-        "speech_rate_spm": 240.0, "voiced_ms": 1200, "nuclei": 4,
+        "speech_rate_spm": 240.0, "voiced_ms": 1200, "nuclei": 4, "speech_rate_cpm": None,
     }
+    assert ProsodyFigures(-20.0, None, None, None, None, 0, 0, speech_rate_cpm=812.46).as_dict()["speech_rate_cpm"] == 812.5
     empty = ProsodyTrack(8000).totals()
     assert empty == {"loudness_dbfs": None, "baseline_dbfs": None, "pitch_hz": None, "pitch_range_st": None,
                      "speech_rate_spm": None, "voiced_ms": 0, "nuclei": 0, "pitch_jumps": 0}

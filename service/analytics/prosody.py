@@ -362,6 +362,9 @@ class ProsodyFigures:
     """Voiced speech (VAD) in [start_sample, end_sample)."""
     nuclei: int
     """Syllable nuclei whose peak lies in [start_sample, end_sample)."""
+    speech_rate_cpm: float | None = None
+    """Characters per minute of the speaker's transcribed speech when a transcript comes with the call
+    (service/analytics/transcript.py); None without one."""
 
     def as_dict(self) -> dict:
         """The figures as a dict, floats rounded to 1 decimal, None kept."""
@@ -373,6 +376,7 @@ class ProsodyFigures:
             "speech_rate_spm": _round1(self.speech_rate_spm),
             "voiced_ms": int(self.voiced_ms),
             "nuclei": int(self.nuclei),
+            "speech_rate_cpm": _round1(self.speech_rate_cpm),
         }
 
 

@@ -363,6 +363,7 @@ def _evidence(leaf: Leaf, run: _LeafRun) -> ConditionEvidence:
         mean = sum(p.value for p in points) / len(points) if points else (run.value or 0.0)
         text = {
             "speech_rate_spm": f"{mean:.0f} syllables/min",
+            "speech_rate_cpm": f"{mean:.0f} characters/min",
             "loudness_over_baseline_db": f"{mean:+.1f} dB over the speaker's baseline",
             "loudness_dbfs": f"loudness {mean:.1f} dBFS",
             "pitch_hz": f"pitch {mean:.0f} Hz",

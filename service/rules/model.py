@@ -30,6 +30,7 @@ SPEAKER_MEASURES: dict[str, tuple[str, int]] = {
     "pitch_hz": ("Hz", 0),
     "pitch_range_st": ("semitones pitch range", 0),
     "speech_rate_spm": ("syllables/min", 0),
+    "speech_rate_cpm": ("characters/min", 0),
 }
 CONVERSATION_CONDITIONS = ("silence", "overtalk", "interruptions")
 COMBINATORS = ("all", "any", "not")

@@ -28,6 +28,7 @@ from service.domain import (
     Encoding,
     Role,
     SessionStarted,
+    TranscriptSegment,
     Warning,
 )
 from service.errors import CallLimitExceeded, CallPulseError, ConfigError, InvalidArgument
@@ -109,6 +110,7 @@ def event_to_proto(event: CallEvent) -> pb.CallEvent:
                 pitch_hz=event.pitch_hz,
                 pitch_range_st=event.pitch_range_st,
                 speech_rate_spm=event.speech_rate_spm,
+                speech_rate_cpm=event.speech_rate_cpm,
             )
         )
     if isinstance(event, Alert):
@@ -220,13 +222,15 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
                 if kind == "audio":
                     session.push_audio(request.audio.seq, request.audio.data, time.monotonic())
                     await session.flow_control()
+                elif kind == "transcript":
+                    _push_transcript(session, request.transcript)
                 elif kind == "end":
                     await session.finish(request.end.reason or "end_of_call")
                     return
                 elif kind == "config":
                     raise InvalidArgument("CallConfig was sent twice; it must be the first message only")
                 else:
-                    raise InvalidArgument("empty CallRequest: set config, audio or end")
+                    raise InvalidArgument("empty CallRequest: set config, audio, transcript or end")
         except CallLimitExceeded as exc:
             await session.end_for_limit(exc)
         except CallPulseError as exc:
@@ -234,6 +238,16 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
         except Exception:  # noqa: BLE001 - a bug in one call must end that call, not hang it
             log.exception("unexpected error while processing a call's audio")
             session.fail(CallPulseError("internal error while processing the call's audio"))
+
+
+def _push_transcript(session: CallSession, msg: pb.TranscriptSegment) -> None:
+    """A bad transcript segment is refused with a warning; it never ends the call."""
+    try:
+        segment = TranscriptSegment(_role(msg.speaker, "transcript.speaker"), msg.start_ms, msg.end_ms, msg.text)
+    except InvalidArgument as exc:
+        session.transcript_rejected(str(exc))
+        return
+    session.push_transcript(segment)
 
 
 def _read(path: str) -> bytes:

@@ -1,4 +1,4 @@
-"""JSON wire shapes of the native WebSocket protocol: the `start` message in, events and errors out."""
+"""JSON wire shapes of the native WebSocket protocol: the `start` and `transcript` messages in, events and errors out."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from service.domain import (
     Encoding,
     Role,
     SessionStarted,
+    TranscriptSegment,
     Warning,
 )
 from service.errors import InvalidArgument
@@ -88,6 +89,20 @@ def start_from_json(doc: Any) -> tuple[CallConfig, str]:
     return config, framing
 
 
+TRANSCRIPT_KEYS = {"type", "speaker", "start_ms", "end_ms", "text"}
+
+
+def transcript_from_json(doc: dict) -> TranscriptSegment:
+    """Translate a `transcript` message ({"type": "transcript", "speaker", "start_ms", "end_ms", "text"})."""
+    unknown = sorted(set(doc) - TRANSCRIPT_KEYS)
+    if unknown:
+        raise InvalidArgument(f"transcript: unknown field(s) {', '.join(map(repr, unknown))}")
+    for key in ("speaker", "start_ms", "end_ms", "text"):
+        if key not in doc:
+            raise InvalidArgument(f"transcript.{key} is required")
+    return TranscriptSegment(_role(doc["speaker"], "transcript.speaker"), doc["start_ms"], doc["end_ms"], doc["text"])
+
+
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
@@ -112,6 +127,7 @@ def event_to_json(event: CallEvent) -> dict[str, Any]:
             "pitch_hz": _round(event.pitch_hz),
             "pitch_range_st": _round(event.pitch_range_st),
             "speech_rate_spm": _round(event.speech_rate_spm),
+            "speech_rate_cpm": _round(event.speech_rate_cpm),
         }
     if isinstance(event, Alert):
         return {

@@ -33,10 +33,14 @@ from service.config import IngestConfig, ServerConfig
 from service.domain import AudioFormat, CallConfig, CallSummary, Encoding, Role
 from service.errors import CallLimitExceeded, CallPulseError, ConfigError, InvalidArgument, PermissionDenied, Unauthenticated
 from service.session import CallSession
-from service.transport.json_events import error_to_json, event_to_json, start_from_json
+from service.transport.json_events import error_to_json, event_to_json, start_from_json, transcript_from_json
 from service.transport.signatures import NonceCache, SignatureError, decode_client_secret, verify_audiohook, verify_twilio
 
 log = logging.getLogger(__name__)
+# The websockets library traces every frame at DEBUG, and frames carry transcripts and caller details:
+# our connections log through a logger that never goes below INFO, whatever the service's level.
+_CONNECTION_LOG = logging.getLogger("callpulse.websockets")
+_CONNECTION_LOG.setLevel(logging.INFO)
 
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -169,9 +173,17 @@ class NativeCall(_Call):
                 if kind == "stop":
                     await session.finish(str(doc.get("reason") or "end_of_call"))
                     return
+                if kind == "transcript":
+                    try:
+                        segment = transcript_from_json(doc)
+                    except InvalidArgument as exc:  # a bad transcript is refused with a warning, the call goes on
+                        session.transcript_rejected(str(exc))
+                    else:
+                        session.push_transcript(segment)
+                    continue
                 if kind == "start":
                     raise InvalidArgument("start was sent twice; it must be the first message only")
-                raise InvalidArgument(f"unknown message type {kind!r}; expected stop (audio goes in binary frames)")
+                raise InvalidArgument(f"unknown message type {kind!r}; expected transcript or stop (audio goes in binary frames)")
         except CallLimitExceeded as exc:
             await session.end_for_limit(exc)
         except CallPulseError as exc:
@@ -614,6 +626,7 @@ class WebSocketServer:
             max_size=self._config.max_message_bytes,
             max_queue=32,
             ssl=self._tls_context(),
+            logger=_CONNECTION_LOG,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
