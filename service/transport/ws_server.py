@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 # The websockets library traces every frame at DEBUG, and frames carry transcripts and caller details:
 # our connections log through a logger that never goes below INFO, whatever the service's level.
 _CONNECTION_LOG = logging.getLogger("callpulse.websockets")
-_CONNECTION_LOG.setLevel(logging.INFO)
 
 CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED_DATA = 1003
@@ -618,6 +617,7 @@ class WebSocketServer:
         self.port = 0
 
     async def start(self) -> int:
+        _CONNECTION_LOG.setLevel(logging.INFO)
         self._server = await serve(
             self._handle,
             self._config.host,
