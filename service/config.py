@@ -165,7 +165,12 @@ class RedisConfig:
     """Alerts and call events waiting in memory to be published; when full, new ones go to the disk
     spill (or, without one, are dropped, logged and counted)."""
     spill_dir: str = ""
-    """Directory of the disk spill for events Redis could not take yet (kept across restarts); empty: no spill."""
+    """Directory of the disk spill for events Redis could not take yet (kept across restarts); empty: no spill.
+    Checked at start: it must be (or be creatable as) a writable directory with free space."""
+    spill_after_ms: int = 200
+    """With a spill: events Redis has not acknowledged this long after they were queued move from memory
+    to the spill (and while Redis is known to be unreachable, new events are written to the spill at once),
+    so a crash of the process loses at most this much of unacknowledged events."""
     spill_max_bytes: int = 256 * 1024 * 1024
     """Largest size of the disk spill; an event that does not fit is dropped, logged and counted."""
     dedup_ttl_s: int = 86400
@@ -179,6 +184,7 @@ class RedisConfig:
         _check(self.stream_maxlen >= 100, "stream_maxlen must be >= 100")
         _check(self.publish_queue >= 1, "publish_queue must be >= 1")
         _check(self.spill_max_bytes >= 4096, f"spill_max_bytes must be >= 4096, got {self.spill_max_bytes}")
+        _check(10 <= self.spill_after_ms <= 60000, f"spill_after_ms must be 10..60000, got {self.spill_after_ms}")
         _check(self.dedup_ttl_s >= 60, f"dedup_ttl_s must be >= 60, got {self.dedup_ttl_s}")
 
 
@@ -360,6 +366,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_PUBLISH_QUEUE": ("redis", "publish_queue", int),
     "CALLPULSE_SPILL_DIR": ("redis", "spill_dir", str),
     "CALLPULSE_SPILL_MAX_BYTES": ("redis", "spill_max_bytes", int),
+    "CALLPULSE_SPILL_AFTER_MS": ("redis", "spill_after_ms", int),
     "CALLPULSE_DEDUP_TTL_S": ("redis", "dedup_ttl_s", int),
     "CALLPULSE_RULES": ("", "rules_path", str),
     "CALLPULSE_RULES_POLL_S": ("analytics", "rules_poll_s", float),

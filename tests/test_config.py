@@ -63,3 +63,11 @@ def test_auto_batch_size_depends_on_the_device():
     assert InferenceConfig().effective_max_batch == 4
     assert InferenceConfig(device="cuda").effective_max_batch == 32
     assert InferenceConfig(max_batch=12).effective_max_batch == 12
+
+
+def test_spill_after_ms_comes_from_the_environment_and_is_validated():
+    """CALLPULSE_SPILL_AFTER_MS sets how long an unacknowledged event stays in memory (default 200 ms); 0 is refused."""
+    assert load_config({}, environ={}).redis.spill_after_ms == 200
+    assert load_config({}, environ={"CALLPULSE_SPILL_AFTER_MS": "50"}).redis.spill_after_ms == 50
+    with pytest.raises(ConfigError, match="spill_after_ms must be 10..60000, got 0"):
+        load_config({}, environ={"CALLPULSE_SPILL_AFTER_MS": "0"})
