@@ -1,10 +1,14 @@
-"""The disk spill: a bounded FIFO of records that keeps its order across segments, prepends and restarts."""
+"""The disk spill: a bounded FIFO of records that keeps its order across segments, prepends, failed writes and restarts,
+and the start-up check of its directory."""
 
+import errno
 import os
+import re
 
 import pytest
 
-from service.spill import DiskSpill, SpillFull
+from service.errors import ConfigError
+from service.spill import DiskSpill, SpillFull, check_spill_dir
 
 
 def drain(spill):
@@ -73,6 +77,24 @@ def test_records_survive_a_restart_and_prepend_goes_first(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_prepend_while_reading_the_segment_being_written_keeps_every_record(tmp_path):
+    """Records put in front of a spill whose only segment is being read and written come first; the taken record does
+    not come back, and records appended afterwards follow, in this process and after a restart."""
+    spill = DiskSpill(str(tmp_path), max_bytes=1 << 20)
+    for n in (10, 11, 12):
+        spill.append({"n": n})
+    assert spill.peek()["n"] == 10
+    spill.take()
+    assert spill.peek()["n"] == 11
+    spill.prepend([{"n": 5}])
+    spill.append({"n": 13})
+    assert len(spill) == 4
+    spill.close()
+    assert drain(DiskSpill(str(tmp_path), max_bytes=1 << 20)) == [5, 11, 12, 13]
+    again = DiskSpill(str(tmp_path), max_bytes=1 << 20)
+    assert len(again) == 0
+
+
 def test_appends_do_not_wait_for_the_disk_and_share_fsyncs(tmp_path, monkeypatch):
     """append returns while an fsync is still running; the appends made meanwhile are covered by one later fsync on the
     syncer thread, and close waits until everything is synced."""
@@ -103,3 +125,119 @@ def test_appends_do_not_wait_for_the_disk_and_share_fsyncs(tmp_path, monkeypatch
     spill.close()
     assert spill.wait_synced(timeout=0)
     assert drain(DiskSpill(str(tmp_path), max_bytes=1 << 20)) == [0, 1, 2, 3, 4]
+
+
+class FailingWrites:
+    """Wraps a spill segment's file: the next write puts half of its bytes on disk, then fails as a full disk does."""
+
+    def __init__(self, raw) -> None:
+        self._raw = raw
+        self.armed = True
+
+    def write(self, data):
+        if self.armed:
+            self.armed = False
+            self._raw.write(bytes(data[: len(data) // 2]))
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self._raw.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+
+def test_a_failed_append_leaves_no_partial_record_and_the_next_one_works(tmp_path):
+    """An append that fails half-way raises OSError and leaves nothing of its record; later appends are read back whole,
+    in this process and after a restart."""
+    spill = DiskSpill(str(tmp_path), max_bytes=1 << 20)
+    spill.append({"n": 0})
+    spill._writer = FailingWrites(spill._writer)
+    with pytest.raises(OSError, match="No space left"):
+        spill.append({"n": 1, "pad": "x" * 100})
+    spill.append({"n": 2})
+    assert len(spill) == 2
+    spill.close()
+    assert drain(DiskSpill(str(tmp_path), max_bytes=1 << 20)) == [0, 2]
+
+
+def test_prepend_and_new_segments_are_fsynced_off_the_calling_thread(tmp_path, monkeypatch):
+    """Records put in front are in the file when prepend returns; their fsync, and that of segments filled up, runs on the
+    syncer thread, never on the caller's."""
+    import threading
+
+    import service.spill as spill_module
+
+    threads = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(spill_module.os, "fsync", lambda fd: (threads.append(threading.get_ident()), real_fsync(fd)))
+    spill = DiskSpill(str(tmp_path), max_bytes=1 << 20, segment_bytes=16)  # two records a segment
+    for n in range(3, 8):
+        spill.append({"n": n})
+    spill.prepend([{"n": 1}, {"n": 2}])
+    on_disk = [line for name in sorted(os.listdir(tmp_path)) for line in (tmp_path / name).read_text().splitlines()]
+    assert on_disk == [f'{{"n":{n}}}' for n in range(1, 8)]
+    assert spill.wait_synced(timeout=5)
+    assert len(threads) >= 4 and threading.get_ident() not in threads  # the prepended file and three segments
+    spill.close()
+    assert drain(DiskSpill(str(tmp_path), max_bytes=1 << 20)) == list(range(1, 8))
+
+
+def test_check_spill_dir_creates_a_missing_directory_and_leaves_it_empty(tmp_path):
+    """A spill directory that does not exist yet is created; the write probe leaves nothing behind."""
+    target = tmp_path / "a" / "spill"
+    check_spill_dir(str(target), min_free_bytes=1)
+    assert target.is_dir() and list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("case,message", [
+    ("file", "is a regular file, not a directory"),
+    ("under-file", "cannot be created: {root}/file.txt is not a directory"),
+])
+def test_check_spill_dir_refuses_a_path_that_cannot_be_a_directory(tmp_path, case, message):
+    """A regular file, or a path under one, is refused with ConfigError naming CALLPULSE_SPILL_DIR, the path and why."""
+    (tmp_path / "file.txt").write_text("x")
+    path = str(tmp_path / "file.txt") if case == "file" else str(tmp_path / "file.txt" / "sub")
+    with pytest.raises(ConfigError) as caught:
+        check_spill_dir(path, min_free_bytes=1)
+    assert str(caught.value) == f"CALLPULSE_SPILL_DIR={path}: " + message.format(root=tmp_path)
+
+
+def test_check_spill_dir_refuses_a_read_only_file_system(tmp_path):
+    """A directory on a read-only mount is refused as not writable (skipped where the tests may not mount)."""
+    import shutil
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                                                        capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only file system here (needs root)")
+    try:
+        with pytest.raises(ConfigError, match=f"^CALLPULSE_SPILL_DIR={re.escape(str(mount))}: is not writable: Read-only file system$"):
+            check_spill_dir(str(mount), min_free_bytes=1)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_check_spill_dir_refuses_a_directory_that_takes_no_file(tmp_path, monkeypatch):
+    """A directory where the probe file cannot be created is refused as not writable, wherever the tests run."""
+    # The tests run as root, for whom chmod does not make a directory read-only, and a read-only mount needs
+    # privileges a test machine may lack: here the probe's open fails as it does on a read-only file system.
+    import service.spill as spill_module
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if os.path.basename(path).startswith(".write-probe"):
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(spill_module.os, "open", read_only)
+    with pytest.raises(ConfigError, match=f"^CALLPULSE_SPILL_DIR={re.escape(str(tmp_path))}: is not writable: Read-only file system$"):
+        check_spill_dir(str(tmp_path), min_free_bytes=1)
+
+
+def test_check_spill_dir_refuses_a_file_system_without_room(tmp_path):
+    """A directory on a file system with less free space than required is refused, saying how much there is."""
+    with pytest.raises(ConfigError, match=rf"^CALLPULSE_SPILL_DIR={re.escape(str(tmp_path))}: only \d+ MiB free on its file system, "
+                                          rf"at least \d+ MiB needed$"):
+        check_spill_dir(str(tmp_path), min_free_bytes=1 << 60)
