@@ -164,13 +164,28 @@ return 1
 class AlertPublisher(EventSink):
     """Delivers alerts and call events to Redis in order, each exactly once, without ever blocking a call.
 
-    One task sends from a bounded in-memory queue (`publish_queue` items). When it is full (Redis
-    away or slow) new items go to a disk spill (`spill_dir`, at most `spill_max_bytes`), and keep
-    going there until the spill is drained, so the order is kept; with no spill configured, or a
-    full spill, the new item is dropped, logged and counted. A failed send is retried with backoff
-    (up to 2 s apart) until it succeeds; each item carries an id that Redis remembers for
-    `dedup_ttl_s`, so a retry never duplicates it. At shutdown whatever could not be sent within
-    the grace period is moved to the spill, which the next process sends first.
+    One task sends from a bounded in-memory queue (`publish_queue` items) and, behind it, a disk spill
+    (`spill_dir`, at most `spill_max_bytes`). With a spill, an event stays in memory only while Redis
+    is known to be reachable, and at most `spill_after_ms`:
+    - while Redis is known to be unreachable (`connected` False) a new event is written to the spill
+      in `publish_alert` / `publish_call_event` itself, so it is in the operating system before the
+      session tells the bridge about it;
+    - when Redis has not acknowledged the oldest event in memory `spill_after_ms` after it was queued
+      (Redis slow, or a send that hangs), a timer moves the whole memory queue to the front of the
+      spill, and so does a failed send.
+    Once the spill holds anything, new events go behind it until it is drained, so the order is kept.
+    A spill record is written to the operating system at once and fsynced on the spill's own thread
+    (group commit): a crash of the process loses nothing that reached the spill, a power loss the
+    last milliseconds. What a crash can lose is what is only in memory: events Redis has not
+    acknowledged yet, queued less than `spill_after_ms` ago while Redis looked reachable.
+
+    An event that fits nowhere (no spill and a full memory queue, a full spill, a spill that cannot
+    be written) is dropped, logged and counted; a failing spill is also kept in `spill_error` until
+    it works again. A failed send is retried with backoff (up to 2 s apart) until it succeeds; each
+    item carries an id that Redis remembers for `dedup_ttl_s`, so a retry, or an event sent again from
+    the spill after it was moved there while its send was in flight, is never delivered twice. At
+    shutdown whatever could not be sent within the grace period is moved to the spill, which the next
+    process sends first.
     """
 
     def __init__(self, config: RedisConfig, tenant_channels: bool = False) -> None:
@@ -178,8 +193,10 @@ class AlertPublisher(EventSink):
         self.config = config
         self.channels = Channels(config.prefix)
         self._tenant_channels = tenant_channels
-        self._memory: deque[dict[str, Any]] = deque()
+        self._memory: deque[tuple[float, dict[str, Any]]] = deque()  # (time.monotonic() when queued, item)
         self._spill: DiskSpill | None = DiskSpill(config.spill_dir, config.spill_max_bytes) if config.spill_dir else None
+        self._spill_after_s = config.spill_after_ms / 1000
+        self._watchdog: asyncio.TimerHandle | None = None
         self._wakeup = asyncio.Event()
         self._redis: aioredis.Redis | None = None
         self._script = None
@@ -187,14 +204,20 @@ class AlertPublisher(EventSink):
         self._closing = False
         self.connected = True
         """False while the last attempt to reach Redis failed (readiness reports degraded)."""
+        self.spill_error: str | None = None
+        """Why the last write to the disk spill failed (full, disk full, permissions); None once one succeeds
+        or the spill is drained."""
 
     async def start(self) -> None:
+        """Connect (lazily) and start the task that delivers what is queued."""
         options: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 5}
         if self.config.tls_ca_file:
             options["ssl_ca_certs"] = self.config.tls_ca_file
         self._redis = aioredis.from_url(self.config.url, **options)
         self._script = self._redis.register_script(_DELIVER_ONCE)
         self._task = asyncio.create_task(self._run(), name="alert-publisher")
+        if self._spill is not None:
+            self._arm_watchdog()  # for events queued before the start
         if self.backlog:
             self._wakeup.set()
 
@@ -202,6 +225,11 @@ class AlertPublisher(EventSink):
     def backlog(self) -> int:
         """Items waiting to be delivered (memory and disk)."""
         return len(self._memory) + (len(self._spill) if self._spill is not None else 0)
+
+    @property
+    def losing_events(self) -> bool:
+        """New events are being dropped: Redis is unreachable and the disk spill cannot take them."""
+        return not self.connected and self.spill_error is not None
 
     def _names(self, tenant: str) -> Channels:
         return self.channels.for_tenant(tenant) if self._tenant_channels else self.channels
@@ -223,19 +251,66 @@ class AlertPublisher(EventSink):
         self._enqueue({"kind": "call", "id": uuid.uuid4().hex, "document": document, "channels": [names.calls]})
 
     def _enqueue(self, item: dict[str, Any]) -> None:
-        spilling = self._spill is not None and len(self._spill) > 0
-        if not spilling and len(self._memory) < self.config.publish_queue:
-            self._memory.append(item)
-        elif self._spill is not None:
-            try:
-                self._spill.append(item)
-                metrics.publish_spilled()
-            except (SpillFull, OSError) as exc:
-                self._drop(item, str(exc))
+        spill = self._spill
+        if spill is not None and (not self.connected or len(spill) > 0):
+            self._append_to_spill(item)
+        elif len(self._memory) < self.config.publish_queue:
+            self._memory.append((time.monotonic(), item))
+            if spill is not None and self._watchdog is None and self._task is not None:
+                self._arm_watchdog()
+        elif spill is not None:
+            self._append_to_spill(item)
         else:
             self._drop(item, f"publish queue full ({self.config.publish_queue} items) and no disk spill configured")
         metrics.publish_backlog(self.backlog)
         self._wakeup.set()
+
+    def _append_to_spill(self, item: dict[str, Any]) -> None:
+        assert self._spill is not None
+        try:
+            self._spill.append(item)
+        except (SpillFull, OSError) as exc:
+            self._spill_failed(exc)
+            self._drop(item, str(exc))
+            return
+        self.spill_error = None
+        metrics.publish_spilled()
+
+    def _spill_failed(self, exc: Exception) -> None:
+        if self.spill_error is None:
+            log.error("the disk spill cannot take events: %s", exc)
+        self.spill_error = str(exc)
+
+    def _arm_watchdog(self) -> None:
+        """Check the oldest event in memory when it has waited `spill_after_ms` (or, if it already has and
+        the spill could not take it, `spill_after_ms` from now)."""
+        if self._memory and not self._closing:
+            due = max(self._memory[0][0] + self._spill_after_s - time.monotonic(), self._spill_after_s if self.spill_error else 0.0)
+            self._watchdog = asyncio.get_running_loop().call_later(due, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        if self._memory and time.monotonic() - self._memory[0][0] >= self._spill_after_s:
+            self._spill_memory(f"redis has not acknowledged an event within {self.config.spill_after_ms} ms")
+        self._arm_watchdog()
+
+    def _spill_memory(self, why: str) -> None:
+        """Move every event in memory, in order, to the front of the spill (they are older than any event
+        there: once the spill holds anything, new events go behind it). If the spill cannot take them they
+        stay in memory."""
+        if self._spill is None or not self._memory:
+            return
+        items = [item for _, item in self._memory]
+        try:
+            self._spill.prepend(items)
+        except (SpillFull, OSError) as exc:
+            self._spill_failed(exc)
+            return
+        self._memory.clear()
+        self.spill_error = None
+        for _ in items:
+            metrics.publish_spilled()
+        log.info("%s: %d event(s) moved from memory to the disk spill", why, len(items))
 
     def _drop(self, item: dict[str, Any], why: str) -> None:
         metrics.error("publish_queue_full")
@@ -246,6 +321,9 @@ class AlertPublisher(EventSink):
         if self._task is None:
             return
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._wakeup.set()
         # Cancelling a task inside a redis-py call can be swallowed there, so the loop is asked to
         # end and every wait is bounded; cancellation is the last resort.
@@ -270,7 +348,7 @@ class AlertPublisher(EventSink):
         if self._spill is None:
             log.error("%d events not published before shutdown (no disk spill configured)", len(self._memory))
             return
-        items = list(self._memory)
+        items = [item for _, item in self._memory]
         self._memory.clear()
         try:
             self._spill.prepend(items)
@@ -282,7 +360,7 @@ class AlertPublisher(EventSink):
 
     def _head(self) -> tuple[dict[str, Any] | None, str]:
         if self._memory:
-            return self._memory[0], "memory"
+            return self._memory[0][1], "memory"
         if self._spill is not None:
             record = self._spill.peek()
             if record is not None:
@@ -290,6 +368,7 @@ class AlertPublisher(EventSink):
         return None, ""
 
     async def _run(self) -> None:
+        await self._check_connection()  # know at once whether Redis is there: events go to the spill if not
         while True:
             item, source = self._head()
             if item is None:
@@ -310,6 +389,7 @@ class AlertPublisher(EventSink):
                     if self.connected:
                         log.warning("redis unreachable (%s); %d events wait, retrying with backoff", type(exc).__name__, self.backlog)
                     self.connected = False
+                    self._spill_memory("redis unreachable")
                     metrics.publish_failed()
                     if self._closing:
                         return  # stop() spills what is left
@@ -319,10 +399,15 @@ class AlertPublisher(EventSink):
                 log.info("redis reachable again; %d events still to send", self.backlog - 1)
             self.connected = True
             if source == "memory":
-                self._memory.popleft()
+                # The watchdog may have moved the item to the spill while it was being sent: it is sent
+                # again from there, and Redis ignores it by its id.
+                if self._memory and self._memory[0][1] is item:
+                    self._memory.popleft()
             else:
                 assert self._spill is not None
                 self._spill.take()
+                if not len(self._spill):
+                    self.spill_error = None
             metrics.publish_backlog(self.backlog)
 
     async def _check_connection(self) -> None:

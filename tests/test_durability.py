@@ -211,3 +211,224 @@ def test_subscriber_since_replays_missed_alerts_then_follows_live_ones_once(redi
     assert [p["alert_id"] for p in printed[len(expected_replay):]] == live_ids
     assert all(p["agent_id"] == "a3" and "-" in p["stream_id"] for p in printed)
     assert len({p["alert_id"] for p in printed}) == len(printed)
+
+
+def spill_records(directory):
+    """The records in a spill directory, in the order it would send them."""
+    return [json.loads(line) for f in sorted(directory.glob("spill-*.jsonl")) for line in f.read_text().splitlines()]
+
+
+def make_alert(n):
+    """An alert and its call, built directly (no rules), for publisher-level tests."""
+    from service.domain import Alert, AudioFormat, CallConfig, Encoding, Role, Severity
+
+    call = CallConfig(f"call-{n}", "agent-1", "team-1", "", AudioFormat(Encoding.PCM16LE, 16000, (Role.CUSTOMER,)))
+    alert_id = f"alert-{n}"
+    document = {"type": "alert", "alert_id": alert_id, "call_id": call.call_id, "n": n}
+    return Alert(alert_id, "r", Severity.HIGH, Role.CUSTOMER, 0, 0, "m", False, 0.0, ("agent",), document), call
+
+
+class SilentRedis:
+    """A TCP server that accepts connections and reads what is sent, and never answers (a hung Redis)."""
+
+    def __init__(self) -> None:
+        import socket
+
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._connections = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._server.accept()
+            except OSError:
+                return
+            self._connections.append(connection)
+            threading.Thread(target=self._drain, args=(connection,), daemon=True).start()
+
+    @staticmethod
+    def _drain(connection) -> None:
+        try:
+            while connection.recv(65536):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        import socket
+
+        for sock in [self._server, *self._connections]:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked on it; close alone would not
+            except OSError:
+                pass
+            sock.close()
+
+
+def test_events_redis_does_not_acknowledge_move_to_the_spill_within_spill_after_ms(tmp_path):
+    """With a Redis that takes the connection but never answers, queued alerts are in the spill files, in order, once
+    spill_after_ms has passed - while the publisher still runs."""
+    import asyncio
+
+    from service.alerts import AlertPublisher
+
+    silent = SilentRedis()
+    spill = tmp_path / "spill"
+
+    async def main():
+        publisher = AlertPublisher(RedisConfig(url=f"redis://127.0.0.1:{silent.port}/0", prefix="slow", spill_dir=str(spill),
+                                               spill_after_ms=50))
+        await publisher.start()
+        await asyncio.sleep(0.05)
+        assert publisher.connected  # the PING has not failed: Redis looks reachable, just slow
+        for n in range(3):
+            publisher.publish_alert(*make_alert(n), arrival=time.monotonic())
+        await asyncio.sleep(0.3)
+        on_disk = [r["id"] for r in spill_records(spill)]
+        backlog = publisher.backlog
+        silent.close()
+        await publisher.stop(timeout=1.0)
+        return on_disk, backlog
+
+    try:
+        on_disk, backlog = asyncio.run(main())
+    finally:
+        silent.close()
+    assert on_disk == ["alert-0", "alert-1", "alert-2"] and backlog == 3
+
+
+def test_an_event_moved_to_the_spill_while_its_send_is_in_flight_is_delivered_once(redis_server, tmp_path):
+    """A send that Redis acknowledges only after spill_after_ms: the queue moves to the spill meanwhile, the in-flight
+    event is sent again from there, and every alert and call event still reaches Redis exactly once, in order."""
+    import asyncio
+
+    from service.alerts import AlertPublisher
+
+    prefix = f"inflight{time.monotonic_ns()}"
+    client = redis_server.client()
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(f"{prefix}:agent:agent-1", f"{prefix}:calls")
+    spill = tmp_path / "spill"
+
+    async def main():
+        publisher = AlertPublisher(RedisConfig(url=redis_server.url, prefix=prefix, spill_dir=str(spill), spill_after_ms=50))
+        await publisher.start()
+        real_send, gate, sent = publisher._send, asyncio.Event(), []
+
+        async def slow_first_send(item):
+            sent.append(item["id"])
+            if len(sent) == 1:
+                await gate.wait()  # Redis is slow to answer the first one
+            await real_send(item)
+
+        publisher._send = slow_first_send
+        publisher.publish_alert(*make_alert(0), arrival=time.monotonic())
+        publisher.publish_call_event({"type": "call_started", "call_id": "call-0"})
+        publisher.publish_alert(*make_alert(1), arrival=time.monotonic())
+        await asyncio.sleep(0.3)
+        spilled = [r["id"] for r in spill_records(spill)]
+        gate.set()
+        deadline = time.monotonic() + 5
+        while publisher.backlog and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        backlog = publisher.backlog
+        await publisher.stop()
+        return spilled, sent, backlog
+
+    spilled, sent, backlog = asyncio.run(main())
+    assert len(spilled) == 3 and spilled[0] == sent[0] == "alert-0"
+    assert backlog == 0 and sent[:2] == ["alert-0", "alert-0"]  # sent again from the spill
+    assert stream_ids(redis_server.url, prefix) == ["alert-0", "alert-1"]
+    messages = []
+    deadline = time.monotonic() + 2
+    while time.monotonic() < deadline and len(messages) < 3:
+        message = pubsub.get_message(timeout=0.1)
+        if message:
+            messages.append(json.loads(message["data"]))
+    while (message := pubsub.get_message(timeout=0.2)) is not None:  # nothing more may arrive
+        messages.append(json.loads(message["data"]))
+    pubsub.close()
+    assert [m.get("alert_id") or m["type"] for m in messages] == ["alert-0", "call_started", "alert-1"]
+
+
+def test_with_redis_down_an_alert_is_in_the_spill_when_publish_returns(tmp_path):
+    """Once the publisher knows Redis is unreachable, publish_alert returns only after the alert is in the spill file."""
+    import asyncio
+
+    from service.alerts import AlertPublisher
+    from tests.conftest import free_port
+
+    spill = tmp_path / "spill"
+
+    async def main():
+        publisher = AlertPublisher(RedisConfig(url=f"redis://127.0.0.1:{free_port()}/0", prefix="down", spill_dir=str(spill)))
+        await publisher.start()
+        deadline = time.monotonic() + 5
+        while publisher.connected and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert not publisher.connected
+        found = []
+        for n in range(3):
+            publisher.publish_alert(*make_alert(n), arrival=time.monotonic())
+            found.append([r["id"] for r in spill_records(spill)])  # no await: nothing else ran meanwhile
+        await publisher.stop(timeout=0.5)
+        return found
+
+    assert asyncio.run(main()) == [["alert-0"], ["alert-0", "alert-1"], ["alert-0", "alert-1", "alert-2"]]
+
+
+def serve_process(env):
+    """Start `python -m service serve` and return (process, its JSON ready line)."""
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("{") and json.loads(line).get("event") == "ready":
+            return proc, json.loads(line)
+    proc.kill()
+    raise AssertionError("the server did not become ready")
+
+
+def test_sigkill_with_redis_down_loses_no_alert_the_bridge_saw(test_models, start_server, tmp_path):
+    """With Redis down, a service SIGKILLed right after a call loses none of the alerts its bridge saw: a new service on
+    the same spill delivers each of them to the stream exactly once, in order, once Redis is up."""
+    import os
+
+    own = RedisServer(tmp_path / "redis")  # its port is chosen; nothing listens there until start()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    prefix = f"kill{os.getpid()}"
+    env = dict(os.environ, CALLPULSE_REDIS_URL=own.url, CALLPULSE_REDIS_PREFIX=prefix, CALLPULSE_MODEL=test_models["neutral"],
+               CALLPULSE_GRPC_PORT="0", CALLPULSE_WS_PORT="0", CALLPULSE_METRICS_PORT="-1", CALLPULSE_THREADS="1",
+               CALLPULSE_RULES=str(rules), CALLPULSE_RULES_POLL_S="0", CALLPULSE_SPILL_DIR=str(tmp_path / "spill"))
+    first, ready = serve_process(env)
+    try:
+        plan = CallPlan(call_id="kill-1", agent_id="a9", team="t9", roles=("customer",), speed=0)
+        outcome = run_call(f"grpc://127.0.0.1:{ready['grpc_port']}", pauses_wav(tmp_path, repeats=4), plan)
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert outcome.error is None
+    ids = [a["alert_id"] for a in sorted(outcome.of("alert"), key=lambda a: a["fired_ms"])]
+    assert len(ids) >= 3
+    own.start()
+    try:
+        # The new service runs in this process (a second `serve` process would only add seconds of start-up).
+        config = config_for(own.url, test_models["neutral"], str(rules), prefix=prefix, spill_dir=str(tmp_path / "spill"))
+        second = start_server(config)
+        assert wait_for(lambda: len(stream_ids(own.url, prefix)) >= len(ids), timeout=15)
+        assert wait_for(lambda: second.app.publisher.backlog == 0, timeout=5)
+        assert stream_ids(own.url, prefix) == ids
+    finally:
+        own.stop()
