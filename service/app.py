@@ -18,10 +18,17 @@ from service.inference.batcher import InferenceBatcher
 from service.rules import RuleEngine, RuleSet, load_rules
 from service.rules.reloader import RulesReloader
 from service.session import CallSession, SessionContext
+from service.spill import check_spill_dir
 from service.transport.grpc_server import GrpcServer
 from service.transport.ws_server import WebSocketServer
 
 log = logging.getLogger(__name__)
+
+# Free space the spill directory needs at start (or spill_max_bytes, if smaller). Not the whole
+# spill_max_bytes: the spill is empty most of the time, and 64 MiB already holds tens of thousands
+# of events (an alert is about 1-4 KB, a summary a few KB), a long Redis outage's worth; a spill
+# that fills the disk later is reported by readiness instead (App.degraded).
+SPILL_MIN_FREE_BYTES = 64 << 20
 
 
 def load_emotion_model(config: ServiceConfig) -> EmotionModel:
@@ -99,14 +106,15 @@ class App:
             log.info("caller authentication on: %d tenant(s); alerts go to per-tenant channels", len(authenticator.tenants))
         else:
             log.warning("caller authentication is OFF (no CALLPULSE_AUTH_TOKENS): any caller is admitted - development only")
+        if cfg.redis.spill_dir:
+            check_spill_dir(cfg.redis.spill_dir, min(cfg.redis.spill_max_bytes, SPILL_MIN_FREE_BYTES))
         self.publisher = AlertPublisher(cfg.redis, tenant_channels=authenticator.enabled)
         await self.publisher.start()
         self.calls = CallRegistry(cfg.server.max_calls, self._new_session, authenticator, cfg.server.max_rss_mb)
         self.grpc = GrpcServer(cfg.server, self.calls, cfg.ingest.idle_timeout_s)
         self.grpc_port = await self.grpc.start()
         if cfg.server.ws_port >= 0:
-            self.ws = WebSocketServer(cfg.server, self.calls, cfg.ingest, ready=lambda: bool(self.calls and self.calls.accepting),
-                                      degraded=self.degraded)
+            self.ws = WebSocketServer(cfg.server, self.calls, cfg.ingest, ready=self.ready, degraded=self.degraded)
             self.ws_port = await self.ws.start()
         if cfg.server.metrics_port >= 0:
             self.metrics_port = metrics.serve(cfg.server.metrics_port, cfg.server.host)
@@ -142,11 +150,24 @@ class App:
         )
         return CallSession(call_config, ctx)
 
+    def ready(self) -> bool:
+        """Calls are accepted and their alerts are not being lost (readiness; see `degraded` for why not)."""
+        return bool(self.calls and self.calls.accepting) and not (self.publisher is not None and self.publisher.losing_events)
+
     def degraded(self) -> str | None:
-        """Why the service runs degraded (calls are still served), or None."""
-        if self.publisher is not None and not self.publisher.connected:
-            return f"redis unreachable; {self.publisher.backlog} alert/call events waiting (memory and disk spill)"
-        return None
+        """Why the service runs degraded, or None: a dependency is away, alerts wait or, when both Redis
+        and the disk spill fail, are being lost (then `ready` is False too)."""
+        publisher = self.publisher
+        if publisher is None:
+            return None
+        reasons = []
+        if not publisher.connected:
+            reasons.append(f"redis unreachable; {publisher.backlog} alert/call events waiting (memory and disk spill)")
+        if publisher.spill_error is not None:
+            reasons.append(f"disk spill failing: {publisher.spill_error}")
+        if publisher.losing_events:
+            reasons.append("new alert/call events are being dropped")
+        return "; ".join(reasons) or None
 
     def _apply_rules(self, rules: RuleSet) -> None:
         self.rule_engine = RuleEngine(rules)

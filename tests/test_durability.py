@@ -432,3 +432,43 @@ def test_sigkill_with_redis_down_loses_no_alert_the_bridge_saw(test_models, star
         assert stream_ids(own.url, prefix) == ids
     finally:
         own.stop()
+
+
+def test_a_failing_spill_is_reported_and_makes_readiness_fail_while_redis_is_down(test_models, start_server, tmp_path):
+    """A spill write that fails later (disk full) is reported by degraded(); while Redis is also down /readyz answers
+    503 because events are being dropped, and both clear once the spill takes an event again."""
+    import errno
+    import urllib.error
+
+    from tests.conftest import free_port
+
+    config = config_for(f"redis://127.0.0.1:{free_port()}/0", test_models["neutral"], str(tmp_path / "unused.yaml"),
+                        spill_dir=str(tmp_path / "spill"))
+    (tmp_path / "unused.yaml").write_text(RULES)
+    server = start_server(config)
+    publisher = server.app.publisher
+    assert wait_for(lambda: not publisher.connected, timeout=5)
+
+    def readyz():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{server.app.ws_port}/readyz", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    real_append = publisher._spill.append
+
+    def disk_full(record):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    publisher._spill.append = disk_full
+    server.call(lambda: publisher.publish_call_event({"type": "call_started", "call_id": "c1"}))
+    degraded = server.call(server.app.degraded)
+    assert "disk spill failing: [Errno 28] No space left on device" in degraded
+    status, body = readyz()
+    assert status == 503 and body.startswith("not ready: redis unreachable") and "disk spill failing" in body
+    publisher._spill.append = real_append
+    server.call(lambda: publisher.publish_call_event({"type": "call_started", "call_id": "c2"}))
+    status, body = readyz()
+    assert status == 200 and body.startswith("degraded: redis unreachable") and "failing" not in body
+    assert publisher.spill_error is None

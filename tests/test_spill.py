@@ -241,3 +241,23 @@ def test_check_spill_dir_refuses_a_file_system_without_room(tmp_path):
     with pytest.raises(ConfigError, match=rf"^CALLPULSE_SPILL_DIR={re.escape(str(tmp_path))}: only \d+ MiB free on its file system, "
                                           rf"at least \d+ MiB needed$"):
         check_spill_dir(str(tmp_path), min_free_bytes=1 << 60)
+
+
+def test_serve_with_a_regular_file_as_spill_dir_exits_with_a_clear_error(tmp_path):
+    """`python -m service serve` with CALLPULSE_SPILL_DIR naming a regular file exits non-zero with one error line
+    naming the setting, and no traceback."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, free_port
+
+    spill = tmp_path / "spill.txt"
+    spill.write_text("not a directory")
+    env = dict(os.environ, CALLPULSE_SPILL_DIR=str(spill), CALLPULSE_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+               CALLPULSE_MODEL=str(tmp_path / "no-model"), CALLPULSE_GRPC_PORT="0", CALLPULSE_WS_PORT="0",
+               CALLPULSE_METRICS_PORT="-1")
+    done = subprocess.run([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode != 0
+    assert f"error: CALLPULSE_SPILL_DIR={spill}: is a regular file, not a directory\n" in done.stderr
+    assert "Traceback" not in done.stderr and "Errno 17" not in done.stderr

@@ -657,7 +657,9 @@ class WebSocketServer:
                 # instance must stay in rotation.
                 why = self._degraded()
                 return connection.respond(HTTPStatus.OK, f"degraded: {why}\n" if why else "ready\n")
-            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "not ready: the model is loading or the service is stopping\n")
+            why = self._degraded() if self._calls.accepting else None  # accepting calls, yet not ready: alerts are being lost
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                      f"not ready: {why}\n" if why else "not ready: the model is loading or the service is stopping\n")
         if path not in NATIVE_PATHS + (TWILIO_PATH, AUDIOHOOK_PATH):
             return connection.respond(HTTPStatus.NOT_FOUND, f"no such endpoint {path}; use /, /twilio or /audiohook\n")
         refused = self._check_signature(path, request)
