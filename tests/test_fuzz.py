@@ -1,8 +1,10 @@
 """Property-based fuzzing (hypothesis): decoders, every protocol parser and the rules parser either succeed or raise the
-service's typed error, never anything else; random traffic against the real WebSocket server ends with a documented close
-code and never an internal error. Bounded for CI (`make test`); `make fuzz` runs many more examples."""
+documented error (InvalidArgument; AudioHookProtocolError for AudioHook), never anything else, also for wrong-typed,
+100,000-deep and huge-number JSON in any field of any message; random traffic against the real WebSocket server ends with
+a documented close code and never an internal error. Bounded for CI (`make test`); `make fuzz` runs many more examples."""
 
 import asyncio
+import copy
 import json
 import os
 
@@ -16,12 +18,24 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from agentassist.v1 import agent_assist_pb2 as pb
 from service.audio.codecs import decode, encode
-from service.domain import AudioFormat, Encoding, Role
+from service.domain import AudioFormat, Encoding, Role, TranscriptSegment
 from service.errors import InvalidArgument
 from service.rules import rule_errors
+from service.transport import json_events, twilio_wire
+from service.transport.audiohook_wire import (
+    AudioHookProtocolError,
+    ClientMessage,
+    OpenParameters,
+    close_reason,
+    discarded_ms,
+    error_code,
+    open_parameters,
+    parse_client_message,
+    select_media,
+)
 from service.transport.grpc_server import call_config_from_proto
-from service.transport.json_events import start_from_json, transcript_from_json
-from service.transport.ws_server import TwilioCall, _is_client_message, _select_media
+from service.transport.json_events import native_message, start_from_json, stop_from_json, transcript_from_json
+from service.transport.twilio_wire import TwilioMedia, TwilioOther, TwilioStart, TwilioStop, parse_twilio
 from tests.conftest import service_config
 
 EXAMPLES = int(os.environ.get("CALLPULSE_FUZZ_EXAMPLES", "150"))
@@ -119,28 +133,211 @@ def test_grpc_call_config_parser_accepts_or_names_the_problem(call_id, agent_id,
 @UNIT
 @given(json_values)
 def test_twilio_start_parser_accepts_or_names_the_problem(doc):
-    """Any JSON as Twilio's start message gives a call configuration or an InvalidArgument."""
-    call = TwilioCall.__new__(TwilioCall)  # only the message parsing is under test here
-    call.inbound_role = Role.CUSTOMER
-    call.tracks = []
+    """Any JSON as Twilio's start message (or as its `start` object) gives a typed TwilioStart or an InvalidArgument."""
     for candidate in (doc, {"event": "start", "start": doc}):
-        if not isinstance(candidate, dict):
-            continue
         try:
-            config = call._config(candidate)
+            message = parse_twilio(json.dumps(candidate), max_chars=twilio_wire.MAX_MESSAGE_CHARS, max_payload_bytes=1024)
         except InvalidArgument as exc:
             assert str(exc)
             continue
-        assert config.audio.encoding is Encoding.MULAW
+        assert isinstance(message, (TwilioStart, TwilioMedia, TwilioStop, TwilioOther))
+        if isinstance(message, TwilioStart):
+            assert set(message.tracks) <= {"inbound", "outbound"} and all(isinstance(v, str) for v in message.custom.values())
 
 
 @UNIT
 @given(json_values)
-def test_audiohook_message_checks_never_raise(value):
-    """The AudioHook message and media-offer checks answer yes/no for any JSON, never raise."""
-    assert _is_client_message(value) in (True, False)
-    media = _select_media(value)
+def test_audiohook_message_checks_accept_or_refuse_in_protocol(value):
+    """Any JSON as an AudioHook client message is a ClientMessage or an AudioHookProtocolError; media selection never raises."""
+    try:
+        message = parse_client_message(json.dumps(value))
+    except AudioHookProtocolError as exc:
+        assert exc.info
+    else:
+        assert isinstance(message, ClientMessage) and isinstance(message.seq, int) and not isinstance(message.seq, bool)
+    media = select_media(value)
     assert media is None or (media["format"] == "PCMU" and media["rate"] == 8000)
+
+
+# -- recursive and wrong-typed JSON for every message type of every protocol ------------------------------------------
+
+
+class Raw:
+    """JSON text spliced in verbatim where json.dumps cannot produce it (200,000-deep nesting, 5000-digit numbers)."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __repr__(self):
+        return f"Raw({self.text[:30]!r}... {len(self.text)} chars)"
+
+
+DELETE = object()
+
+
+def serialise(doc):
+    raws = []
+
+    def splice(value):
+        raws.append(value.text)
+        return f"@raw{len(raws) - 1}@"
+
+    text = json.dumps(doc, default=splice)
+    for i, raw in enumerate(raws):
+        text = text.replace(f'"@raw{i}@"', raw, 1)
+    return text
+
+
+depths = st.integers(1, 100_000) | st.sampled_from([31, 32, 33, 34, 1000])
+raw_texts = st.one_of(
+    depths.map(lambda n: "[" * n + "]" * n),
+    depths.map(lambda n: '{"a":' * n + "0" + "}" * n),
+    depths.map(lambda n: "[" * n),
+    depths.map(lambda n: ('[{"k":' * n)[: 2 * n] + "1" + "]}" * n),
+    st.integers(4301, 20_000).map(lambda n: "9" * n),
+    st.sampled_from(["-" + "1" * 5000, "1e999", "-1e999", "1" + "0" * 400 + ".5", "NaN", "Infinity", "-Infinity", "1E400"]),
+).map(Raw)
+wrong_values = st.one_of(
+    st.none(), st.booleans(), st.integers(-2**64, 2**64), st.sampled_from([0, 1, -1, 2, 8000, 2**53, 10**30, 10**4000]),
+    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from([2.0, 1.0, 1.5, 8000.0, 1e308]),
+    st.text(max_size=20), st.sampled_from(["", " 7", "1.5", "-1", "true", "8000", "inbound", "customer", "PT1S", "\ud800", "\ud800x",
+                                           "%%%", "x" * 5000]),
+    st.lists(st.text(max_size=5), max_size=3), json_values, raw_texts,
+    st.recursive(st.just([]), lambda children: st.lists(children, min_size=1, max_size=1) | st.dictionaries(st.just("k"), children, min_size=1),
+                 max_leaves=60),
+)
+
+
+def paths(doc, prefix=()):
+    """Every path into `doc`, the root included."""
+    yield prefix
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            yield from paths(value, prefix + (key,))
+    elif isinstance(doc, list):
+        for index, value in enumerate(doc):
+            yield from paths(value, prefix + (index,))
+
+
+def replaced(doc, path, value):
+    if not path:
+        return value if value is not DELETE else {}
+    doc = copy.deepcopy(doc)
+    target = doc
+    for key in path[:-1]:
+        target = target[key]
+    if value is DELETE:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return doc
+
+
+def mutations(template):
+    """A template message with one field (any path, or the whole message) replaced by a wrong-typed, deeply nested or
+    huge value, or deleted."""
+    every = list(paths(template))
+    return st.builds(replaced, st.just(template), st.sampled_from(every), wrong_values | st.just(DELETE)).map(serialise)
+
+
+AH_ID = "e160e428-53e2-487c-977d-96989bf5c99d"
+
+
+def audiohook_template(kind, parameters):
+    return {"version": "2", "id": AH_ID, "type": kind, "seq": 2, "serverseq": 1, "position": "PT1.5S", "parameters": parameters}
+
+
+TEMPLATES = {
+    "native": [
+        {"type": "start", "call_id": "c", "agent_id": "a", "team": "t", "tenant": "x", "score_roles": ["customer"], "realtime": True,
+         "framing": "raw", "audio": {"encoding": "mulaw", "sample_rate_hz": 8000, "channels": 2, "channel_roles": ["customer", "agent"]}},
+        {"type": "transcript", "speaker": "customer", "start_ms": 0, "end_ms": 1500, "text": "hello"},
+        {"type": "stop", "reason": "end_of_call"},
+    ],
+    "twilio": [
+        {"event": "connected", "protocol": "Call", "version": "1.0.0"},
+        {"event": "start", "sequenceNumber": "1", "streamSid": "MZ1", "start": {
+            "accountSid": "AC1", "streamSid": "MZ1", "callSid": "CA1", "tracks": ["inbound", "outbound"],
+            "customParameters": {"agent_id": "a", "team": "t", "score_roles": "customer,agent"},
+            "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}},
+        {"event": "media", "sequenceNumber": "2", "streamSid": "MZ1",
+         "media": {"track": "inbound", "chunk": "1", "timestamp": "5", "payload": "////"}},
+        {"event": "mark", "sequenceNumber": "3", "streamSid": "MZ1", "mark": {"name": "m1"}},
+        {"event": "dtmf", "sequenceNumber": "4", "streamSid": "MZ1", "dtmf": {"track": "inbound_track", "digit": "1"}},
+        {"event": "stop", "sequenceNumber": "5", "streamSid": "MZ1", "stop": {"accountSid": "AC1", "callSid": "CA1"}},
+    ],
+    "audiohook": [
+        audiohook_template("open", {
+            "organizationId": "o", "conversationId": "c", "participant": {"id": "p", "ani": "", "aniName": "", "dnis": ""},
+            "media": [{"type": "audio", "format": "PCMU", "channels": ["external", "internal"], "rate": 8000}],
+            "customConfig": {"agent_id": "a", "team": "t", "score_roles": ["customer"], "realtime": True}}),
+        audiohook_template("ping", {"rtt": "PT0.05S"}),
+        audiohook_template("paused", {}),
+        audiohook_template("resumed", {"start": "PT1S", "discarded": "PT0.5S"}),
+        audiohook_template("discarded", {"start": "PT1S", "discarded": "PT2S"}),
+        audiohook_template("update", {"language": "en-US"}),
+        audiohook_template("error", {"code": 500, "message": "internal"}),
+        audiohook_template("close", {"reason": "end"}),
+    ],
+}
+
+
+def parse_native(text):
+    kind, doc = native_message(text, max_chars=json_events.MAX_MESSAGE_CHARS)
+    if kind == "start":
+        return start_from_json(doc)
+    if kind == "transcript":
+        return transcript_from_json(doc)
+    if kind == "stop":
+        return stop_from_json(doc)
+    return kind
+
+
+def parse_twilio_message(text):
+    return parse_twilio(text, max_chars=twilio_wire.MAX_MESSAGE_CHARS, max_payload_bytes=1024)
+
+
+def parse_audiohook(text):
+    message = parse_client_message(text)
+    if message.type == "open":
+        return open_parameters(message.parameters)
+    if message.type in ("resumed", "discarded"):
+        return discarded_ms(message.parameters, message.type)
+    if message.type == "close":
+        return close_reason(message.parameters)
+    if message.type == "error":
+        return error_code(message.parameters)
+    return message
+
+
+# protocol: (parser, its documented error, what it returns)
+PROTOCOLS = {
+    "native": (parse_native, InvalidArgument, (tuple, TranscriptSegment, str)),
+    "twilio": (parse_twilio_message, InvalidArgument, (TwilioStart, TwilioMedia, TwilioStop, TwilioOther)),
+    "audiohook": (parse_audiohook, AudioHookProtocolError, (ClientMessage, OpenParameters, int, str, type(None))),
+}
+MESSAGES = [(protocol, template) for protocol, templates in TEMPLATES.items() for template in templates]
+
+
+@pytest.mark.parametrize("protocol, template", MESSAGES, ids=[f"{p}-{t.get('type') or t.get('event')}" for p, t in MESSAGES])
+def test_recursive_and_wrong_typed_json_for_every_message_type_of_every_protocol(protocol, template):
+    """A valid message of each type with one field replaced by wrong-typed, deeply nested (up to 100,000 levels) or huge
+    JSON parses to a typed message or raises exactly the protocol's documented error, with a short text."""
+    parser, documented, typed = PROTOCOLS[protocol]
+    assert isinstance(parser(serialise(template)), typed)  # the template itself is valid
+
+    @UNIT
+    @given(mutations(template))
+    def check(text):
+        try:
+            result = parser(text)
+        except Exception as exc:  # noqa: BLE001 - the property is about which type escapes
+            assert isinstance(exc, documented), f"{type(exc).__name__}: {exc}"
+            assert 0 < len(str(exc)) < 300
+            return
+        assert isinstance(result, typed) and not isinstance(result, bool)
+
+    check()
 
 
 rule_keys = st.sampled_from(["id", "speaker", "all", "any", "not", "emotion", "min", "for", "clear", "silence", "overtalk",
