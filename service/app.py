@@ -15,6 +15,7 @@ from service.calls import CallRegistry
 from service.config import ServiceConfig, config_as_dict
 from service.inference.base import EmotionModel
 from service.inference.batcher import InferenceBatcher
+from service.redact import redact
 from service.rules import RuleEngine, RuleSet, load_rules
 from service.rules.reloader import RulesReloader
 from service.session import CallSession, SessionContext
@@ -70,7 +71,7 @@ def write_report(directory: str, summary: dict) -> str | None:
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - a report failure must never affect calls
         metrics.report_written("failed")
-        log.error("QA report could not be written to %s: %s", directory, exc)
+        log.error("a QA report could not be written to %s: %s", directory, redact(exc))
         return None
     metrics.report_written("written")
     return path
@@ -110,8 +111,9 @@ class App:
             check_spill_dir(cfg.redis.spill_dir, min(cfg.redis.spill_max_bytes, SPILL_MIN_FREE_BYTES))
         self.publisher = AlertPublisher(cfg.redis, tenant_channels=authenticator.enabled)
         await self.publisher.start()
-        self.calls = CallRegistry(cfg.server.max_calls, self._new_session, authenticator, cfg.server.max_rss_mb)
-        self.grpc = GrpcServer(cfg.server, self.calls, cfg.ingest.idle_timeout_s)
+        self.calls = CallRegistry(cfg.server.max_calls, self._new_session, authenticator, cfg.server.max_rss_mb,
+                                  cfg.server.max_handshakes)
+        self.grpc = GrpcServer(cfg.server, self.calls)
         self.grpc_port = await self.grpc.start()
         if cfg.server.ws_port >= 0:
             self.ws = WebSocketServer(cfg.server, self.calls, cfg.ingest, ready=self.ready, degraded=self.degraded)
@@ -203,6 +205,10 @@ class App:
                     log.error("%d call(s) could not be ended within the grace period", len(pending))
                     for task in pending:
                         task.cancel()
+                # Let each connection end the protocol's way (an error event, AudioHook's disconnect and
+                # close transaction) before the servers close whatever is left.
+                budget = max(0.1, 0.6 * (deadline - asyncio.get_running_loop().time()))
+                await self.calls.wait_idle(budget)
         if self.ws is not None:
             await self.ws.stop()
         if self.grpc is not None:

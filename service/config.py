@@ -43,6 +43,12 @@ class IngestConfig:
     """A call that sends nothing for this long is ended."""
     max_call_duration_s: float = 4 * 3600.0
     """A call whose audio passes this duration is ended (with its summary)."""
+    max_fill_ms: int = 1000
+    """A hole in the audio (lost chunks, a timestamp ahead) up to this long is filled with silence that
+    the VAD runs over; a longer one is stepped over: the call clock advances, open speech ends there."""
+    max_gap_s: float = 3600.0
+    """A hole longer than this (lost chunks, a Twilio timestamp ahead, AudioHook discarded audio) ends the
+    call with INVALID_ARGUMENT."""
 
     def __post_init__(self) -> None:
         _check(self.max_chunk_bytes >= 64, f"max_chunk_bytes must be >= 64, got {self.max_chunk_bytes}")
@@ -52,6 +58,8 @@ class IngestConfig:
         _check(self.pacing_burst_ms >= 0, "pacing_burst_ms must be >= 0")
         _check(self.idle_timeout_s > 0, f"idle_timeout_s must be > 0, got {self.idle_timeout_s}")
         _check(self.max_call_duration_s > 0, f"max_call_duration_s must be > 0, got {self.max_call_duration_s}")
+        _check(0 <= self.max_fill_ms <= 60000, f"max_fill_ms must be 0..60000, got {self.max_fill_ms}")
+        _check(0 < self.max_gap_s <= 24 * 3600, f"max_gap_s must be in (0, 86400], got {self.max_gap_s}")
 
 
 @dataclass(frozen=True)
@@ -217,6 +225,11 @@ class ServerConfig:
     public_ws_url: str = ""
     """The WebSocket base URL as the platforms see it (e.g. wss://callpulse.example.com), which Twilio signs;
     empty: wss:// and the request's Host header."""
+    handshake_timeout_s: float = 5.0
+    """A connection must start its call (gRPC CallConfig, native `start`, Twilio `start`, AudioHook `open`)
+    this soon after it opens, or it is closed (counted in callpulse_handshakes_total{outcome="timeout"})."""
+    max_handshakes: int = 256
+    """Connections open but not yet started; one more is refused (RESOURCE_EXHAUSTED / HTTP 503)."""
     shutdown_grace_s: float = 20.0
     """On SIGTERM: time to end active calls (with their summaries), drain and exit."""
     max_rss_mb: int = 0
@@ -239,6 +252,8 @@ class ServerConfig:
         _check(-1 <= self.metrics_port <= 65535, f"metrics_port must be -1..65535, got {self.metrics_port}")
         _check(self.max_calls >= 1, "max_calls must be >= 1")
         _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
+        _check(0 < self.handshake_timeout_s <= 300, f"handshake_timeout_s must be in (0, 300], got {self.handshake_timeout_s}")
+        _check(self.max_handshakes >= 1, f"max_handshakes must be >= 1, got {self.max_handshakes}")
         _check(0 < self.shutdown_grace_s <= 3600, f"shutdown_grace_s must be in (0, 3600], got {self.shutdown_grace_s}")
         _check(bool(self.tls_cert_file) == bool(self.tls_key_file), "tls_cert_file and tls_key_file go together: set both or neither")
         _check(self.max_rss_mb >= 0, f"max_rss_mb must be >= 0, got {self.max_rss_mb}")
@@ -332,6 +347,8 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_TWILIO_AUTH_TOKEN": ("server", "twilio_auth_token", str),
     "CALLPULSE_PUBLIC_WS_URL": ("server", "public_ws_url", str),
     "CALLPULSE_SHUTDOWN_GRACE_S": ("server", "shutdown_grace_s", float),
+    "CALLPULSE_HANDSHAKE_TIMEOUT_S": ("server", "handshake_timeout_s", float),
+    "CALLPULSE_MAX_HANDSHAKES": ("server", "max_handshakes", int),
     "CALLPULSE_MAX_RSS_MB": ("server", "max_rss_mb", int),
     "CALLPULSE_AUTH_TOKENS": ("server", "auth_tokens", _parse_list),
     "CALLPULSE_AUTH_TOKENS_FILE": ("server", "auth_tokens_file", str),
@@ -344,6 +361,8 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_PACING_FACTOR": ("ingest", "pacing_factor", float),
     "CALLPULSE_IDLE_TIMEOUT_S": ("ingest", "idle_timeout_s", float),
     "CALLPULSE_MAX_CALL_DURATION_S": ("ingest", "max_call_duration_s", float),
+    "CALLPULSE_MAX_FILL_MS": ("ingest", "max_fill_ms", int),
+    "CALLPULSE_MAX_GAP_S": ("ingest", "max_gap_s", float),
     "CALLPULSE_VAD_AGGRESSIVENESS": ("vad", "aggressiveness", int),
     "CALLPULSE_VAD_TRAILING_SILENCE_MS": ("vad", "trailing_silence_ms", int),
     "CALLPULSE_VAD_MAX_SEGMENT_MS": ("vad", "max_segment_ms", int),

@@ -43,6 +43,12 @@ class CallLimitExceeded(CallPulseError):
         self.reason = reason
 
 
+class HandshakeTimeout(CallPulseError):
+    """A connection did not start its call (CallConfig, start, open) within the handshake timeout."""
+
+    kind = "deadline_exceeded"
+
+
 class ModelLoadError(CallPulseError):
     """The emotion model could not be loaded."""
 

@@ -43,6 +43,22 @@ TRANSCRIPT_SEGMENTS = Counter("callpulse_transcript_segments_total", "Transcript
                               "(counted, or rejected with a warning)", ["outcome"])
 
 
+HANDSHAKES = Counter("callpulse_handshakes_total", "Connections by how their handshake ended (started: the call "
+                     "opened; timeout: nothing started it in time; busy: too many waiting; refused: bad or unauthorised)",
+                     ["outcome"])
+HANDSHAKES_WAITING = Gauge("callpulse_handshakes_waiting", "Connections open but not yet started")
+
+
+def handshake_begun(waiting: int) -> None:
+    HANDSHAKES_WAITING.set(waiting)
+
+
+def handshake_ended(outcome: str, waiting: int) -> None:
+    """outcome: started, timeout, busy, refused or disconnected."""
+    HANDSHAKES.labels(outcome).inc()
+    HANDSHAKES_WAITING.set(waiting)
+
+
 def serve(port: int, host: str) -> int:
     """Start the /metrics HTTP server in a background thread; returns the bound port."""
     disable_created_metrics()

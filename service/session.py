@@ -41,13 +41,12 @@ from service.analytics.prosody import ProsodyFigures, ProsodyTrack
 from service.analytics.timeline import ChannelTimeline
 from service.analytics.transcript import TranscriptRate, count_characters
 from service.audio.channel import AnalysisWindow, ChannelPipeline
-from service.audio.codecs import decode
-from service.audio.ingest import InterleavedIngest, Notice, TrackIngest
+from service.audio.ingest import Notice, Silence
+from service.audio.intake import CallIntake
 from service.audio.resample import to_model_input
 from service.config import AnalyticsConfig, IngestConfig, VadConfig, WindowConfig
 from service.domain import (
     Alert,
-    AudioFormat,
     CallConfig,
     CallEvent,
     CallSummary,
@@ -69,7 +68,7 @@ SHUTDOWN_MESSAGE = "the server is shutting down; the call was ended and its summ
 SUMMARY_SCHEMA_VERSION = 2
 MAX_SUMMARY_ALERTS = 1000  # the summary lists at most this many (the newest); the count is exact
 WARNING_INTERVAL_MS = 5000  # at most one warning of a kind per this much call time
-TRACK_SKEW_MS = 200  # a separate track this far behind the others is padded with silence
+SLICE_MS = 500  # audio worked through between yields to the event loop (a few ms of CPU)
 
 
 @dataclass(frozen=True)
@@ -196,8 +195,8 @@ class CallSession:
         )
         self._rule_state = CallRuleState()
         self._segments_seen = [0] * len(self._pipelines)
-        self._ingest: InterleavedIngest | TrackIngest | None = None
-        self._track_format = AudioFormat(fmt.encoding, fmt.sample_rate, fmt.channel_roles[:1])
+        self._intake = CallIntake(fmt, ctx.ingest)
+        self._slice = SLICE_MS * fmt.sample_rate // 1000
         self._pending: asyncio.Queue[tuple[AnalysisWindow, asyncio.Future] | None] = asyncio.Queue()
         self._ready: deque[AnalysisWindow] = deque()
         self._waiting: dict[Role, tuple[AnalysisWindow, concurrent.futures.Future]] = {}
@@ -206,8 +205,7 @@ class CallSession:
         self._in_flight = 0
         self._overloaded = False
         self._warned_at: dict[str, int] = {}
-        self._audio_frames = 0  # call position (received audio plus skipped stretches)
-        self._received_frames = 0
+        self._audio_frames = 0  # call position (received audio plus holes)
         self._capacity = asyncio.Event()
         self._first_audio_at: float | None = None
         self._pacing_warned = False
@@ -215,10 +213,14 @@ class CallSession:
         self._events = EventBuffer()
         self._alerts: deque[Alert] = deque(maxlen=MAX_SUMMARY_ALERTS)
         self._alert_count = 0
-        self._state = "new"
+        self._state = "new"  # new -> open -> ending (finish runs) -> closed
         self._scorer: asyncio.Task | None = None
-        self._shutting_down = False
+        self._watchdog: asyncio.Task | None = None
+        self._finishing: asyncio.Future | None = None
+        self._ended_by_server = False  # a shutdown or a limit ends the call: later input is ignored, not refused
+        self._ignored_input = 0
         self.started_at = time.monotonic()
+        self._last_input = self.started_at
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -226,6 +228,7 @@ class CallSession:
         """Begin processing; returns the SessionStarted event (also queued for `events()`)."""
         self._state = "open"
         self._scorer = asyncio.create_task(self._score_loop(), name="call-scorer")
+        self._watchdog = asyncio.create_task(self._watch_idle(), name="call-watchdog")
         started = SessionStarted(
             call_id=self.config.call_id,
             model=self._ctx.model_name,
@@ -242,67 +245,58 @@ class CallSession:
         """Events for the bridge, ending after the CallSummary (or raising the error passed to `fail`)."""
         return self._events.__aiter__()
 
+    # -- input -----------------------------------------------------------------------------
+    # Each push decodes and orders its chunk, then works through at most SLICE_MS of audio; what is
+    # left (a large chunk, chunks released behind a filled hole) is worked through in `flow_control`,
+    # a slice at a time with the event loop free between slices, so no message holds it for long.
+
     def push_audio(self, seq: int, data: bytes, arrival: float | None = None) -> None:
         """Ingest one interleaved chunk. Raises InvalidArgument (and changes nothing) if the chunk is bad,
         CallLimitExceeded once the call is longer than allowed."""
         began = time.perf_counter()
-        frames = self._decode(seq, data)
-        if self._ingest is None:
-            self._ingest = InterleavedIngest(self.config.audio.channels, self._ctx.ingest.reorder_window, self._ctx.ingest.max_seq_jump)
-        elif not isinstance(self._ingest, InterleavedIngest):
-            raise InvalidArgument("this call sends separate tracks; interleaved audio cannot be mixed in")
+        if not self._accepts(f"audio chunk seq={seq}"):
+            return
         arrival = time.monotonic() if arrival is None else arrival
-        ordered, notices = self._ingest.push(seq, frames)
-        self._consume(ordered, notices, arrival)
+        self._report_all(self._intake.interleaved(seq, data, arrival))
+        self._last_input = arrival
+        if self._first_audio_at is None:
+            self._first_audio_at = arrival
+        self._work(self._slice)
         metrics.stage("ingest", time.perf_counter() - began)
 
     def push_track(self, track: int, seq: int, data: bytes, arrival: float | None = None, start_ms: int | None = None) -> None:
         """Ingest one chunk of one mono track (track i is channel i). `start_ms`, when the bridge gives
         it, places the chunk on the call's timeline; otherwise chunks follow each other."""
         began = time.perf_counter()
-        fmt = self.config.audio
-        if not 0 <= track < fmt.channels:
-            raise InvalidArgument(f"track {track} does not exist (the call has {fmt.channels})")
-        frames = self._decode(seq, data, one_track=True)[:, 0]
-        if self._ingest is None:
-            skew = TRACK_SKEW_MS * fmt.sample_rate // 1000
-            self._ingest = TrackIngest(fmt.channels, self._ctx.ingest.reorder_window, self._ctx.ingest.max_seq_jump, skew)
-        elif not isinstance(self._ingest, TrackIngest):
-            raise InvalidArgument("this call sends interleaved audio; separate tracks cannot be mixed in")
-        start = None if start_ms is None else start_ms * fmt.sample_rate // 1000
+        if not self._accepts(f"audio chunk seq={seq}"):
+            return
         arrival = time.monotonic() if arrival is None else arrival
-        ordered, notices = self._ingest.push(track, seq, frames, start)
-        self._consume(ordered, notices, arrival)
+        self._report_all(self._intake.track(track, seq, data, arrival, start_ms))
+        self._last_input = arrival
+        if self._first_audio_at is None:
+            self._first_audio_at = arrival
+        self._work(self._slice)
         metrics.stage("ingest", time.perf_counter() - began)
 
     def skip_audio(self, duration_ms: int, arrival: float | None = None) -> None:
-        """Advance the call clock over audio that will never arrive (a pause whose audio was discarded).
+        """Advance the call clock over audio that will never arrive (a pause whose audio was discarded):
+        open speech ends there, nothing is synthesised. Refused beyond `max_gap_s`.
 
         For interleaved audio; separate tracks place their chunks by timestamp instead."""
-        if self._state != "open":
-            raise InvalidArgument("audio was skipped after the end of the call")
-        if duration_ms < 0:
-            raise InvalidArgument(f"cannot skip a negative duration ({duration_ms} ms)")
+        if not self._accepts("audio was skipped"):
+            return
         arrival = time.monotonic() if arrival is None else arrival
-        samples = duration_ms * self.config.audio.sample_rate // 1000
-        cut: list[AnalysisWindow] = []
-        for index, pipeline in enumerate(self._pipelines):
-            cut.extend(pipeline.skip(samples, arrival))
-            self._count_segments(index)
-        frames = round(duration_ms / self._frame_ms)
-        for track in self._prosody.values():
-            track.skip(frames)
-        self._take_windows(cut)
-        self._on_ticks(self._conversation.skip(frames), arrival)
-        self._audio_frames += samples
-        self._submit_ready()
+        self._last_input = arrival
+        if self._intake.skip(duration_ms, arrival):
+            self._work(self._slice)
 
     def push_transcript(self, segment: TranscriptSegment) -> bool:
         """Count one final transcript segment towards its speaker's speech rate in characters per minute.
         A segment for a speaker the call has no channel for is refused with a TRANSCRIPT_REJECTED warning
         and changes nothing; returns whether it was counted."""
-        if self._state != "open":
-            raise InvalidArgument("a transcript segment was sent after the end of the call")
+        if not self._accepts("a transcript segment was sent"):
+            return False
+        self._last_input = time.monotonic()
         if segment.speaker not in self._transcripts:
             roles = ", ".join(r.value for r in self.config.audio.channel_roles)
             self.transcript_rejected(f"transcript.speaker: {segment.speaker.value} has no audio channel in this call ({roles})")
@@ -317,8 +311,28 @@ class CallSession:
         metrics.transcript_segment("rejected")
         self._warn("TRANSCRIPT_REJECTED", f"transcript segment ignored: {reason}")
 
+    def touch(self) -> None:
+        """The bridge sent something that is not audio (a keep-alive, a mark): it is still there."""
+        self._last_input = time.monotonic()
+
+    def _accepts(self, what: str) -> bool:
+        """Whether input is taken now: True while the call is open; False (the input is dropped and
+        counted) once the server has begun ending it (shutdown, a limit); InvalidArgument once the
+        bridge itself ended it."""
+        if self._state == "open" and self._finishing is None:
+            return True
+        if self._ended_by_server:
+            self._ignored_input += 1
+            metrics.chunk_dropped("call_ending")
+            return False
+        raise InvalidArgument(f"{what} after the end of the call")
+
     async def flow_control(self) -> None:
-        """Await this after each push: paces a live call, and makes a replay wait for the model."""
+        """Await this after each push: works through the rest of a large message a slice at a time, paces a
+        live call, and makes a replay wait for the model."""
+        while self._intake and self._state == "open" and self._finishing is None:
+            await asyncio.sleep(0)  # let other calls run between slices
+            self._work(self._slice)
         if self.config.realtime:
             delay = self._pacing_delay()
             if delay > 0:
@@ -335,45 +349,53 @@ class CallSession:
                 except asyncio.TimeoutError:
                     pass
 
-    def _decode(self, seq: int, data: bytes, one_track: bool = False) -> np.ndarray:
-        if self._state != "open":
-            if self._shutting_down:
-                raise ServiceUnavailable(SHUTDOWN_MESSAGE)
-            raise InvalidArgument(f"audio chunk seq={seq} arrived after the end of the call")
-        limit = self._ctx.ingest.max_chunk_bytes
-        if len(data) > limit:
-            raise InvalidArgument(f"audio chunk seq={seq} is {len(data)} bytes; the limit is {limit} bytes")
-        fmt = self._track_format if one_track else self.config.audio
-        try:
-            return decode(fmt, data)
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"audio chunk seq={seq}: {exc}") from None
-
-    def _consume(self, ordered: list[np.ndarray], notices: list[Notice], arrival: float) -> None:
-        for notice in notices:
-            self._report(notice)
+    def _work(self, budget: int) -> None:
+        """Work through queued input: at most `budget` frames of samples (holes cost nothing)."""
         rate = self.config.audio.sample_rate
-        if self._first_audio_at is None:
-            self._first_audio_at = arrival
-        for frames in ordered:
-            self._audio_frames += len(frames)
-            self._received_frames += len(frames)
-            cut: list[AnalysisWindow] = []
-            blocks, voiced_columns = [], []
-            for index, pipeline in enumerate(self._pipelines):
-                metrics.audio_ingested(pipeline.role.value, len(frames) / rate)
-                cut.extend(pipeline.push(np.ascontiguousarray(frames[:, index]), arrival))
-                block, voiced = pipeline.take_frames()
-                blocks.append(block)
-                voiced_columns.append(voiced)
-                self._count_segments(index)
-            ticks = self._analyse_frames(blocks, np.stack(voiced_columns, axis=1)) if len(voiced_columns[0]) else []
-            self._take_windows(cut)
-            self._on_ticks(ticks, arrival)
+        while budget > 0:
+            item = self._intake.take(budget)
+            if item is None:
+                break
+            block, arrival = item
+            if isinstance(block, Silence):
+                self._step_over(block.frames, arrival)
+            else:
+                self._process(block, arrival)
+                budget -= len(block)
         self._submit_ready()
         limit_s = self._ctx.ingest.max_call_duration_s
         if self._audio_frames / rate > limit_s:
             raise CallLimitExceeded(f"the call passed its maximum duration of {limit_s:g} s", reason="max_duration")
+
+    def _process(self, frames: np.ndarray, arrival: float) -> None:
+        """VAD, windows, prosody and turn-taking over the next samples of every channel."""
+        rate = self.config.audio.sample_rate
+        self._audio_frames += len(frames)
+        cut: list[AnalysisWindow] = []
+        blocks, voiced_columns = [], []
+        for index, pipeline in enumerate(self._pipelines):
+            metrics.audio_ingested(pipeline.role.value, len(frames) / rate)
+            cut.extend(pipeline.push(np.ascontiguousarray(frames[:, index]), arrival))
+            block, voiced = pipeline.take_frames()
+            blocks.append(block)
+            voiced_columns.append(voiced)
+            self._count_segments(index)
+        ticks = self._analyse_frames(blocks, np.stack(voiced_columns, axis=1)) if len(voiced_columns[0]) else []
+        self._take_windows(cut)
+        self._on_ticks(ticks, arrival)
+
+    def _step_over(self, samples: int, arrival: float) -> None:
+        """A stretch with no audio: open segments end, the clocks advance; no sample is made."""
+        cut: list[AnalysisWindow] = []
+        for index, pipeline in enumerate(self._pipelines):
+            cut.extend(pipeline.skip(samples, arrival))
+            self._count_segments(index)
+        frames = samples // self._frame_samples
+        for track in self._prosody.values():
+            track.skip(frames)
+        self._take_windows(cut)
+        self._on_ticks(self._conversation.skip(frames), arrival)
+        self._audio_frames += samples
 
     def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
         """Prosody and turn-taking for the next whole VAD frames of every channel (near silence and crosstalk removed)."""
@@ -384,6 +406,10 @@ class CallSession:
             self._voiced_frames[role] += int(np.count_nonzero(speaking[:, index]))
             self._crosstalk_frames[role] += int(np.count_nonzero(crosstalk[:, index]))
         return self._conversation.push(speaking)
+
+    def _report_all(self, notices: list[Notice]) -> None:
+        for notice in notices:
+            self._report(notice)
 
     def _report(self, notice: Notice) -> None:
         rate = self.config.audio.sample_rate
@@ -407,10 +433,11 @@ class CallSession:
         self._events.put(Warning(code, message))
 
     def _pacing_delay(self) -> float:
+        """How long to wait before reading on: only audio that arrived counts (a hole is no reason to wait)."""
         if self._first_audio_at is None:
             return 0.0
         ingest = self._ctx.ingest
-        received_ms = self._received_frames * 1000 / self.config.audio.sample_rate
+        received_ms = self._intake.received_frames * 1000 / self.config.audio.sample_rate
         allowed_ms = ingest.pacing_burst_ms + ingest.pacing_factor * (time.monotonic() - self._first_audio_at) * 1000
         excess_ms = received_ms - allowed_ms
         if excess_ms <= 0:
@@ -426,17 +453,51 @@ class CallSession:
             ))
         return excess_ms / 1000 / ingest.pacing_factor
 
+    async def _watch_idle(self) -> None:
+        """One timer per call: ends it (with its summary) when the bridge has sent nothing for idle_timeout_s."""
+        idle_s = self._ctx.ingest.idle_timeout_s
+        while self._state == "open" and self._finishing is None:
+            wait = self._last_input + idle_s - time.monotonic()
+            if wait <= 0:
+                self._watchdog = None  # it ends the call itself: nothing to cancel at the end
+                await self.end_for_limit(CallLimitExceeded(f"no message for {idle_s:g} s (idle timeout)", reason="idle_timeout"))
+                return
+            await asyncio.sleep(wait)
+
+    # -- ending ----------------------------------------------------------------------------
+
     async def finish(self, reason: str = "end_of_call") -> CallSummary:
-        """End of call: close open segments, wait for their scores, emit and publish the summary."""
-        if self._state != "open":
+        """End of call: work through what was received, close open segments, wait for their scores, emit
+        and publish the summary. The work runs to its end even if the caller is cancelled (a bridge that
+        hangs up after EndOfCall still gets its summary published); while the server is ending the
+        call, a later EndOfCall waits for the same summary."""
+        if self._finishing is None:
+            if self._state != "open":
+                raise InvalidArgument("EndOfCall was already received")
+            self._finishing = asyncio.ensure_future(self._finish(reason, None))
+        elif not self._ended_by_server:
             raise InvalidArgument("EndOfCall was already received")
+        return await asyncio.shield(self._finishing)
+
+    async def _end_by_server(self, reason: str, error: CallPulseError) -> None:
+        """The server ends the call (shutdown, a limit): input from now on is dropped, the call finishes as
+        at EndOfCall, and its event stream ends with `error` right after the summary. A call already
+        finishing just finishes."""
+        self._ended_by_server = True
+        if self._finishing is None and self._state == "open":
+            self._finishing = asyncio.ensure_future(self._finish(reason, error))
+        if self._finishing is not None:
+            await asyncio.shield(self._finishing)
+
+    async def _finish(self, reason: str, error: CallPulseError | None) -> CallSummary:
         arrival = time.monotonic()
-        if self._ingest is not None:
-            ordered, notices = self._ingest.flush()
-            try:
-                self._consume(ordered, notices, arrival)
-            except CallLimitExceeded:
-                pass  # the call is ending anyway
+        self._report_all(self._intake.flush(arrival))
+        try:
+            while self._intake:
+                self._work(self._slice)
+                await asyncio.sleep(0)
+        except CallLimitExceeded:
+            pass  # the call is ending anyway
         self._state = "ending"
         for index, pipeline in enumerate(self._pipelines):
             self._take_windows(pipeline.flush(arrival))
@@ -453,17 +514,30 @@ class CallSession:
         if self._ctx.on_summary is not None:
             self._ctx.on_summary(summary.document)
         self._events.put(summary, final=True)
-        self._events.close()
+        if error is None:
+            self._events.close()
+        else:
+            self._events.fail(error)
         self._state = "closed"
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         return summary
 
+    @property
+    def finishing(self) -> asyncio.Future | None:
+        """The end-of-call work while it runs (or after it ran); None before."""
+        return self._finishing
+
     def abort(self, reason: str) -> None:
-        """The bridge went away or the call was refused mid-stream: drop pending work, free everything."""
-        if self._state == "closed":
+        """The bridge went away or the call was refused mid-stream: drop pending work, free everything.
+        A call already being finished is left to finish (its summary is still published)."""
+        if self._state == "closed" or self._finishing is not None:
+            self._events.close()
             return
         self._state = "closed"
-        if self._scorer is not None:
-            self._scorer.cancel()
+        for task in (self._scorer, self._watchdog):
+            if task is not None:
+                task.cancel()
         while not self._pending.empty():
             item = self._pending.get_nowait()
             if item is not None:
@@ -476,19 +550,14 @@ class CallSession:
         self._events.fail(error)
 
     async def shut_down(self) -> None:
-        """The server is stopping: end the call as at EndOfCall (open segments scored, summary published),
-        then end the bridge's event stream with UNAVAILABLE so that it reconnects elsewhere."""
-        if self._state == "open":
-            self._shutting_down = True
-            await self.finish("server_shutdown")
-        if self._state == "closed":
-            self.fail(ServiceUnavailable(SHUTDOWN_MESSAGE))
+        """The server is stopping: end the call as at EndOfCall (input from now on is dropped, open segments
+        scored, summary published and sent), then end the bridge's event stream with UNAVAILABLE so that
+        it reconnects elsewhere. A call the bridge was already ending just finishes."""
+        await self._end_by_server("server_shutdown", ServiceUnavailable(SHUTDOWN_MESSAGE))
 
     async def end_for_limit(self, error: CallLimitExceeded) -> None:
         """A time limit ended the call: finish it (the summary says why), then report the error to the bridge."""
-        if self._state == "open":
-            await self.finish(error.reason)
-        self.fail(error)
+        await self._end_by_server(error.reason, error)
 
     @property
     def closed(self) -> bool:
@@ -498,8 +567,9 @@ class CallSession:
         """Sizes of this call's buffers (all bounded regardless of call length)."""
         return {
             "channel_samples": sum(p.buffered_samples for p in self._pipelines),
-            "reorder_chunks": self._ingest.waiting_chunks if self._ingest else 0,
-            "track_frames": self._ingest.queued_frames if isinstance(self._ingest, TrackIngest) else 0,
+            "reorder_chunks": self._intake.waiting_chunks,
+            "track_frames": self._intake.track_frames,
+            "queued_samples": self._intake.queued_samples,
             "ready_windows": len(self._ready),
             "pending_windows": self._in_flight,
             "queued_events": len(self._events),

@@ -373,7 +373,7 @@ def test_rules_parser_survives_arbitrary_text(text):
 
 # -- random traffic against the real WebSocket server ---------------------------------------------
 
-DOCUMENTED_CLOSE_CODES = {1000, 1003, 1008, 1009, 1013, 4408, 4409}
+DOCUMENTED_CLOSE_CODES = {1000, 1003, 1007, 1008, 1009, 1013, 4408, 4409}
 frames = st.lists(
     st.one_of(
         st.binary(max_size=700),
@@ -401,9 +401,34 @@ def fuzz_server(redis_server, test_models):
     server.stop()
 
 
-async def _send(url, messages):
+AUDIOHOOK_HEADERS = {"Audiohook-Organization-Id": "o", "Audiohook-Session-Id": AH_ID,
+                     "Audiohook-Correlation-Id": "c0ffee00-0000-4000-8000-000000000000", "X-API-KEY": "fuzz-key"}
+
+
+def _first(template, **fields):
+    return {**template, **fields}
+
+
+def hostile_sequences(path):
+    """A protocol's valid opening, then one of its messages with a field replaced by wrong-typed, deeply nested or
+    huge JSON (or the opening message itself so mutated)."""
+    if path == "/":
+        start, *rest = TEMPLATES["native"]
+        return st.one_of(mutations(start).map(lambda m: [m]),
+                         st.sampled_from(rest).flatmap(mutations).map(lambda m: [json.dumps(start), m]))
+    if path == "/twilio":
+        connected, start, *rest = TEMPLATES["twilio"]
+        return st.one_of(mutations(start).map(lambda m: [json.dumps(connected), m]),
+                         st.sampled_from(rest).flatmap(mutations).map(lambda m: [json.dumps(connected), json.dumps(start), m]))
+    opening, *rest = TEMPLATES["audiohook"]
+    opening = _first(opening, seq=1, serverseq=0)
+    return st.one_of(mutations(opening).map(lambda m: [m]),
+                     st.sampled_from(rest).flatmap(mutations).map(lambda m: [json.dumps(opening), m]))
+
+
+async def _send(url, messages, headers=None):
     try:
-        async with connect(url, open_timeout=10, close_timeout=2) as ws:
+        async with connect(url, open_timeout=10, close_timeout=2, additional_headers=headers, max_size=None) as ws:
             for message in messages:
                 await ws.send(message)
             try:
@@ -419,19 +444,21 @@ async def _send(url, messages):
 
 @pytest.mark.parametrize("path", ["/", "/twilio", "/audiohook"])
 def test_random_websocket_traffic_never_breaks_the_server(path, fuzz_server):
-    """Random frame sequences on each endpoint close with a documented code (never 1011 internal error), and a healthy
-    call afterwards still completes."""
+    """Random frame sequences, and each protocol's messages made recursive, wrong-typed or huge after a valid opening,
+    close with a documented code on each endpoint (never 1011 internal error), and a healthy call afterwards still
+    completes."""
     from clients.bridge import CallPlan, run_call
     from tests.conftest import CUSTOMER_WAV
 
     seen = []
+    headers = AUDIOHOOK_HEADERS if path == "/audiohook" else None
 
     @settings(max_examples=SERVER_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-    @given(frames)
+    @given(frames | hostile_sequences(path))
     def fuzz(messages):
-        code = asyncio.run(_send(fuzz_server.ws_target + path, messages))
+        code = asyncio.run(_send(fuzz_server.ws_target + path, messages, headers))
         seen.append(code)
-        assert code is None or code in DOCUMENTED_CLOSE_CODES, (code, messages)
+        assert code is None or code in DOCUMENTED_CLOSE_CODES, (code, [m[:200] for m in messages])
 
     fuzz()
     assert seen

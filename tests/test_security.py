@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from clients.bridge import CallPlan, run_call
 from tests.conftest import CALL_WAV, CUSTOMER_WAV, RedisServer, service_config
@@ -84,8 +85,8 @@ def test_same_call_id_in_two_tenants_does_not_collide(auth_server):
 
 
 def test_websocket_endpoints_need_credentials(auth_server):
-    """Native: refused with HTTP 401 before the upgrade, admitted with a bearer token; Twilio: the token custom
-    parameter; AudioHook: X-API-KEY must be a tenant token (and the organization that tenant)."""
+    """Native and AudioHook: refused with HTTP 401 before the upgrade without a tenant token (AudioHook's X-API-KEY),
+    admitted with one (AudioHook: for that tenant's organization); Twilio: the token custom parameter."""
     ws = auth_server.ws_target
     with pytest.raises(Exception) as refused:
         asyncio.run(_native_handshake(ws + "/"))
@@ -95,8 +96,11 @@ def test_websocket_endpoints_need_credentials(auth_server):
     assert twilio_without.close_code == 1008 and "credential is required" in twilio_without.error["message"]
     twilio = run_call(ws, str(CUSTOMER_WAV), plan("w3", roles=("customer",), protocol="twilio", token=ACME, tenant="acme"))
     assert twilio.error is None
-    hook_bad = run_call(ws, str(CUSTOMER_WAV), plan("w4", roles=("customer",), protocol="audiohook"))
-    assert hook_bad.error["code"] == "DISCONNECT_UNAUTHORIZED"
+    with pytest.raises(InvalidStatus) as hook_refused:
+        run_call(ws, str(CUSTOMER_WAV), plan("w4", roles=("customer",), protocol="audiohook"))
+    assert hook_refused.value.response.status_code == 401
+    hook_other = run_call(ws, str(CUSTOMER_WAV), plan("w4b", roles=("customer",), protocol="audiohook", token=ACME, organization_id="globex"))
+    assert hook_other.error["code"] == "DISCONNECT_UNAUTHORIZED"
     hook = run_call(ws, str(CUSTOMER_WAV), plan("w5", roles=("customer",), protocol="audiohook", token=ACME, organization_id="acme"))
     assert hook.error is None
 

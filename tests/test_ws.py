@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clients.bridge import CallPlan, run_call
 from clients.wavfile import read_wav, write_wav
@@ -305,7 +305,6 @@ def _audiohook_violations():
     a = c(); cases.append(("audio before open", a, [b"\xff" * 320], "error", "Received audio in state PREPARING"))
     a = c(); cases.append(("unknown type", a, [a.msg("dance")], "error", "'dance' is not a supported client message"))
     a = c(); cases.append(("no supported media", a, [a.open(media=[{"type": "audio", "format": "L16", "channels": ["external"], "rate": 8000}])], "error", "No supported media"))
-    a = c(key=""); cases.append(("missing api key", a, [a.open()], "unauthorized", "X-API-KEY"))
     a = c(); cases.append(("organization mismatch", a, [a.open(org=str(uuid.uuid4()))], "unauthorized", "organizationId"))
     a = c(); cases.append(("bad discarded duration", a, [a.open(), a.msg("discarded", {"start": "PT0S", "discarded": "3 seconds"})], "error", "ISO 8601 duration"))
     return cases
@@ -337,19 +336,23 @@ def test_audiohook_protocol_violations(name, client, messages, reason, info, ang
     assert received[-1]["type"] == "closed" and code == 1008
 
 
-def test_audiohook_wrong_api_key_is_unauthorized(redis_server, test_models, start_server):
-    """With API keys configured, an unknown X-API-KEY is disconnected as unauthorized."""
+def test_audiohook_missing_or_unknown_api_key_is_refused_at_the_upgrade(redis_server, test_models, start_server):
+    """With API keys configured, a missing or unknown X-API-KEY is refused with HTTP 401 before the WebSocket opens;
+    the right key gets `opened`."""
     config = service_config(redis_server.url, test_models["random"])
     server = start_server(replace(config, server=replace(config.server, audiohook_api_keys=("right-key",))))
-    wrong, right = AudioHookClient(key="wrong-key"), AudioHookClient(key="right-key")
 
     async def first_reply(client):
-        async with connect(server.ws_target + "/audiohook", additional_headers=client.headers) as ws:
-            await ws.send(client.open())
-            return json.loads(await asyncio.wait_for(ws.recv(), 5))
+        try:
+            async with connect(server.ws_target + "/audiohook", additional_headers=client.headers) as ws:
+                await ws.send(client.open())
+                return json.loads(await asyncio.wait_for(ws.recv(), 5))["type"]
+        except InvalidStatus as exc:
+            return exc.response.status_code
 
-    assert run(first_reply(wrong))["parameters"]["reason"] == "unauthorized"
-    assert run(first_reply(right))["type"] == "opened"
+    assert run(first_reply(AudioHookClient(key="wrong-key"))) == 401
+    assert run(first_reply(AudioHookClient(key=""))) == 401
+    assert run(first_reply(AudioHookClient(key="right-key"))) == "opened"
 
 
 def test_audiohook_ping_pause_and_discarded_audio(redis_server, test_models, start_server, subscribe):

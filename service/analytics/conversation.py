@@ -32,6 +32,7 @@ import numpy as np
 
 from service.domain import Role
 
+PAUSE_TICKS_MS = 5000  # ticks of a pause evaluated one by one (see `skip`)
 # "Never voiced": far enough in the past that every hangover has run out.
 _NEVER = -(1 << 62)
 
@@ -191,9 +192,17 @@ class ConversationTracker:
         self._frame += frames
         self._origin = self._frame
         end_ms = self._frame * self.frame_ms
-        while self._next_tick <= end_ms:
+        # Nothing is measured in a pause (no dead air, no over-talk); only interruptions from before it
+        # age. The first PAUSE_TICKS_MS of it are ticked as usual, then one tick (the last) stands for
+        # the rest, so a pause of hours costs as much as one of seconds.
+        horizon = min(end_ms, self._next_tick + PAUSE_TICKS_MS)
+        while self._next_tick <= horizon:
             out.append(ConversationSnapshot(self._next_tick, 0, 0, None, self._recent_at(self._next_tick)))
             self._next_tick += self.tick_ms
+        if self._next_tick <= end_ms:
+            last = self._next_tick + (end_ms - self._next_tick) // self.tick_ms * self.tick_ms
+            out.append(ConversationSnapshot(last, 0, 0, None, self._recent_at(last)))
+            self._next_tick = last + self.tick_ms
         return out
 
     def snapshot(self) -> ConversationSnapshot:

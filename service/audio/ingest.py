@@ -5,12 +5,15 @@ Policy, for every call:
   window fills and the stream starts at the lowest seq seen (chunks may overtake the first one);
 - chunks are put back in seq order while at most `window` of them wait for a missing one;
 - when more are waiting, the missing chunks are declared lost and replaced by silence of the same
-  length as the chunk after the hole (bridges send fixed-length chunks);
+  length as the chunk after the hole (bridges send fixed-length chunks): up to `max_fill` frames as
+  zero samples, a longer hole as a `Silence` marker that the session steps over arithmetically, and a
+  hole longer than `max_gap` frames is refused with InvalidArgument (no message can make the service
+  synthesise or hold more than a bounded amount of audio);
 - a chunk whose seq was already delivered (or declared lost) is dropped: a duplicate if it was
   delivered, late otherwise;
 - a seq further back than the window, or further ahead than `max_jump`, means the stream is broken
   and is refused with InvalidArgument.
-Memory is bounded by `window` chunks per track.
+Memory is bounded by `window` chunks per track (silence is kept as a length, never as samples).
 """
 
 from __future__ import annotations
@@ -32,6 +35,18 @@ class Gap:
 
     missing: int
     before_seq: int
+
+
+@dataclass(frozen=True)
+class Silence:
+    """`frames` frames of the call with no audio (a long hole): the call clock advances over them, no
+    samples are made."""
+
+    frames: int
+
+
+def _silence(frames: int, channels: int, max_fill: int) -> np.ndarray | Silence:
+    return np.zeros((frames, channels), dtype=np.int16) if frames <= max_fill else Silence(frames)
 
 
 @dataclass(frozen=True)
@@ -118,52 +133,63 @@ class SeqReorderBuffer(Generic[T]):
             self._next += 1
 
 
-def _expand(deliveries: list, channels: int, track: int = 0) -> tuple[list[np.ndarray], list[Notice]]:
-    """Deliveries of decoded (frames, channels) arrays -> arrays with gaps filled by silence, plus notices."""
-    frames_out: list[np.ndarray] = []
-    notices: list[Notice] = []
-    pending_gap: Gap | None = None
-    for delivery in deliveries:
-        if isinstance(delivery, Gap):
-            pending_gap = delivery
-            continue
-        seq, frames = delivery
-        if pending_gap is not None:
-            fill = np.zeros((pending_gap.missing * len(frames), channels), dtype=np.int16)
-            frames_out.append(fill)
-            notices.append(Notice("gap", pending_gap.before_seq, pending_gap.missing, len(fill), track))
-            pending_gap = None
-        frames_out.append(frames)
-    return frames_out, notices
+def _check_gap(frames: int, max_gap: int, where: str) -> None:
+    if frames > max_gap:
+        raise InvalidArgument(f"{where}: a hole of {frames} frames in the audio is more than the {max_gap} allowed (max_gap_s); "
+                              "the stream is broken")
 
 
 class InterleavedIngest:
     """Ordered frames from interleaved chunks (gRPC, native WebSocket, AudioHook)."""
 
-    def __init__(self, channels: int, window: int, max_jump: int) -> None:
+    def __init__(self, channels: int, window: int, max_jump: int, max_fill: int = 8000, max_gap: int = 1 << 40) -> None:
+        """`max_fill`: holes up to this many frames become zero samples, longer ones Silence; `max_gap`:
+        a longer hole is refused."""
         self._channels = channels
         self._buffer: SeqReorderBuffer[np.ndarray] = SeqReorderBuffer(window, max_jump)
+        self._max_fill = max_fill
+        self._max_gap = max_gap
 
     @property
     def waiting_chunks(self) -> int:
         return self._buffer.waiting
 
-    def push(self, seq: int, frames: np.ndarray) -> tuple[list[np.ndarray], list[Notice]]:
+    def push(self, seq: int, frames: np.ndarray) -> tuple[list, list[Notice]]:
+        """Add one decoded chunk; returns what is now in order (sample arrays and Silence) and what to report."""
         deliveries, status = self._buffer.push(seq, frames)
-        out, notices = _expand(deliveries, self._channels)
+        out, notices = self._expand(deliveries)
         if status != "accepted":
             notices.append(Notice(status, seq))
         return out, notices
 
-    def flush(self) -> tuple[list[np.ndarray], list[Notice]]:
-        return _expand(self._buffer.flush(), self._channels)
+    def flush(self) -> tuple[list, list[Notice]]:
+        """Everything still waiting, holes filled."""
+        return self._expand(self._buffer.flush())
+
+    def _expand(self, deliveries: list) -> tuple[list, list[Notice]]:
+        out: list = []
+        notices: list[Notice] = []
+        pending_gap: Gap | None = None
+        for delivery in deliveries:
+            if isinstance(delivery, Gap):
+                pending_gap = delivery
+                continue
+            seq, frames = delivery
+            if pending_gap is not None:
+                missing = pending_gap.missing * len(frames)
+                _check_gap(missing, self._max_gap, f"audio chunk seq={seq}")
+                out.append(_silence(missing, self._channels, self._max_fill))
+                notices.append(Notice("gap", pending_gap.before_seq, pending_gap.missing, missing))
+                pending_gap = None
+            out.append(frames)
+        return out, notices
 
 
 @dataclass
 class _Track:
     buffer: SeqReorderBuffer
-    queued: deque = field(default_factory=deque)
-    queued_frames: int = 0
+    queued: deque = field(default_factory=deque)  # int16 arrays and ints (runs of silence)
+    queued_frames: int = 0  # samples held (silence runs are not held)
     written_end: int = 0  # absolute frame index one past the last frame placed on this track
 
 
@@ -174,11 +200,16 @@ class TrackIngest:
     given (missing audio before it becomes silence; audio overlapping what was placed is dropped).
     Frames are released when every track has them; a track that falls more than `max_skew` frames
     behind the others is padded with silence so that the others are never held back longer.
+    Silence is kept as run lengths: where every track is silent, a Silence marker is released
+    (zero samples if at most `max_fill` frames), so a timestamp far ahead costs no memory.
     """
 
-    def __init__(self, tracks: int, window: int, max_jump: int, max_skew: int) -> None:
+    def __init__(self, tracks: int, window: int, max_jump: int, max_skew: int, max_fill: int = 8000,
+                 max_gap: int = 1 << 40) -> None:
         self._tracks = [_Track(SeqReorderBuffer(window, max_jump)) for _ in range(tracks)]
         self._max_skew = max_skew
+        self._max_fill = max_fill
+        self._max_gap = max_gap
         self._released = 0
 
     @property
@@ -189,14 +220,16 @@ class TrackIngest:
     def queued_frames(self) -> int:
         return sum(t.queued_frames for t in self._tracks)
 
-    def push(self, track: int, seq: int, samples: np.ndarray, start_frame: int | None = None) -> tuple[list[np.ndarray], list[Notice]]:
+    def push(self, track: int, seq: int, samples: np.ndarray, start_frame: int | None = None) -> tuple[list, list[Notice]]:
+        """Add one chunk of one track; returns what is now released (sample arrays and Silence) and what to report."""
         state = self._tracks[track]
         deliveries, status = state.buffer.push(seq, (samples, start_frame))
         notices: list[Notice] = [] if status == "accepted" else [Notice(status, seq, track=track)]
         self._place(track, deliveries, notices)
         return self._release(), notices
 
-    def flush(self) -> tuple[list[np.ndarray], list[Notice]]:
+    def flush(self) -> tuple[list, list[Notice]]:
+        """Everything still waiting; shorter tracks end in silence."""
         notices: list[Notice] = []
         for index, state in enumerate(self._tracks):
             self._place(index, state.buffer.flush(), notices)
@@ -217,6 +250,7 @@ class TrackIngest:
                 start = state.written_end + (gap.missing * len(samples) if gap else 0)
             if start > state.written_end:
                 missing = start - state.written_end
+                _check_gap(missing, self._max_gap, f"track {index} chunk {seq}")
                 self._pad(state, missing)
                 notices.append(Notice("gap", seq, gap.missing if gap else 1, missing, index))
             elif start < state.written_end:
@@ -227,37 +261,53 @@ class TrackIngest:
                 state.queued_frames += len(samples)
                 state.written_end += len(samples)
 
-    def _pad(self, state: _Track, frames: int) -> None:
-        if frames > 0:
-            state.queued.append(np.zeros(frames, dtype=np.int16))
-            state.queued_frames += frames
-            state.written_end += frames
+    @staticmethod
+    def _pad(state: _Track, frames: int) -> None:
+        if frames <= 0:
+            return
+        if state.queued and isinstance(state.queued[-1], int):
+            state.queued[-1] += frames
+        else:
+            state.queued.append(frames)
+        state.written_end += frames
 
-    def _release(self) -> list[np.ndarray]:
-        ends = [t.written_end for t in self._tracks]
-        lead = max(ends)
+    def _release(self) -> list:
+        lead = max(t.written_end for t in self._tracks)
         for state in self._tracks:
             if lead - state.written_end > self._max_skew:
                 self._pad(state, lead - self._max_skew - state.written_end)
         ready = min(t.written_end for t in self._tracks) - self._released
-        if ready <= 0:
-            return []
-        columns = [self._take(state, ready) for state in self._tracks]
-        self._released += ready
-        return [np.stack(columns, axis=1)]
+        out: list = []
+        while ready > 0:
+            heads = [t.queued[0] for t in self._tracks]
+            step = min(ready, *(h if isinstance(h, int) else len(h) for h in heads))
+            if all(isinstance(h, int) for h in heads):
+                block = _silence(step, len(self._tracks), self._max_fill)
+            else:
+                block = np.stack([self._take(t, step) if not isinstance(h, int) else np.zeros(step, np.int16)
+                                  for t, h in zip(self._tracks, heads)], axis=1)
+            for state, head in zip(self._tracks, heads):
+                if isinstance(head, int):
+                    if head == step:
+                        state.queued.popleft()
+                    else:
+                        state.queued[0] = head - step
+            if out and isinstance(block, Silence) and isinstance(out[-1], Silence):
+                out[-1] = Silence(out[-1].frames + block.frames)
+            else:
+                out.append(block)
+            ready -= step
+            self._released += step
+        return out
 
     @staticmethod
     def _take(state: _Track, frames: int) -> np.ndarray:
-        parts = []
-        need = frames
-        while need:
-            head = state.queued[0]
-            if len(head) <= need:
-                parts.append(state.queued.popleft())
-                need -= len(head)
-            else:
-                parts.append(head[:need])
-                state.queued[0] = head[need:]
-                need = 0
+        """The next `frames` samples of a track whose head is samples (at least that many)."""
+        head = state.queued[0]
+        if len(head) == frames:
+            state.queued.popleft()
+        else:
+            state.queued[0] = head[frames:]
+            head = head[:frames]
         state.queued_frames -= frames
-        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return head

@@ -31,22 +31,14 @@ from service.domain import (
     TranscriptSegment,
     Warning,
 )
-from service.errors import CallLimitExceeded, CallPulseError, ConfigError, InvalidArgument
+from service.errors import CallLimitExceeded, CallPulseError, ConfigError, HandshakeTimeout, InvalidArgument
+from service.redact import redact
 from service.session import CallSession
+from service.transport.status import answer
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "agentassist.v1.AgentAssist"
-
-STATUS_BY_KIND = {
-    "invalid_argument": grpc.StatusCode.INVALID_ARGUMENT,
-    "already_exists": grpc.StatusCode.ALREADY_EXISTS,
-    "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "unavailable": grpc.StatusCode.UNAVAILABLE,
-    "deadline_exceeded": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
-    "permission_denied": grpc.StatusCode.PERMISSION_DENIED,
-}
 
 _ENCODINGS = {
     pb.AUDIO_ENCODING_PCM16LE: Encoding.PCM16LE,
@@ -169,26 +161,28 @@ def event_to_proto(event: CallEvent) -> pb.CallEvent:
 class AgentAssistServicer(pb_grpc.AgentAssistServicer):
     """Streams one call per RPC through a CallSession."""
 
-    def __init__(self, calls: CallRegistry, idle_timeout_s: float) -> None:
+    def __init__(self, calls: CallRegistry, handshake_timeout_s: float) -> None:
         self._calls = calls
-        self._idle_timeout_s = idle_timeout_s
+        self._handshake_timeout_s = handshake_timeout_s
 
     async def StreamCall(self, request_iterator, context) -> AsyncIterator[pb.CallEvent]:
         session: CallSession | None = None
         pump: asyncio.Task | None = None
         outcome = "disconnected"
+        handshaking = False
         try:
+            self._calls.begin_handshake()
+            handshaking = True
             metadata = {key.lower(): value for key, value in (context.invocation_metadata() or ())}
             credential = credential_from(metadata.get("authorization"), metadata.get("x-api-key"))
             self._calls.check_credential(credential)
-            try:
-                first = await request_iterator.__anext__()
-            except StopAsyncIteration:
-                raise InvalidArgument("the stream ended before a CallConfig was sent") from None
+            first = await self._first_request(request_iterator)
             kind = first.WhichOneof("payload")
             if kind != "config":
                 raise InvalidArgument(f"the first message must be a CallConfig, got {kind or 'an empty CallRequest'}")
             session = self._calls.open(call_config_from_proto(first.config), credential)
+            handshaking = False
+            self._calls.end_handshake()
             session.start()
             pump = asyncio.create_task(self._pump(request_iterator, session), name="grpc-call-pump")
             async for event in session.events():
@@ -196,10 +190,17 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
             outcome = "completed"
         except CallPulseError as exc:
             outcome = exc.kind
+            if handshaking:
+                handshaking = False
+                self._calls.end_handshake(exc)
             metrics.error(exc.kind)
-            log.info("call refused or ended with %s: %s", exc.kind, exc)
-            await context.abort(STATUS_BY_KIND.get(exc.kind, grpc.StatusCode.INTERNAL), str(exc))
+            log.info("call refused or ended with %s: %s", exc.kind, redact(exc))
+            if pump is not None and not pump.done():
+                pump.cancel()  # before the abort, which fails a read in progress
+            await context.abort(grpc.StatusCode[answer(exc.kind).grpc], str(exc))
         finally:
+            if handshaking:
+                self._calls.end_handshake(CallPulseError("the connection ended before its call started"))
             if pump is not None and not pump.done():
                 pump.cancel()
             if session is not None:
@@ -207,17 +208,20 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
                     session.abort(outcome)
                 self._calls.release(session, outcome)
 
-    async def _pump(self, request_iterator, session: CallSession) -> None:
-        """Feed requests into the session; bad input fails the session's event stream."""
+    async def _first_request(self, request_iterator) -> pb.CallRequest:
         try:
-            while True:
-                try:
-                    request = await asyncio.wait_for(request_iterator.__anext__(), self._idle_timeout_s)
-                except StopAsyncIteration:
-                    await session.finish("stream_closed")  # half-close without EndOfCall still ends the call cleanly
-                    return
-                except asyncio.TimeoutError:
-                    raise CallLimitExceeded(f"no message for {self._idle_timeout_s:g} s (idle timeout)", reason="idle_timeout") from None
+            return await asyncio.wait_for(request_iterator.__anext__(), self._handshake_timeout_s)
+        except StopAsyncIteration:
+            raise InvalidArgument("the stream ended before a CallConfig was sent") from None
+        except asyncio.TimeoutError:
+            raise HandshakeTimeout(f"no CallConfig within {self._handshake_timeout_s:g} s of the call's start "
+                                   "(handshake timeout)") from None
+
+    async def _pump(self, request_iterator, session: CallSession) -> None:
+        """Feed requests into the session; bad input fails the session's event stream. (The session's own
+        watchdog ends a call whose bridge goes quiet.)"""
+        try:
+            async for request in request_iterator:
                 kind = request.WhichOneof("payload")
                 if kind == "audio":
                     session.push_audio(request.audio.seq, request.audio.data, time.monotonic())
@@ -231,10 +235,13 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
                     raise InvalidArgument("CallConfig was sent twice; it must be the first message only")
                 else:
                     raise InvalidArgument("empty CallRequest: set config, audio, transcript or end")
+            await session.finish("stream_closed")  # half-close without EndOfCall still ends the call cleanly
         except CallLimitExceeded as exc:
             await session.end_for_limit(exc)
         except CallPulseError as exc:
             session.fail(exc)
+        except grpc.aio.AbortError:
+            pass  # the RPC was ended from the handler's side
         except Exception:  # noqa: BLE001 - a bug in one call must end that call, not hang it
             log.exception("unexpected error while processing a call's audio")
             session.fail(CallPulseError("internal error while processing the call's audio"))
@@ -261,7 +268,7 @@ def _read(path: str) -> bytes:
 class GrpcServer:
     """The grpc.aio server with AgentAssist and the standard health service."""
 
-    def __init__(self, config: ServerConfig, calls: CallRegistry, idle_timeout_s: float) -> None:
+    def __init__(self, config: ServerConfig, calls: CallRegistry) -> None:
         self._config = config
         self._server = grpc.aio.server(
             options=[
@@ -269,7 +276,7 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ]
         )
-        pb_grpc.add_AgentAssistServicer_to_server(AgentAssistServicer(calls, idle_timeout_s), self._server)
+        pb_grpc.add_AgentAssistServicer_to_server(AgentAssistServicer(calls, config.handshake_timeout_s), self._server)
         self.health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         self.port = 0
