@@ -74,9 +74,14 @@ async def _call(stub, index: int, chunks: list[bytes], rate: int, roles: list[st
         score_roles=[pb.ROLE_CUSTOMER], realtime=True,
     )
 
+    accepted = asyncio.Event()
+
     async def requests():
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         yield pb.CallRequest(config=config)
+        # Audio only once the call is accepted: grpcio's asyncio client can report INTERNAL instead of the
+        # server's refusal when it is still writing as the server ends the call (grpc/grpc#36066).
+        await accepted.wait()
         began = time.monotonic()
         for seq, data in enumerate(chunks, start=1):
             due = began + seq * CHUNK_MS / 1000 / speed
@@ -97,6 +102,7 @@ async def _call(stub, index: int, chunks: list[bytes], rate: int, roles: list[st
         async for event in stub.StreamCall(requests()):
             kind = event.WhichOneof("event")
             if kind == "started":
+                accepted.set()
                 stats.started_at = time.monotonic()
                 active["now"] += 1
                 active["max"] = max(active["max"], active["now"])

@@ -2,9 +2,12 @@
 
 A CallSession never sees a transport. A transport adapter calls `start`, then `push_audio` (interleaved
 chunks) or `push_track` (separate mono tracks) and `await flow_control()` after each, `skip_audio`
-for audio that will never come, then `finish` (or `abort` when the bridge goes away, `fail` when its
-input was bad) and forwards what `events()` yields. Audio is processed inline on the event loop
-(decoding, VAD, prosody and turn-taking are cheap); scoring happens on the inference worker, and
+for audio that will never come, `touch` for other signs of life, then `finish` (or `abort` when the
+bridge goes away, `fail` when its input was bad) and forwards what `events()` yields. The server
+ends calls too (`shut_down`, `end_for_limit`, and the session's own idle watchdog): the call
+finishes as at EndOfCall, later input is dropped, and the event stream ends with the reason right
+after the summary. Audio is processed on the event loop a slice at a time (decoding, VAD, prosody
+and turn-taking are cheap per slice; holes cost nothing); scoring happens on the inference worker, and
 results are handled in window order by one task per call. Each window carries what was measured over
 it when it was cut (prosody, the conversation at that moment), so rule outcomes do not depend on how
 fast the model answers; conversation rules run on the call clock (ticks of the turn-taking tracker).

@@ -411,9 +411,4 @@ def _fsync_path(path: str) -> None:
     except OSError as exc:
         log.error("could not open a disk spill file to fsync it: %s", exc)
         return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        log.error("could not fsync the disk spill: %s", exc)
-    finally:
-        os.close(fd)
+    _fsync_and_close(fd)

@@ -9,6 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 import redis
 from cryptography import x509
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from clients.bridge import CallPlan, run_call
 from tests.conftest import CALL_WAV, CUSTOMER_WAV, RedisServer, service_config
@@ -214,3 +215,117 @@ def test_redis_acl_user_and_tls_with_tenant_restricted_subscribers(tls, test_mod
         assert "starting with" in log_text and "<2 secrets>" in log_text
     finally:
         own.stop()
+
+
+def _grpc_refusals(target, metadata, tenant="", count=50):
+    """`count` concurrent calls with this metadata, each sending its CallConfig and streaming audio at once (the sync
+    client, as clients.bridge does); returns the status codes."""
+    from agentassist.v1 import agent_assist_pb2 as pb
+    from agentassist.v1 import agent_assist_pb2_grpc as pb_grpc
+
+    codes = []
+
+    def one(channel, index):
+        def requests():
+            yield pb.CallRequest(config=pb.CallConfig(call_id=f"wrong-{index}", agent_id="a", team="t", tenant=tenant,
+                                                      audio=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16LE, sample_rate_hz=8000, channels=1)))
+            for seq in range(1, 200):
+                yield pb.CallRequest(audio=pb.AudioChunk(seq=seq, data=bytes(320)))
+
+        try:
+            list(pb_grpc.AgentAssistStub(channel).StreamCall(requests(), metadata=metadata, timeout=20))
+            codes.append("OK")
+        except grpc.RpcError as exc:
+            codes.append(exc.code().name)
+
+    import threading
+
+    with grpc.insecure_channel(target.split("://")[1]) as channel:
+        threads = [threading.Thread(target=one, args=(channel, i)) for i in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    return codes
+
+
+async def _aio_refusals(target, metadata, count=50):
+    """`count` concurrent asyncio-client calls that wait for the answer to their CallConfig before streaming audio (the
+    pattern the README gives for asyncio bridges: grpcio's asyncio client can report INTERNAL instead of the server's
+    status when it is still writing as the server ends the call, grpc/grpc#36066)."""
+    from agentassist.v1 import agent_assist_pb2 as pb
+    from agentassist.v1 import agent_assist_pb2_grpc as pb_grpc
+
+    async def one(stub, index):
+        call = stub.StreamCall(metadata=metadata)
+        await call.write(pb.CallRequest(config=pb.CallConfig(call_id=f"aio-{index}", agent_id="a", team="t",
+                                                             audio=pb.AudioFormat(encoding=pb.AUDIO_ENCODING_PCM16LE, sample_rate_hz=8000,
+                                                                                  channels=1))))
+        try:
+            first = await call.read()
+            return first.WhichOneof("event")
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+
+    async with grpc.aio.insecure_channel(target.split("://")[1]) as channel:
+        stub = pb_grpc.AgentAssistStub(channel)
+        return await asyncio.gather(*(one(stub, i) for i in range(count)))
+
+
+def test_fifty_concurrent_wrong_credentials_are_all_refused_precisely(auth_server):
+    """50 concurrent gRPC calls with an unknown token (streaming audio at once, and from asyncio clients that wait for the
+    answer to their CallConfig) all get UNAUTHENTICATED, never INTERNAL; 50 with a valid token naming another tenant all
+    get PERMISSION_DENIED."""
+    target = auth_server.target
+    wrong = [("authorization", "Bearer not-a-known-token-0123456789")]
+    assert _grpc_refusals(target, wrong) == ["UNAUTHENTICATED"] * 50
+    assert asyncio.run(_aio_refusals(target, wrong)) == ["UNAUTHENTICATED"] * 50
+    assert _grpc_refusals(target, [("authorization", f"Bearer {ACME}")], tenant="globex") == ["PERMISSION_DENIED"] * 50
+    assert auth_server.app.calls.active == 0 and auth_server.app.calls.handshakes == 0
+
+
+PHONE_IDS = ("+14155550123", "+14155550124", "4155550125", "+14155550126", "+14155550127", "+14155550128")
+
+
+def test_no_caller_identifiers_reach_the_log(redis_server, test_models, start_server, caplog):
+    """Phone numbers used as call and agent ids, in Twilio custom parameters and in a refused score_roles never appear in
+    the service's log, even where the refusal sent to the bridge quotes them (a duplicate call_id)."""
+    import threading
+
+    call_id, agent_id, twilio_call, twilio_agent, bad_roles, extra = PHONE_IDS
+    with caplog.at_level(logging.DEBUG):
+        server = start_server(service_config(redis_server.url, test_models["angry"]))
+        first = {}
+        running = threading.Thread(target=lambda: first.update(r=run_call(
+            server.target, str(CALL_WAV), plan(call_id, agent_id=agent_id, speed=1))))
+        running.start()
+        deadline = time.monotonic() + 10
+        while server.app.calls.active == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        duplicate = run_call(server.target, str(CALL_WAV), plan(call_id, agent_id=agent_id))
+        native_duplicate = run_call(server.ws_target, str(CALL_WAV), plan(call_id, agent_id=agent_id))
+        twilio_bad = asyncio.run(_twilio_custom(server.ws_target, {"agent_id": twilio_agent, "team": "t", "call_id": twilio_call,
+                                                                  "score_roles": bad_roles, "caller": extra}))
+        twilio_ok = run_call(server.ws_target, str(CALL_WAV), plan(twilio_call, agent_id=twilio_agent, protocol="twilio"))
+        running.join(60)
+        server.stop()
+    assert duplicate.error["code"] == "ALREADY_EXISTS" and call_id in duplicate.error["message"]  # the bridge is told
+    assert native_duplicate.error["code"] == "ALREADY_EXISTS"
+    assert twilio_bad == 1008 and twilio_ok.close_code == 1000 and first["r"].error is None
+    server_side = [r for r in caplog.records if not r.name.startswith("websockets.client")]
+    log_text = "\n".join(r.getMessage() for r in server_side)
+    assert "already_exists" in log_text and "invalid_argument" in log_text  # the refusals were logged...
+    for identifier in PHONE_IDS:  # ...without the identifiers
+        assert identifier not in log_text and identifier.lstrip("+") not in log_text, identifier
+
+
+async def _twilio_custom(url, custom):
+    start = {"accountSid": "AC1", "streamSid": "MZ1", "callSid": "CA1", "tracks": ["inbound"], "customParameters": custom,
+             "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}
+    try:
+        async with connect(url + "/twilio") as ws:
+            await ws.send(json.dumps({"event": "connected"}))
+            await ws.send(json.dumps({"event": "start", "start": start}))
+            await asyncio.wait_for(ws.recv(), 10)
+    except ConnectionClosed as exc:
+        return exc.rcvd.code if exc.rcvd else None

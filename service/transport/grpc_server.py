@@ -175,8 +175,11 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
             handshaking = True
             metadata = {key.lower(): value for key, value in (context.invocation_metadata() or ())}
             credential = credential_from(metadata.get("authorization"), metadata.get("x-api-key"))
-            self._calls.check_credential(credential)
+            # The first message is read before the credential is judged, so that a refusal never ends the
+            # call while the bridge's CallConfig is still being written: grpcio's asyncio client reports
+            # such an interrupted write as INTERNAL instead of the status (grpc/grpc#36066).
             first = await self._first_request(request_iterator)
+            self._calls.check_credential(credential)
             kind = first.WhichOneof("payload")
             if kind != "config":
                 raise InvalidArgument(f"the first message must be a CallConfig, got {kind or 'an empty CallRequest'}")
