@@ -51,6 +51,9 @@ ENCODINGS = {"pcm16": (Encoding.PCM16LE, pb.AUDIO_ENCODING_PCM16LE, "pcm16le"),
 ROLES = {"customer": pb.ROLE_CUSTOMER, "agent": pb.ROLE_AGENT}
 PROTOCOLS = ("native", "twilio", "audiohook")
 LIVE_SPEED_LIMIT = 1.5
+# grpc shares one connection between the channels of a process that have the same target and options;
+# a call of its own connection lands on any worker of a pod (SO_REUSEPORT spreads connections, not calls).
+OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
 @dataclass
@@ -265,9 +268,9 @@ def _run_grpc(address: str, plan: CallPlan, audio: Audio, on_event, hangup_after
     stop = threading.Event()
     if secure:
         root = open(plan.ca_file, "rb").read() if plan.ca_file else None
-        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=root))
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=root), options=OWN_CONNECTION)
     else:
-        channel = grpc.insecure_channel(address)
+        channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
     metadata = [("authorization", f"Bearer {plan.token}")] if plan.token else None
     with channel:
         responses = pb_grpc.AgentAssistStub(channel).StreamCall(_grpc_requests(plan, audio, result, stop), metadata=metadata)

@@ -12,28 +12,21 @@ from service.errors import CallPulseError
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.app import App
     from service.config import load_config
+    from service.supervisor import serve_pod
 
     cli = {k: getattr(args, k) for k in (
-        "host", "grpc_port", "ws_port", "metrics_port", "max_calls", "redis_url", "redis_prefix",
+        "host", "grpc_port", "ws_port", "metrics_port", "max_calls", "workers", "redis_url", "redis_prefix",
         "model", "hub", "device", "precision", "threads", "rules", "log_level",
     )}
     config = load_config(cli)
     logging.basicConfig(
         level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s [supervisor] %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    app = App(config)
-
-    def announce(ready: App) -> None:
-        # One JSON line on stdout so that scripts using port 0 learn the ports.
-        print(json.dumps({"event": "ready", "grpc_port": ready.grpc_port, "ws_port": ready.ws_port, "metrics_port": ready.metrics_port,
-                          "model": ready.model.name if ready.model else None}), flush=True)
-
-    asyncio.run(app.run_until_signalled(on_ready=announce))
-    return 0
+    # The pod prints one JSON line on stdout once it is ready, so that scripts using port 0 learn the ports.
+    return serve_pod(config)
 
 
 def _make_test_model(args: argparse.Namespace) -> int:
@@ -136,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ws-port", type=int, help="WebSocket port (native, /twilio, /audiohook); -1 disables it")
     serve.add_argument("--metrics-port", type=int, help="-1 disables /metrics")
     serve.add_argument("--max-calls", type=int)
+    serve.add_argument("--workers", type=int, help="ingest worker processes (0 = one per core less one for the engine)")
     serve.add_argument("--redis-url")
     serve.add_argument("--redis-prefix")
     serve.add_argument("--model", help="hub id or local funasr model directory")

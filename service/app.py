@@ -1,4 +1,7 @@
-"""Composition root: configuration -> model -> batcher -> rules -> publisher -> sessions -> servers."""
+"""Composition root of a serving process: configuration -> rules -> publisher -> servers -> scoring -> sessions.
+
+In a pod's worker the scoring is the engine process's (RemoteScoringClient, given by service/pod.py);
+in one process (tests, embedding) the model is loaded here behind an InferenceBatcher."""
 
 from __future__ import annotations
 
@@ -14,43 +17,18 @@ from service.auth import Authenticator, load_tokens
 from service.calls import CallRegistry
 from service.config import ServiceConfig, config_as_dict
 from service.inference.base import EmotionModel
+from service.inference.loading import load_emotion_model
 from service.inference.batcher import InferenceBatcher
+from service.inference.scoring import LocalScoringClient, ScoringClient
 from service.redact import redact
 from service.rules import RuleEngine, RuleSet, load_rules
 from service.rules.reloader import RulesReloader
 from service.session import CallSession, SessionContext
-from service.spill import check_spill_dir
+from service.spill import SPILL_MIN_FREE_BYTES, check_spill_dir
 from service.transport.grpc_server import GrpcServer
 from service.transport.ws_server import WebSocketServer
 
 log = logging.getLogger(__name__)
-
-# Free space the spill directory needs at start (or spill_max_bytes, if smaller). Not the whole
-# spill_max_bytes: the spill is empty most of the time, and 64 MiB already holds tens of thousands
-# of events (an alert is about 1-4 KB, a summary a few KB), a long Redis outage's worth; a spill
-# that fills the disk later is reported by readiness instead (App.degraded).
-SPILL_MIN_FREE_BYTES = 64 << 20
-
-
-def load_emotion_model(config: ServiceConfig) -> EmotionModel:
-    """Load the configured emotion2vec model through funasr (blocking, seconds to minutes)."""
-    from service.inference.constant import BUILTIN_CONSTANT, ConstantEmotionModel
-    from service.inference.emotion2vec import Emotion2vecModel
-
-    inf = config.inference
-    if inf.model == BUILTIN_CONSTANT:
-        log.warning("running with the benchmark-only constant model: no emotion is recognised")
-        return ConstantEmotionModel()
-    return Emotion2vecModel.load(inf.model, hub=inf.hub, device=inf.device, threads=inf.threads, bucket_ms=inf.bucket_ms,
-                                 precision=inf.precision, warm_lengths_ms=_warm_lengths(config))
-
-
-def _warm_lengths(config: ServiceConfig) -> tuple[int, ...]:
-    """Window lengths the service will send, one per length bucket, for warm-up before readiness."""
-    w, inf = config.windows, config.inference
-    longest = w.window_ms + (w.context_ms if w.scoring == "incremental" else 0)
-    return tuple(range(inf.bucket_ms, longest + inf.bucket_ms, inf.bucket_ms))
-
 
 def safe_file_name(name: str) -> str:
     """A bridge-chosen id as a file name that stays inside its directory."""
@@ -80,11 +58,19 @@ def write_report(directory: str, summary: dict) -> str | None:
 class App:
     """Builds and runs the service. Nothing heavy happens until `start`."""
 
-    def __init__(self, config: ServiceConfig, model: EmotionModel | None = None) -> None:
+    def __init__(self, config: ServiceConfig, model: EmotionModel | None = None, *, scorer: ScoringClient | None = None,
+                 pod=None, publishes_reloads: bool = True) -> None:
+        """`model`: score with this model in this process (else the configured one is loaded); `scorer`: score
+        through it instead (a pod's engine); `pod`: the PodSlot of a pod's worker (calls and memory are counted
+        across the pod); `publishes_reloads`: this process announces rules reloads (one worker of a pod does)."""
         self.config = config
         self._given_model = model
+        self._pod = pod
+        self._publishes_reloads = publishes_reloads
         self.model: EmotionModel | None = None
-        self.batcher: InferenceBatcher | None = None
+        self.scorer: ScoringClient | None = scorer
+        self._remote = scorer is not None
+        self._health: asyncio.Task | None = None
         self.publisher: AlertPublisher | None = None
         self.calls: CallRegistry | None = None
         self.grpc: GrpcServer | None = None
@@ -102,6 +88,7 @@ class App:
         rules = load_rules(cfg.rules_path)
         self.rule_engine = RuleEngine(rules)
         metrics.rules_in_effect(len(rules.rules))
+        metrics.preset(("customer", "agent"), [(rule.id, rule.severity.label) for rule in rules.rules])
         authenticator = Authenticator(load_tokens(cfg.server.auth_tokens, cfg.server.auth_tokens_file))
         if authenticator.enabled:
             log.info("caller authentication on: %d tenant(s); alerts go to per-tenant channels", len(authenticator.tenants))
@@ -112,7 +99,7 @@ class App:
         self.publisher = AlertPublisher(cfg.redis, tenant_channels=authenticator.enabled)
         await self.publisher.start()
         self.calls = CallRegistry(cfg.server.max_calls, self._new_session, authenticator, cfg.server.max_rss_mb,
-                                  cfg.server.max_handshakes)
+                                  cfg.server.max_handshakes, pod=self._pod)
         self.grpc = GrpcServer(cfg.server, self.calls)
         self.grpc_port = await self.grpc.start()
         if cfg.server.ws_port >= 0:
@@ -120,32 +107,58 @@ class App:
             self.ws_port = await self.ws.start()
         if cfg.server.metrics_port >= 0:
             self.metrics_port = metrics.serve(cfg.server.metrics_port, cfg.server.host)
-        loop = asyncio.get_running_loop()
-        model = self._given_model or await loop.run_in_executor(None, load_emotion_model, cfg)
-        rules.check_labels(model.labels)
-        await loop.run_in_executor(None, model.warm_up)  # before readiness: lazy initialisation, CUDA kernels per bucket
-        self.model = model
-        inf = cfg.inference
-        self.batcher = InferenceBatcher(model, inf.effective_max_batch, inf.max_wait_ms, inf.queue_size)
-        self.batcher.start()
-        self.rules_reloader = RulesReloader(cfg.rules_path, model.labels, self._apply_rules, self.publisher.publish_call_event,
-                                            cfg.analytics.rules_poll_s)
+        scorer = await self._start_scoring()
+        rules.check_labels(scorer.labels)
+        announce = self.publisher.publish_call_event if self._publishes_reloads else (lambda document: None)
+        self.rules_reloader = RulesReloader(cfg.rules_path, scorer.labels, self._apply_rules, announce, cfg.analytics.rules_poll_s)
         self.rules_reloader.start()
         self.calls.accepting = True
         await self.grpc.set_serving(True)
-        log.info("ready: grpc port %d, websocket port %d, metrics port %d, model %s", self.grpc_port, self.ws_port, self.metrics_port, model.name)
+        self._health = asyncio.create_task(self._follow_readiness(), name="readiness")
+        log.info("ready: grpc port %d, websocket port %d, metrics port %d, model %s", self.grpc_port, self.ws_port, self.metrics_port, scorer.name)
+
+    async def _start_scoring(self) -> ScoringClient:
+        """The pod's engine (wait until it has its model), or the model loaded and warmed here."""
+        if self.scorer is not None:
+            await self.scorer.start()
+            await self.scorer.wait_ready()
+            return self.scorer
+        loop = asyncio.get_running_loop()
+        model = self._given_model or await loop.run_in_executor(None, load_emotion_model, self.config)
+        await loop.run_in_executor(None, model.warm_up)  # before readiness: lazy initialisation, CUDA kernels per bucket
+        self.model = model
+        inf = self.config.inference
+        batcher = InferenceBatcher(model, inf.effective_max_batch, inf.max_wait_ms, inf.queue_size)
+        batcher.start()
+        self.scorer = LocalScoringClient(model, batcher)
+        return self.scorer
+
+    @property
+    def batcher(self) -> InferenceBatcher | None:
+        """The in-process batcher (None in a pod's worker)."""
+        return self.scorer.batcher if isinstance(self.scorer, LocalScoringClient) else None
+
+    async def _follow_readiness(self) -> None:
+        """gRPC health follows readiness (the engine, the alert path) while the service runs."""
+        serving = True
+        while True:
+            await asyncio.sleep(0.5)
+            ready = self.ready()
+            if ready != serving and self.grpc is not None and self.calls is not None and self.calls.accepting:
+                serving = ready
+                await self.grpc.set_serving(ready)
 
     def _new_session(self, call_config) -> CallSession:
-        assert self.batcher and self.publisher and self.model and self.rule_engine
+        assert self.scorer and self.publisher and self.rule_engine
         ctx = SessionContext(
             vad=self.config.vad,
             windows=self.config.windows,
             ingest=self.config.ingest,
-            batcher=self.batcher,
+            scorer=self.scorer,
             rules=lambda: self.rule_engine,
             publisher=self.publisher,
-            model_name=self.model.name,
-            labels=self.model.labels,
+            model_name=self.scorer.name,
+            labels=self.scorer.labels,
             deadline_s=self.config.inference.deadline_ms / 1000,
             analytics=self.config.analytics,
             on_summary=self._write_report if self.config.analytics.reports_dir else None,
@@ -153,8 +166,9 @@ class App:
         return CallSession(call_config, ctx)
 
     def ready(self) -> bool:
-        """Calls are accepted and their alerts are not being lost (readiness; see `degraded` for why not)."""
-        return bool(self.calls and self.calls.accepting) and not (self.publisher is not None and self.publisher.losing_events)
+        """Calls are accepted, scored, and their alerts are not being lost (readiness; see `degraded` for why not)."""
+        return (bool(self.calls and self.calls.accepting) and not (self.publisher is not None and self.publisher.losing_events)
+                and (self.scorer is None or self.scorer.available))
 
     def degraded(self) -> str | None:
         """Why the service runs degraded, or None: a dependency is away, alerts wait or, when both Redis
@@ -163,6 +177,10 @@ class App:
         if publisher is None:
             return None
         reasons = []
+        if self.scorer is not None and not self.scorer.available:
+            reasons.append("the emotion engine is unavailable (restarting); windows are not scored")
+        if self._pod is not None and (missing := self._pod.state.describe()):
+            reasons.append(missing)
         if not publisher.connected:
             reasons.append(f"redis unreachable; {publisher.backlog} alert/call events waiting (memory and disk spill)")
         if publisher.spill_error is not None:
@@ -195,7 +213,9 @@ class App:
             await self.grpc.set_serving(False)
         if self.rules_reloader is not None:
             await self.rules_reloader.stop()
-        if self.calls is not None and self.batcher is not None:
+        if self._health is not None:
+            self._health.cancel()
+        if self.calls is not None and self.scorer is not None:
             active = self.calls.sessions()
             if active:
                 log.info("shutting down: ending %d active call(s)", len(active))
@@ -213,8 +233,8 @@ class App:
             await self.ws.stop()
         if self.grpc is not None:
             await self.grpc.stop(max(0.1, 0.5 * (deadline - asyncio.get_running_loop().time())))
-        if self.batcher is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.batcher.stop)
+        if self.scorer is not None:
+            await self.scorer.close()
         if self.publisher is not None:
             await self.publisher.stop(timeout=max(0.5, deadline - asyncio.get_running_loop().time()))
         if self.model is not None:
@@ -222,16 +242,24 @@ class App:
         log.info("stopped")
 
     async def run_until_signalled(self, on_ready=None) -> None:
-        """Start, call `on_ready(app)`, serve until SIGTERM or SIGINT, then stop."""
+        """Start, call `on_ready(app)`, serve until SIGTERM or SIGINT, then stop. A signal while starting (the
+        engine still loading its model, say) stops at once."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_rules)
+        starting = asyncio.create_task(self.start(), name="start")
+        stopping = asyncio.create_task(stop.wait(), name="stop-signal")
         try:
-            await self.start()
-            if on_ready is not None:
-                on_ready(self)
-            await stop.wait()
+            await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if starting.done():
+                starting.result()  # a start that failed raises here
+                if on_ready is not None:
+                    on_ready(self)
+                await stopping
         finally:
+            for task in (starting, stopping):
+                if not task.done():
+                    task.cancel()
             await self.stop()

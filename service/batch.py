@@ -30,6 +30,7 @@ from service.domain import Alert, AudioFormat, CallConfig, CallSummary, EmotionU
 from service.errors import CallPulseError, InvalidArgument
 from service.inference.base import EmotionModel
 from service.inference.batcher import InferenceBatcher
+from service.inference.scoring import LocalScoringClient
 from service.report import render_call_report, render_heatmap_svg, write_batch_csv
 from service.rules import RuleEngine, RuleSet, load_rules
 from service.session import CallSession, SessionContext
@@ -266,7 +267,7 @@ class BatchAnalyzer:
                                      max_call_duration_s=max(cfg.ingest.max_call_duration_s, audio.duration_s + 60))
         sink = MemorySink()
         ctx = SessionContext(
-            vad=cfg.vad, windows=cfg.windows, ingest=ingest, batcher=batcher, rules=lambda: self._engine,
+            vad=cfg.vad, windows=cfg.windows, ingest=ingest, scorer=LocalScoringClient(self.model, batcher), rules=lambda: self._engine,
             publisher=sink, model_name=self.model.name, labels=self.model.labels,
             deadline_s=cfg.inference.deadline_ms / 1000, analytics=cfg.analytics,
         )
@@ -361,7 +362,7 @@ def analyze(paths: Sequence[str], options: AnalyzeOptions, config: ServiceConfig
     """Load the rules and the model (unless given) and analyse `paths`; blocking."""
     rules = load_rules(config.rules_path)  # a mistake in the rules is reported before the model loads
     if model is None:
-        from service.app import load_emotion_model
+        from service.inference.loading import load_emotion_model
 
         model = load_emotion_model(config)
     analyzer = BatchAnalyzer(config, options, model, rules)

@@ -31,8 +31,10 @@ class CallRegistry:
     """Creates sessions for new calls and forgets them when they end."""
 
     def __init__(self, max_calls: int, session_factory: Callable[[CallConfig], CallSession],
-                 authenticator: Authenticator | None = None, max_rss_mb: int = 0, max_handshakes: int = 256) -> None:
+                 authenticator: Authenticator | None = None, max_rss_mb: int = 0, max_handshakes: int = 256, pod=None) -> None:
+        """`pod`: a pod worker's PodSlot; then max_calls and max_rss_mb count the whole pod."""
         self._max_calls = max_calls
+        self._pod = pod
         self._max_handshakes = max_handshakes
         self._handshakes = 0
         self._max_rss_mb = max_rss_mb
@@ -91,14 +93,23 @@ class CallRegistry:
         key = (config.tenant, config.call_id)  # call ids are unique per tenant
         if key in self._calls:
             raise CallAlreadyActive(f"call_id {config.call_id!r} is already streaming")
-        if len(self._calls) >= self._max_calls:
-            raise CapacityExceeded(f"the server is at its limit of {self._max_calls} concurrent calls")
         if self._max_rss_mb:
-            rss = resident_mb()
+            rss = self._pod.state.rss_mb if self._pod is not None else resident_mb()
             if rss > self._max_rss_mb:
                 raise CapacityExceeded(f"the server uses {rss:.0f} MB, over its limit of {self._max_rss_mb} MB; "
                                        "calls in progress go on, new ones go elsewhere")
-        session = self._factory(config)
+        if self._pod is not None:
+            refused = self._pod.admit()
+            if refused is not None:
+                raise CapacityExceeded(refused)
+        elif len(self._calls) >= self._max_calls:
+            raise CapacityExceeded(f"the server is at its limit of {self._max_calls} concurrent calls")
+        try:
+            session = self._factory(config)
+        except BaseException:
+            if self._pod is not None:
+                self._pod.release()
+            raise
         self._calls[key] = session
         metrics.call_opened()
         return session
@@ -128,5 +139,7 @@ class CallRegistry:
         key = (session.config.tenant, session.config.call_id)
         if self._calls.get(key) is session:
             del self._calls[key]
+            if self._pod is not None:
+                self._pod.release()
             metrics.call_closed(outcome)
             log.info("call ended (%s); %d active", outcome, len(self._calls))

@@ -209,7 +209,15 @@ class ServerConfig:
     metrics_port: int = 9100
     """Prometheus /metrics port; 0 picks a free one, -1 disables it."""
     max_calls: int = 500
-    """Concurrent calls; one more is refused with RESOURCE_EXHAUSTED."""
+    """Concurrent calls across the pod; one more is refused with RESOURCE_EXHAUSTED."""
+    workers: int = 0
+    """Ingest worker processes of `serve` (each with the gRPC and WebSocket servers on the same ports);
+    0 = one per CPU core less one for the model engine, at least one."""
+    max_calls_per_worker: int = 0
+    """Calls one worker carries; one more is refused with RESOURCE_EXHAUSTED naming this (a bridge that
+    connects again reaches another worker). 0 = twice the worker's share of max_calls."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT, so that the pod's workers share the ports (set by the supervisor)."""
     max_message_bytes: int = 1024 * 1024
     """Largest gRPC or WebSocket message accepted (larger ones are refused by the transport)."""
     twilio_inbound_role: str = "customer"
@@ -251,6 +259,8 @@ class ServerConfig:
         _check(self.twilio_inbound_role in ("customer", "agent"), f"twilio_inbound_role must be customer or agent, got {self.twilio_inbound_role!r}")
         _check(-1 <= self.metrics_port <= 65535, f"metrics_port must be -1..65535, got {self.metrics_port}")
         _check(self.max_calls >= 1, "max_calls must be >= 1")
+        _check(0 <= self.workers <= 256, f"workers must be 0 (one per core) .. 256, got {self.workers}")
+        _check(self.max_calls_per_worker >= 0, f"max_calls_per_worker must be >= 0, got {self.max_calls_per_worker}")
         _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
         _check(0 < self.handshake_timeout_s <= 300, f"handshake_timeout_s must be in (0, 300], got {self.handshake_timeout_s}")
         _check(self.max_handshakes >= 1, f"max_handshakes must be >= 1, got {self.max_handshakes}")
@@ -264,6 +274,14 @@ class ServerConfig:
                 _check(bool(base64.b64decode(self.audiohook_client_secret, validate=True)), "audiohook_client_secret is empty")
             except (binascii.Error, ValueError):
                 raise ConfigError("audiohook_client_secret must be base64, as entered in Genesys Cloud") from None
+
+    def worker_count(self, cores: int) -> int:
+        """`workers` with 0 resolved: one per core less one for the engine, at least one."""
+        return self.workers or max(1, cores - 1)
+
+    def calls_per_worker(self, workers: int) -> int:
+        """`max_calls_per_worker` with 0 resolved: twice a worker's share of max_calls."""
+        return self.max_calls_per_worker or max(1, -(-2 * self.max_calls // workers))
 
 
 @dataclass(frozen=True)
@@ -340,6 +358,8 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_METRICS_PORT": ("server", "metrics_port", int),
     "CALLPULSE_WS_PORT": ("server", "ws_port", int),
     "CALLPULSE_MAX_CALLS": ("server", "max_calls", int),
+    "CALLPULSE_WORKERS": ("server", "workers", int),
+    "CALLPULSE_MAX_CALLS_PER_WORKER": ("server", "max_calls_per_worker", int),
     "CALLPULSE_MAX_MESSAGE_BYTES": ("server", "max_message_bytes", int),
     "CALLPULSE_TWILIO_INBOUND_ROLE": ("server", "twilio_inbound_role", str),
     "CALLPULSE_AUDIOHOOK_API_KEYS": ("server", "audiohook_api_keys", _parse_list),
@@ -408,6 +428,7 @@ CLI_OPTIONS: dict[str, tuple[str, str]] = {
     "ws_port": ("server", "ws_port"),
     "metrics_port": ("server", "metrics_port"),
     "max_calls": ("server", "max_calls"),
+    "workers": ("server", "workers"),
     "redis_url": ("redis", "url"),
     "redis_prefix": ("redis", "prefix"),
     "model": ("inference", "model"),

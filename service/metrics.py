@@ -1,4 +1,7 @@
-"""Prometheus metrics behind small named functions; labels are bounded (role, rule, kind), never call or agent ids."""
+"""Prometheus metrics behind small named functions; labels are bounded (role, rule, kind), never call or agent ids.
+
+In a pod every process writes its metrics to the supervisor's directory (prometheus-client multiprocess
+mode) and the supervisor serves their sum; gauges say how they combine (livesum: over the live processes)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 
 _MODEL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
-ACTIVE_CALLS = Gauge("callpulse_active_calls", "Calls currently streaming")
+ACTIVE_CALLS = Gauge("callpulse_active_calls", "Calls currently streaming", multiprocess_mode="livesum")
 CALLS = Counter("callpulse_calls_total", "Calls ended, by outcome", ["outcome"])
 AUDIO_SECONDS = Counter("callpulse_audio_seconds_total", "Seconds of channel audio ingested", ["role"])
 VAD_SEGMENTS = Counter("callpulse_vad_segments_total", "Speech segments closed by the VAD", ["role"])
@@ -18,7 +21,7 @@ FORWARD_SIZE = Histogram("callpulse_inference_forward_size", "Windows in one mod
 PADDING_RATIO = Histogram("callpulse_inference_padding_ratio", "Share of a forward pass spent on padding",
                           buckets=(0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75))
 BATCH_SECONDS = Histogram("callpulse_inference_batch_seconds", "Model time per batch", buckets=_MODEL_BUCKETS)
-QUEUE_DEPTH = Gauge("callpulse_inference_queue_depth", "Windows waiting for the inference worker")
+QUEUE_DEPTH = Gauge("callpulse_inference_queue_depth", "Windows waiting for the inference worker", multiprocess_mode="livesum")
 QUEUE_WAIT = Histogram("callpulse_inference_queue_wait_seconds", "Time a window waited for the worker", buckets=_MODEL_BUCKETS)
 UPDATE_LATENCY = Histogram(
     "callpulse_emotion_update_latency_seconds", "Audio arrival to EmotionUpdate emitted", buckets=_LATENCY_BUCKETS
@@ -46,7 +49,7 @@ TRANSCRIPT_SEGMENTS = Counter("callpulse_transcript_segments_total", "Transcript
 HANDSHAKES = Counter("callpulse_handshakes_total", "Connections by how their handshake ended (started: the call "
                      "opened; timeout: nothing started it in time; busy: too many waiting; refused: bad or unauthorised)",
                      ["outcome"])
-HANDSHAKES_WAITING = Gauge("callpulse_handshakes_waiting", "Connections open but not yet started")
+HANDSHAKES_WAITING = Gauge("callpulse_handshakes_waiting", "Connections open but not yet started", multiprocess_mode="livesum")
 
 
 def handshake_begun(waiting: int) -> None:
@@ -57,6 +60,26 @@ def handshake_ended(outcome: str, waiting: int) -> None:
     """outcome: started, timeout, busy, refused or disconnected."""
     HANDSHAKES.labels(outcome).inc()
     HANDSHAKES_WAITING.set(waiting)
+
+
+WINDOW_OUTCOMES = ("scored", "merged", "skipped_no_speech", "failed", "dropped_superseded", "dropped_stale", "dropped_queue_full",
+                   "dropped_call_backlog", "dropped_engine_unavailable")
+ERROR_KINDS = ("invalid_argument", "already_exists", "resource_exhausted", "unavailable", "deadline_exceeded", "unauthenticated",
+               "permission_denied", "internal", "inference_item", "publish_queue_full")
+
+
+def preset(roles: tuple[str, ...], rules: list[tuple[str, str]]) -> None:
+    """Create the labelled series whose labels are known in advance, at 0, so that /metrics lists them (and rate()
+    works) before the first event: a pod's merged metrics only show series a process has touched."""
+    for role in roles:
+        _child(AUDIO_SECONDS, role)
+        VAD_SEGMENTS.labels(role)
+    for outcome in WINDOW_OUTCOMES:
+        WINDOWS.labels(outcome)
+    for kind in ERROR_KINDS:
+        ERRORS.labels(kind)
+    for rule, severity in rules:
+        ALERTS.labels(rule, severity)
 
 
 def serve(port: int, host: str) -> int:
@@ -163,7 +186,7 @@ def event_dropped(event_type: str) -> None:
 
 
 RULES_RELOADS = Counter("callpulse_rules_reloads_total", "Attempts to reload the rules file, by outcome", ["outcome"])
-RULES_LOADED = Gauge("callpulse_rules_loaded", "Rules in effect")
+RULES_LOADED = Gauge("callpulse_rules_loaded", "Rules in effect", multiprocess_mode="livemax")
 REPORTS = Counter("callpulse_reports_total", "QA reports written, by outcome", ["outcome"])
 
 
@@ -180,7 +203,7 @@ def report_written(outcome: str) -> None:
     REPORTS.labels(outcome).inc()
 
 
-PUBLISH_BACKLOG = Gauge("callpulse_publish_backlog", "Alerts and call events waiting for Redis (memory and disk)")
+PUBLISH_BACKLOG = Gauge("callpulse_publish_backlog", "Alerts and call events waiting for Redis (memory and disk)", multiprocess_mode="livesum")
 PUBLISH_SPILLED = Counter("callpulse_publish_spilled_total", "Events written to the disk spill because the memory queue was full")
 
 

@@ -61,7 +61,8 @@ from service.domain import (
 )
 from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument, ServiceUnavailable
 from service.inference.base import WindowScores
-from service.inference.batcher import InferenceBatcher, QueueFull, StaleWindow
+from service.inference.batcher import QueueFull, StaleWindow
+from service.inference.scoring import EngineUnavailable, ScoringClient
 from service.rules import CallRuleState, RuleEngine, RuleMatch, ScoredWindow
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ class SessionContext:
     vad: VadConfig
     windows: WindowConfig
     ingest: IngestConfig
-    batcher: InferenceBatcher
+    scorer: ScoringClient
+    """Scores windows: the model in this process, or the pod's engine."""
     rules: Callable[[], RuleEngine]
     """Returns the current rule engine (rules may be replaced while calls run)."""
     publisher: EventSink
@@ -666,12 +668,16 @@ class CallSession:
                 continue
             deadline = window.arrival + self._ctx.deadline_s if live else None
             try:
-                future = self._ctx.batcher.submit(to_model_input(window.samples, window.sample_rate), deadline=deadline)
+                future = self._ctx.scorer.submit(to_model_input(window.samples, window.sample_rate), deadline=deadline)
             except QueueFull:
                 if not live:
                     return
                 self._ready.popleft()
                 self._drop(timeline, "dropped_queue_full")
+                continue
+            except EngineUnavailable:  # live or not: the call goes on without scores until the engine is back
+                self._ready.popleft()
+                self._drop(timeline, "dropped_engine_unavailable")
                 continue
             self._ready.popleft()
             self._waiting[window.role] = (window, future)
@@ -728,6 +734,9 @@ class CallSession:
             except StaleWindow:
                 result = None
                 outcome = "dropped_stale"
+            except EngineUnavailable:
+                result = None
+                outcome = "dropped_engine_unavailable"
             except Exception as exc:  # noqa: BLE001 - one window's model error fails only that window
                 log.warning("a %s window failed in the model: %s", window.role.value, exc)
                 result = None

@@ -34,10 +34,55 @@ from service.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# Free space the spill directory needs at start (or spill_max_bytes, if smaller). Not the whole
+# spill_max_bytes: the spill is empty most of the time, and 64 MiB already holds tens of thousands
+# of events (an alert is about 1-4 KB, a summary a few KB), a long Redis outage's worth; a spill
+# that fills the disk later is reported by readiness instead (App.degraded).
+SPILL_MIN_FREE_BYTES = 64 << 20
+
+
 SEGMENT_BYTES = 1 << 20
 FIRST_SEGMENT = 1_000_000_000  # segments are numbered up from here; `prepend` numbers down
 _PREFIX = "spill-"
 _SUFFIX = ".jsonl"
+
+
+def _segments(directory: str) -> list[int]:
+    out = []
+    for name in os.listdir(directory):
+        if name.startswith(_PREFIX) and name.endswith(_SUFFIX):
+            try:
+                out.append(int(name[len(_PREFIX):-len(_SUFFIX)]))
+            except ValueError:
+                continue
+    return sorted(out)
+
+
+def adopt_orphan_spills(spill_dir: str, workers: int) -> int:
+    """A pod's worker i spills in {spill_dir}/worker-{i}. Spills left by workers this pod does not have (an
+    earlier pod had more) are moved behind worker 1's own, in their order, so that they are sent too;
+    returns how many segment files moved. Run before any worker starts."""
+    first = os.path.join(spill_dir, "worker-1")
+    moved = 0
+    try:
+        names = sorted(os.listdir(spill_dir))
+    except FileNotFoundError:
+        return 0
+    for name in names:
+        if not name.startswith("worker-") or not name[7:].isdigit() or int(name[7:]) <= workers:
+            continue
+        orphan = os.path.join(spill_dir, name)
+        os.makedirs(first, exist_ok=True)
+        for segment in _segments(orphan):
+            taken = _segments(first)
+            number = (taken[-1] + 1) if taken else FIRST_SEGMENT
+            os.replace(os.path.join(orphan, f"{_PREFIX}{segment:010d}{_SUFFIX}"), os.path.join(first, f"{_PREFIX}{number:010d}{_SUFFIX}"))
+            moved += 1
+        if not os.listdir(orphan):
+            os.rmdir(orphan)
+    if moved:
+        log.warning("%d spill segment(s) of workers this pod does not have were moved to worker 1's spill", moved)
+    return moved
 
 
 class SpillFull(Exception):
@@ -134,14 +179,7 @@ class DiskSpill:
         return self._bytes
 
     def _existing(self) -> list[int]:
-        out = []
-        for name in os.listdir(self.directory):
-            if name.startswith(_PREFIX) and name.endswith(_SUFFIX):
-                try:
-                    out.append(int(name[len(_PREFIX):-len(_SUFFIX)]))
-                except ValueError:
-                    continue
-        return out
+        return _segments(self.directory)
 
     def _path(self, segment: int) -> str:
         return os.path.join(self.directory, f"{_PREFIX}{segment:010d}{_SUFFIX}")

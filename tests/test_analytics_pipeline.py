@@ -10,6 +10,7 @@ from service.batch import MemorySink
 from service.config import AnalyticsConfig, IngestConfig, VadConfig, WindowConfig
 from service.domain import Alert, AudioFormat, CallConfig, CallSummary, EmotionUpdate, Encoding, Role, TranscriptSegment, Warning
 from service.inference.batcher import InferenceBatcher
+from service.inference.scoring import LocalScoringClient
 from service.rules import RuleEngine, load_rules, parse_rules
 from service.config import DEFAULT_RULES_PATH
 from service.session import CallSession, SessionContext
@@ -44,7 +45,7 @@ async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(R
     batcher.start()
     rules = parse_rules(rules_text) if rules_text else load_rules(DEFAULT_RULES_PATH)
     engine = RuleEngine(rules)
-    ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(), batcher=batcher,
+    ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(), scorer=LocalScoringClient(model, batcher),
                          rules=lambda: engine, publisher=MemorySink(), model_name=model.name, labels=model.labels,
                          analytics=analytics)
     call = CallConfig("analytics-1", "a", "t", "", AudioFormat(Encoding.PCM16LE, RATE, roles), score_roles=score_roles,

@@ -10,6 +10,7 @@ from service.alerts import AlertPublisher
 from service.config import DEFAULT_RULES_PATH, IngestConfig, RedisConfig, VadConfig, WindowConfig
 from service.domain import AudioFormat, CallConfig, Encoding, Role
 from service.inference.batcher import InferenceBatcher
+from service.inference.scoring import LocalScoringClient
 from service.rules import RuleEngine, load_rules
 from service.session import CallSession, SessionContext
 from tests.conftest import CUSTOMER_WAV
@@ -39,7 +40,7 @@ async def test_two_hour_replay_keeps_buffers_bounded(redis_server):
     engine = RuleEngine(load_rules(DEFAULT_RULES_PATH))
     ctx = SessionContext(
         vad=VadConfig(), windows=windows, ingest=IngestConfig(max_chunk_bytes=65536, max_call_duration_s=3 * 3600),
-        batcher=batcher, rules=lambda: engine,
+        scorer=LocalScoringClient(model, batcher), rules=lambda: engine,
         publisher=publisher, model_name=model.name, labels=model.labels,
     )
     call = CallConfig("long-1", "a", "t", "", AudioFormat(Encoding.PCM16LE, 8000, (Role.CUSTOMER,)), realtime=False)

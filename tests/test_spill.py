@@ -261,3 +261,18 @@ def test_serve_with_a_regular_file_as_spill_dir_exits_with_a_clear_error(tmp_pat
     assert done.returncode != 0
     assert f"error: CALLPULSE_SPILL_DIR={spill}: is a regular file, not a directory\n" in done.stderr
     assert "Traceback" not in done.stderr and "Errno 17" not in done.stderr
+
+
+def test_spills_of_workers_a_pod_does_not_have_move_behind_worker_one(tmp_path):
+    """A pod of one worker adopts the spills an earlier pod's workers 2 and 3 left: worker 1 reads its own records first,
+    then theirs, each in its order, and nothing is left in the orphan directories."""
+    from service.spill import adopt_orphan_spills
+
+    for worker, numbers in ((1, range(0, 3)), (2, range(10, 14)), (3, range(20, 22))):
+        spill = DiskSpill(str(tmp_path / f"worker-{worker}"), max_bytes=1 << 20, segment_bytes=40)
+        for n in numbers:
+            spill.append({"n": n, "pad": "x" * 10})
+        spill.close()
+    assert adopt_orphan_spills(str(tmp_path), workers=1) > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["worker-1"]
+    assert drain(DiskSpill(str(tmp_path / "worker-1"), max_bytes=1 << 20)) == [0, 1, 2, 10, 11, 12, 13, 20, 21]

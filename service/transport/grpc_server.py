@@ -276,7 +276,7 @@ class GrpcServer:
         self._server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if config.reuse_port else 0),
             ]
         )
         pb_grpc.add_AgentAssistServicer_to_server(AgentAssistServicer(calls, config.handshake_timeout_s), self._server)

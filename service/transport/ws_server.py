@@ -73,6 +73,7 @@ class WebSocketServer:
             max_queue=32,
             ssl=self._tls_context(),
             logger=_CONNECTION_LOG,
+            reuse_port=self._config.reuse_port,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port

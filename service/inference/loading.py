@@ -1,0 +1,31 @@
+"""Loading the configured emotion model (funasr checkpoint or the benchmark-only constant model); torch and
+funasr are imported inside, so importing this module costs nothing."""
+
+from __future__ import annotations
+
+import logging
+
+from service.config import ServiceConfig
+from service.inference.base import EmotionModel
+
+log = logging.getLogger(__name__)
+
+
+def load_emotion_model(config: ServiceConfig) -> EmotionModel:
+    """Load the configured emotion2vec model through funasr (blocking, seconds to minutes)."""
+    from service.inference.constant import BUILTIN_CONSTANT, ConstantEmotionModel
+    from service.inference.emotion2vec import Emotion2vecModel
+
+    inf = config.inference
+    if inf.model == BUILTIN_CONSTANT:
+        log.warning("running with the benchmark-only constant model: no emotion is recognised")
+        return ConstantEmotionModel()
+    return Emotion2vecModel.load(inf.model, hub=inf.hub, device=inf.device, threads=inf.threads, bucket_ms=inf.bucket_ms,
+                                 precision=inf.precision, warm_lengths_ms=_warm_lengths(config))
+
+
+def _warm_lengths(config: ServiceConfig) -> tuple[int, ...]:
+    """Window lengths the service will send, one per length bucket, for warm-up before readiness."""
+    w, inf = config.windows, config.inference
+    longest = w.window_ms + (w.context_ms if w.scoring == "incremental" else 0)
+    return tuple(range(inf.bucket_ms, longest + inf.bucket_ms, inf.bucket_ms))
