@@ -138,6 +138,15 @@ async def _beat(state: PodState, index: int) -> None:
         await asyncio.sleep(1.0)
 
 
+def _run(main) -> None:
+    """Run a child's main coroutine on uvloop (its event loop costs a fraction of asyncio's per message)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        log.info("event loop: uvloop %s", uvloop.__version__)
+        runner.run(main)
+
+
 def run_engine(config: ServiceConfig, endpoint: str, state: PodState, events) -> None:
     """The engine process: load the model, serve the workers until SIGTERM."""
     _setup_logging(config, "engine")
@@ -160,7 +169,7 @@ def run_engine(config: ServiceConfig, endpoint: str, state: PodState, events) ->
             state.set_ready(ENGINE, False)
             beating.cancel()
 
-    asyncio.run(main())
+    _run(main())
 
 
 def run_worker(config: ServiceConfig, endpoint: str, state: PodState, worker: int, per_worker: int, events) -> None:
@@ -188,7 +197,7 @@ def run_worker(config: ServiceConfig, endpoint: str, state: PodState, worker: in
             state.set_ready(worker + 1, False)
             beating.cancel()
 
-    asyncio.run(main())
+    _run(main())
 
 
 def worker_config(config: ServiceConfig, worker: int, grpc_port: int, ws_port: int) -> ServiceConfig:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -28,8 +29,9 @@ class Pod:
         environment = dict(os.environ, CALLPULSE_REDIS_URL=redis_url, CALLPULSE_REDIS_PREFIX=prefix, CALLPULSE_MODEL=model,
                            CALLPULSE_GRPC_PORT="0", CALLPULSE_WS_PORT="0", CALLPULSE_METRICS_PORT="0", CALLPULSE_THREADS="1",
                            CALLPULSE_RULES=PINNED_RULES, CALLPULSE_SHUTDOWN_GRACE_S="10", CALLPULSE_WORKERS=str(workers), **env)
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="pod-", suffix=".log")
         self.proc = subprocess.Popen([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=environment, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+                                     stderr=self.log, text=True)
         deadline = time.monotonic() + 120
         self.ready = None
         while time.monotonic() < deadline:
@@ -88,6 +90,7 @@ class Pod:
                    if c.status == psutil.CONN_ESTABLISHED and c.laddr.port in ports)
 
     def stop(self):
+        self.log.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -155,6 +158,8 @@ def test_a_pod_of_two_workers_raises_every_alert_and_sums_its_metrics(pod):
     assert after[alerts] - before.get(alerts, 0) == 10
     assert after["callpulse_pod_processes{kind=\"worker\"}"] == 2 and after["callpulse_pod_cpu_seconds_total"] > 0
     assert pod.engine() is not None and not any(_has_torch(pid) for pid in workers)
+    log = open(pod.log.name).read()
+    assert log.count("event loop: uvloop") == 3  # the engine and both workers
 
 
 def test_a_killed_worker_is_restarted_while_the_other_workers_calls_go_on_then_sigterm_drains_every_worker(
