@@ -389,7 +389,7 @@ async def run_load(target: str, calls: int, wav: str, duration_s: float | None =
     dropped = sum(s.windows_dropped for s in stats)
     call_seconds = sum(s.chunks_sent for s in stats) * CHUNK_MS / 1000
     client_cpu = parent_cpu + sum(r["cpu_s"] for r in results)
-    per_call_s = (lambda cpu_s: round(cpu_s * 1000 / call_seconds, 3) if call_seconds else None)
+    per_call_s = (lambda cpu_s: round(cpu_s * 1000 / call_seconds, 2) if call_seconds else None)
     report: dict[str, Any] = {
         "calls": len(stats),
         "processes": processes,

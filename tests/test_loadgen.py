@@ -162,3 +162,26 @@ def test_bridge_pool_spreads_calls_over_connections_and_retries_refusals(peer_se
     assert all(r.of("summary") for r in results)
     assert sum(r.attempts for r in results) == 8
     assert len(servicer.peers) == 8 and len(set(servicer.peers)) == 2
+
+
+def test_bench_passes_workers_only_to_a_server_that_has_the_option():
+    """`make bench` leaves --workers out for one worker on a server without it, skips `auto` there, and passes the flag
+    (`auto` itself, or the core count when the option does not mention auto) to a server that has it."""
+    import argparse
+    import os
+
+    from clients.bench import workers_args
+
+    def help_text(workers_help: str | None) -> str:
+        parser = argparse.ArgumentParser(prog="python -m service serve")
+        parser.add_argument("--grpc-port", type=int)
+        if workers_help is not None:
+            parser.add_argument("--workers", help=workers_help)
+        parser.add_argument("--model", help="hub id or local funasr model directory; auto picks nothing")
+        return parser.format_help()
+
+    today = help_text(None)
+    assert workers_args("1", today) == [] and workers_args("auto", today) is None
+    pod = help_text("ingest worker processes: a number, or auto for one per core")
+    assert workers_args("1", pod) == ["--workers", "1"] and workers_args("auto", pod) == ["--workers", "auto"]
+    assert workers_args("auto", help_text("ingest worker processes")) == ["--workers", str(os.cpu_count())]
