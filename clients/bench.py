@@ -209,8 +209,10 @@ class Service:
             except subprocess.TimeoutExpired:
                 proc.kill()
         for proc in descendants:  # workers the server did not take down with it
-            if proc.is_running():
+            try:
                 proc.kill()
+            except psutil.NoSuchProcess:
+                pass
 
 
 def passes(report: dict, p99_limit_ms: float) -> bool:

@@ -5,6 +5,7 @@
     python -m clients.bridge --target ws://127.0.0.1:8080 ...                       (native WebSocket protocol)
     python -m clients.bridge --target ws://127.0.0.1:8080 --protocol twilio ...     (Twilio Media Streams sender)
     python -m clients.bridge --target ws://127.0.0.1:8080 --protocol audiohook ...  (Genesys AudioHook client)
+    python -m clients.bridge ... --calls N [--channels C] [--stagger S]             (N calls at once: clients.bridge_pool)
 
 Audio goes in 20 ms chunks paced at --speed x real time (0 = as fast as possible). The call is
 declared live (realtime) when 0 < speed <= 1.5 and a replay otherwise, unless --realtime/--replay

@@ -6,17 +6,17 @@ What a real bridge should do. A gRPC channel is one HTTP/2 connection and every 
 stream of that connection, so whatever receives the connection receives all of its calls: the
 workers of a CallPulse pod share their ports with SO_REUSEPORT and the kernel gives each new
 connection to one of them, and a Kubernetes Service is an L4 balancer (kube-proxy picks a pod per
-connection, never per call or stream), so a long-lived connection stays on the worker and the pod it
-first reached. A bridge should therefore open one connection per few calls (here one per
+connection, never per call or stream), so a long-lived connection stays on the worker and the pod
+it first reached. A bridge should therefore open one connection per few calls (here one per
 CALLS_PER_CHANNEL by default) and spread its calls over them; when a call is refused with
-UNAVAILABLE or RESOURCE_EXHAUSTED (WebSocket close 1013: full, not ready or shutting down), try it
-again after an exponential back-off with jitter on another connection, which may reach another
-worker or pod; a call ended with UNAVAILABLE after its summary (a server shutting down) goes on as a
-new call. Within a cluster, several connections per bridge spread calls only roughly; an L7,
-gRPC-aware balancer (Envoy, a service mesh, a gRPC ingress) or client-side round-robin over the
-endpoints of a headless Service (`dns:///callpulse-headless:50051` with the `round_robin` policy)
-spreads streams instead. WebSocket calls are one connection per call by nature, so L4 balancing
-already spreads them call by call.
+UNAVAILABLE or RESOURCE_EXHAUSTED (WebSocket: HTTP 503 or close 1013; full, not ready or shutting
+down) or cannot connect, try it again after an exponential back-off with jitter on another
+connection, which may reach another worker or pod; a call ended with UNAVAILABLE after its summary
+(a server shutting down) goes on as a new call. Within a cluster, several connections per bridge
+spread calls only roughly; an L7, gRPC-aware balancer (Envoy, a service mesh, a gRPC ingress) or
+client-side round-robin over the endpoints of a headless Service (`dns:///callpulse-headless:50051`
+with the `round_robin` policy) spreads streams instead. WebSocket calls are one connection per call
+by nature, so L4 balancing already spreads them call by call.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from websockets.exceptions import InvalidStatus
+
 from clients.bridge import Audio, CallPlan, CallResult, _run_grpc, grpc_channel, load_audio, run_call
 
 CALLS_PER_CHANNEL = 10
-RETRY_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "CLOSE_1013")
+RETRY_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED", "CLOSE_1013", "HTTP_503", "UNREACHABLE")
 MAX_BACKOFF_S = 5.0
 
 
@@ -90,7 +92,12 @@ def run_calls(
                 result = _run_grpc(address, plan, audio_for(plan), forward, hangup_after_s,
                                    target.startswith("grpcs://"), pool[(index + attempt) % count])
             else:
-                result = run_call(target, wav_path, plan, forward, hangup_after_s)
+                try:
+                    result = run_call(target, wav_path, plan, forward, hangup_after_s)
+                except InvalidStatus as exc:  # upgrade refused: 503 while full, not ready or stopping
+                    result = CallResult(error={"code": f"HTTP_{exc.response.status_code}", "message": ""})
+                except ConnectionError as exc:
+                    result = CallResult(error={"code": "UNREACHABLE", "message": str(exc)})
             attempt += 1
             result.attempts = attempt
             if attempt > retries or not _refused_before_start(result):

@@ -208,11 +208,12 @@ class _Runner:
         loop = len(self.chunks) - self.per_call
         stubs = {c: pb_grpc.AgentAssistStub(ch) for c, ch in self.channels.items()}
         stats = [CallStats(index=i) for i, _ in share.calls]
+        offsets = [_offset(i, loop) for i, _ in share.calls]
         before = _own_cpu_s()
         await asyncio.gather(*(
-            _call(stubs[channel], i, self.chunks[_offset(i, loop) : _offset(i, loop) + self.per_call], self.rate, self.roles,
-                  share.speed, began + share.ramp_s * i / share.total_calls, s)
-            for (i, channel), s in zip(share.calls, stats)))
+            _call(stubs[channel], i, self.chunks[offset : offset + self.per_call], self.rate, self.roles, share.speed,
+                  began + share.ramp_s * i / share.total_calls, s)
+            for (i, channel), offset, s in zip(share.calls, offsets, stats)))
         return {"pid": os.getpid(), "cpu_s": _own_cpu_s() - before, "stats": [asdict(s) for s in stats],
                 "per_call_audio_s": self.per_call * CHUNK_MS / 1000}
 
@@ -257,13 +258,13 @@ class ProcessTreeCPU:
     def __init__(self, pid: int) -> None:
         self.root = psutil.Process(pid)
 
-    def sample(self) -> tuple[float, int]:
-        """(CPU seconds of the tree so far, processes in it now)."""
+    def sample(self) -> tuple[float, int] | None:
+        """(CPU seconds of the tree so far, processes in it now); None once the process itself has exited."""
         total, count = 0.0, 0
         try:
             tree = [self.root, *self.root.children(recursive=True)]
         except psutil.NoSuchProcess:
-            raise RuntimeError(f"process {self.root.pid} has exited") from None
+            return None
         for proc in tree:
             try:
                 times = proc.cpu_times()
@@ -389,7 +390,10 @@ async def run_load(target: str, calls: int, wav: str, duration_s: float | None =
     dropped = sum(s.windows_dropped for s in stats)
     call_seconds = sum(s.chunks_sent for s in stats) * CHUNK_MS / 1000
     client_cpu = parent_cpu + sum(r["cpu_s"] for r in results)
-    per_call_s = (lambda cpu_s: round(cpu_s * 1000 / call_seconds, 2) if call_seconds else None)
+
+    def per_call_s(cpu_s: float) -> float | None:
+        return round(cpu_s * 1000 / call_seconds, 2) if call_seconds else None
+
     report: dict[str, Any] = {
         "calls": len(stats),
         "processes": processes,
@@ -413,7 +417,10 @@ async def run_load(target: str, calls: int, wav: str, duration_s: float | None =
         "client_cpu_ms_per_call_s": per_call_s(client_cpu),
         "client_processes": [{"pid": r["pid"], "calls": len(r["stats"]), "cpu_s": round(r["cpu_s"], 2)} for r in results],
     }
-    if tree_before and tree_after:
+    if tree is not None and not (tree_before and tree_after):
+        report["server_pid"] = server_pid
+        report["server_exited"] = True
+    elif tree_before and tree_after:
         cpu = tree_after[0] - tree_before[0]
         report["server_pid"] = server_pid
         report["server_tree_processes"] = {"start": tree_before[1], "end": tree_after[1]}
