@@ -5,6 +5,7 @@
     python -m clients.bridge --target ws://127.0.0.1:8080 ...                       (native WebSocket protocol)
     python -m clients.bridge --target ws://127.0.0.1:8080 --protocol twilio ...     (Twilio Media Streams sender)
     python -m clients.bridge --target ws://127.0.0.1:8080 --protocol audiohook ...  (Genesys AudioHook client)
+    python -m clients.bridge ... --calls N [--channels C] [--stagger S]             (N calls at once: clients.bridge_pool)
 
 Audio goes in 20 ms chunks paced at --speed x real time (0 = as fast as possible). The call is
 declared live (realtime) when 0 < speed <= 1.5 and a replay otherwise, unless --realtime/--replay
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import base64
 import dataclasses
+import itertools
 import json
 import ssl
 import sys
@@ -51,9 +53,20 @@ ENCODINGS = {"pcm16": (Encoding.PCM16LE, pb.AUDIO_ENCODING_PCM16LE, "pcm16le"),
 ROLES = {"customer": pb.ROLE_CUSTOMER, "agent": pb.ROLE_AGENT}
 PROTOCOLS = ("native", "twilio", "audiohook")
 LIVE_SPEED_LIMIT = 1.5
-# grpc shares one connection between the channels of a process that have the same target and options;
-# a call of its own connection lands on any worker of a pod (SO_REUSEPORT spreads connections, not calls).
-OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+
+
+_OWN_CONNECTIONS = itertools.count(1_000_000)
+
+
+def connection_options(index: int) -> list[tuple[str, Any]]:
+    """gRPC channel options that give channel `index` a TCP connection of its own.
+
+    grpcio shares one subchannel (one connection) between channels of a process that have the same
+    target and options; a local subchannel pool and a distinct option keep them apart.
+    """
+    return [("grpc.max_receive_message_length", MAX_RECEIVE_BYTES), ("grpc.use_local_subchannel_pool", 1),
+            ("callpulse.connection", index)]
 
 
 @dataclass
@@ -131,6 +144,8 @@ class CallResult:
     close_code: int | None = None
     max_send_lag_s: float = 0.0
     """How late the most delayed chunk was sent compared with its schedule (the server slowing ingest)."""
+    attempts: int = 1
+    """Times the call was tried (clients.bridge_pool tries a refused call again)."""
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e.get("type") == kind]
@@ -261,32 +276,42 @@ def _grpc_requests(plan: CallPlan, audio: Audio, result: CallResult, stop: threa
     yield pb.CallRequest(end=pb.EndOfCall(reason="end_of_call"))
 
 
-def _run_grpc(address: str, plan: CallPlan, audio: Audio, on_event, hangup_after_s, secure: bool = False) -> CallResult:
+def grpc_channel(address: str, plan: CallPlan, secure: bool = False, index: int | None = None) -> grpc.Channel:
+    """A synchronous channel to HOST:PORT (TLS with the plan's CA when `secure`); with `index`, a TCP
+    connection of its own (see connection_options)."""
+    options = connection_options(index) if index is not None else None
+    if secure:
+        root = open(plan.ca_file, "rb").read() if plan.ca_file else None
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=root), options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+def _run_grpc(address: str, plan: CallPlan, audio: Audio, on_event, hangup_after_s, secure: bool = False,
+              channel: grpc.Channel | None = None) -> CallResult:
+    """One call; on `channel` when given (left open), otherwise on a channel of its own."""
+    if channel is None:
+        # A call on a connection of its own lands on any worker of a pod (SO_REUSEPORT spreads connections).
+        with grpc_channel(address, plan, secure, index=next(_OWN_CONNECTIONS)) as own:
+            return _run_grpc(address, plan, audio, on_event, hangup_after_s, secure, own)
     # The synchronous API: grpcio's asyncio client can replace the server's status with INTERNAL
     # when the server ends a call while the client is still sending (grpc/grpc#36066).
     result = CallResult()
     stop = threading.Event()
-    if secure:
-        root = open(plan.ca_file, "rb").read() if plan.ca_file else None
-        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=root), options=OWN_CONNECTION)
-    else:
-        channel = grpc.insecure_channel(address, options=OWN_CONNECTION)
     metadata = [("authorization", f"Bearer {plan.token}")] if plan.token else None
-    with channel:
-        responses = pb_grpc.AgentAssistStub(channel).StreamCall(_grpc_requests(plan, audio, result, stop), metadata=metadata)
-        timer = None
-        if hangup_after_s is not None:
-            timer = threading.Timer(hangup_after_s, lambda: (stop.set(), responses.cancel()))
-            timer.start()
-        try:
-            for event in responses:
-                _record(result, grpc_event_to_json(event), on_event)
-        except grpc.RpcError as exc:
-            result.error = {"code": exc.code().name, "message": exc.details() or ""}
-        finally:
-            stop.set()
-            if timer is not None:
-                timer.cancel()
+    responses = pb_grpc.AgentAssistStub(channel).StreamCall(_grpc_requests(plan, audio, result, stop), metadata=metadata)
+    timer = None
+    if hangup_after_s is not None:
+        timer = threading.Timer(hangup_after_s, lambda: (stop.set(), responses.cancel()))
+        timer.start()
+    try:
+        for event in responses:
+            _record(result, grpc_event_to_json(event), on_event)
+    except grpc.RpcError as exc:
+        result.error = {"code": exc.code().name, "message": exc.details() or ""}
+    finally:
+        stop.set()
+        if timer is not None:
+            timer.cancel()
     return result
 
 
@@ -536,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audiohook-client-secret", help="sign the /audiohook upgrade (base64 secret, as Genesys Cloud does)")
     p.add_argument("--hangup-after", type=float, help="drop the connection after this many seconds (fault testing)")
     p.add_argument("--transcript", help="JSON transcript segments to send beside the audio (gRPC and native protocol)")
+    p.add_argument("--calls", type=int, default=1, help="stream this many calls at once (ids CALL-ID-1...; see clients.bridge_pool)")
+    p.add_argument("--channels", type=int, help="with --calls: gRPC connections to spread them over (default one per 10 calls)")
+    p.add_argument("--stagger", type=float, default=0.0, help="with --calls: seconds between call starts")
     return p
 
 
@@ -562,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     if bad_roles or args.speed < 0:
         print(f"error: {'unknown role ' + bad_roles[0] if bad_roles else '--speed must be >= 0'}", file=sys.stderr)
         return 2
+    if args.calls != 1 or args.channels is not None:
+        return _main_pool(args, plan)
     try:
         result = run_call(args.target, args.wav, plan, on_event=lambda e: print(json.dumps(e), flush=True),
                           hangup_after_s=args.hangup_after)
@@ -576,6 +606,36 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": result.error}), file=sys.stderr)
         return 3
     return 0
+
+
+def _main_pool(args: argparse.Namespace, plan: CallPlan) -> int:
+    """--calls N: N calls at once through clients.bridge_pool; every event as a JSON line with its "call", then a tally."""
+    from clients.bridge_pool import default_channels, run_calls
+
+    if args.calls < 1 or (args.channels is not None and args.channels < 1) or args.stagger < 0:
+        print("error: --calls and --channels must be >= 1 and --stagger >= 0", file=sys.stderr)
+        return 2
+    plans = [dataclasses.replace(plan, call_id=f"{plan.call_id}-{i}", agent_id=f"{plan.agent_id}-{i}")
+             for i in range(1, args.calls + 1)]
+    lock = threading.Lock()
+
+    def show(call: CallPlan, event: dict[str, Any]) -> None:
+        with lock:
+            print(json.dumps({"call": call.call_id, **event}), flush=True)
+
+    try:
+        results = run_calls(args.target, args.wav, plans, args.channels, on_event=show, stagger_s=args.stagger,
+                            hangup_after_s=args.hangup_after)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    failed = [(p.call_id, r.error) for p, r in zip(plans, results) if r.error is not None]
+    for call_id, error in failed:
+        print(json.dumps({"call": call_id, "error": error}), file=sys.stderr)
+    grpc_target = args.target.startswith(("grpc://", "grpcs://"))
+    print(json.dumps({"type": "pool", "calls": len(plans), "connections": (args.channels or default_channels(len(plans))) if grpc_target
+                      else len(plans), "failed": len(failed), "retried": sum(r.attempts - 1 for r in results)}), flush=True)
+    return 3 if failed else 0
 
 
 if __name__ == "__main__":

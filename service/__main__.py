@@ -29,6 +29,11 @@ def _serve(args: argparse.Namespace) -> int:
     return serve_pod(config)
 
 
+def _workers(text: str) -> int:
+    """--workers: a count, or auto (0)."""
+    return 0 if text == "auto" else int(text)
+
+
 def _make_test_model(args: argparse.Namespace) -> int:
     from service.inference.testmodel import make_test_model
 
@@ -129,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ws-port", type=int, help="WebSocket port (native, /twilio, /audiohook); -1 disables it")
     serve.add_argument("--metrics-port", type=int, help="-1 disables /metrics")
     serve.add_argument("--max-calls", type=int)
-    serve.add_argument("--workers", type=int, help="ingest worker processes (0 = one per core less one for the engine)")
+    serve.add_argument("--workers", type=_workers, help="ingest worker processes: a number, or auto (one per core less one for the engine)")
     serve.add_argument("--redis-url")
     serve.add_argument("--redis-prefix")
     serve.add_argument("--model", help="hub id or local funasr model directory")
