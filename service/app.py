@@ -123,7 +123,7 @@ class App:
         loop = asyncio.get_running_loop()
         model = self._given_model or await loop.run_in_executor(None, load_emotion_model, cfg)
         rules.check_labels(model.labels)
-        await loop.run_in_executor(None, model.warm_up)  # before readiness: lazy initialisation, CUDA kernels per bucket
+        await loop.run_in_executor(None, lambda: model.warm_up(max_batch=cfg.inference.effective_max_batch, cuda_graphs=cfg.inference.cuda_graphs))  # before readiness: lazy initialisation, CUDA kernels per bucket, CUDA graphs
         self.model = model
         inf = cfg.inference
         self.batcher = InferenceBatcher(model, inf.effective_max_batch, inf.max_wait_ms, inf.queue_size)
