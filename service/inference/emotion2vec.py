@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from service import metrics
+from service.config import PRECISIONS
 from service.errors import ModelLoadError
 from service.inference.base import MASKED_LABEL_PREFIX, EmotionModel, WindowScores, english_label
 from service.inference.graphs import GraphCache, Shape, capture_sizes
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 # The conv feature encoder's receptive field: shorter input yields no frame at all.
 MIN_SAMPLES = 400
 TEST_MODEL_MARKER = "callpulse_test_model.json"
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 GRAPH_CAPTURE_BUDGET_S = 120.0
 """Longest the warm-up spends capturing CUDA graphs; shapes left over run eagerly (logged)."""
 GRAPH_WARMUP_PASSES = 2
@@ -95,7 +95,7 @@ class Emotion2vecModel(EmotionModel):
         self._cuda = device.startswith("cuda")
         self.precision = resolve_precision(precision, self._cuda, _native_bf16)
         self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-        self._pinned: dict[str, Any] = {}  # reusable page-locked staging buffers for host<->GPU copies, by role
+        self._host_buffers: dict[str, Any] = {}  # reusable host buffers by role (page-locked on CUDA)
         self._warm_lengths_ms = warm_lengths_ms
         self._encoder = self._net.modality_encoders["AUDIO"]
         self._conv_layers = [(k, stride) for _, k, stride in self._encoder.feature_enc_layers]
@@ -385,11 +385,11 @@ class Emotion2vecModel(EmotionModel):
 
     def _buffer(self, role: str, size: int, dtype):
         """A flat host buffer of at least `size` elements, kept for reuse (page-locked on CUDA)."""
-        buf = self._pinned.get(role)
+        buf = self._host_buffers.get(role)
         if buf is None or buf.numel() < size or buf.dtype != dtype:
             grown = max(size, buf.numel() if buf is not None else 0)
             buf = self._torch.empty(grown, dtype=dtype, pin_memory=self._cuda)
-            self._pinned[role] = buf
+            self._host_buffers[role] = buf
         return buf[:size]
 
     def _pack(self, feats, valid, embeddings: bool):
