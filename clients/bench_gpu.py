@@ -47,7 +47,7 @@ LAG_LIMIT_MS = 500.0
 
 FULL = dict(size="large", precisions=("bf16", "fp16", "fp32"), chunks_s=(1.0, 3.0),
             batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), min_s=0.3, naive_windows=0,
-            ladder=(100, 250, 500, 1000, 2000), trial_s=20.0, budget_s=450.0)
+            ladder=(100, 250, 500, 1000, 2000), trial_s=20.0, budget_s=420.0)
 CEILING_SHARE = 0.45
 """The ceiling may use this share of the budget; the naive peer and the ladder get the rest."""
 SMOKE = dict(size="tiny", precisions=("fp32",), chunks_s=(1.0, 3.0), batches=(1, 2), min_s=0.02, naive_windows=4,
@@ -335,7 +335,8 @@ class Server:
         self.redis = subprocess.Popen(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
                                        "--appendonly", "no", "--dir", str(workdir)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        env = dict(os.environ, CALLPULSE_LOG_LEVEL="WARNING", CALLPULSE_MAX_HANDSHAKES=str(max(256, max_calls)))
+        env = dict(os.environ, CALLPULSE_LOG_LEVEL="WARNING", CALLPULSE_MAX_HANDSHAKES=str(max(256, max_calls)),
+                   CALLPULSE_SHUTDOWN_GRACE_S="5")
         env.update(extra_env)
         self.command = [PY, "-m", "service", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--ws-port", "-1",
                         "--metrics-port", "0", "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0", "--model", model,
@@ -380,7 +381,7 @@ class Server:
             if proc.poll() is None:
                 proc.terminate()
                 try:
-                    proc.wait(30)
+                    proc.wait(15)
                 except subprocess.TimeoutExpired:
                     proc.kill()
         self._stderr.close()
@@ -433,9 +434,10 @@ def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: 
                 kwargs["processes"] = loadgen_processes
             sampler = GpuSampler(device).start()
             cpu_before, wall_before = process_tree_cpu_s(server.proc.pid), time.monotonic()
+            limit = min(settings["trial_s"] + ramp_s + 60, budget.left() - 10)
             try:
-                report = asyncio.run(run_load(server.target, calls, str(CALL), **kwargs))
-            except Exception as exc:  # noqa: BLE001 - recorded as this step's failure
+                report = asyncio.run(asyncio.wait_for(run_load(server.target, calls, str(CALL), **kwargs), limit))
+            except Exception as exc:  # noqa: BLE001 - recorded as this step's failure (a timeout included)
                 sampler.stop()
                 out["steps"].append({"calls": calls, "pass": False, "error": _error(exc)})
                 break
@@ -476,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", help="comma-separated batch sizes, default 1,2,4,...,256")
     parser.add_argument("--ladder", help="comma-separated live-call steps, default 100,250,500,1000,2000")
     parser.add_argument("--trial-s", type=float, help="seconds of audio per call in each ladder step (default 20)")
-    parser.add_argument("--budget-s", type=float, help="wall-clock budget of the whole run (default 450)")
+    parser.add_argument("--budget-s", type=float, help="wall-clock budget of the whole run (default 420)")
     parser.add_argument("--workers", type=int, help="passed to `service serve --workers` (multi-process server)")
     parser.add_argument("--loadgen-processes", type=int, help="passed to run_load(processes=...) (multi-process load)")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
