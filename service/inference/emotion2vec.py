@@ -252,9 +252,10 @@ class Emotion2vecModel(EmotionModel):
                 entry.replay = graph.replay
             return entry
 
-        report = cache.capture(capture_one, budget_s)
-        report["backend"] = "emulated (eager replay on the CPU)" if emulate else "cuda"
-        report["self_check"] = self._check_graphs(cache)
+        with self._on_device():
+            report = cache.capture(capture_one, budget_s)
+            report["backend"] = "emulated (eager replay on the CPU)" if emulate else "cuda"
+            report["self_check"] = self._check_graphs(cache)
         if report["self_check"] != "passed":
             log.error("CUDA graphs disabled: a replay did not match the eager forward (%s)", report["self_check"])
             cache.release()
@@ -347,10 +348,15 @@ class Emotion2vecModel(EmotionModel):
     def _run_static(self, entry: _StaticPass, shape: Shape, rows: list[np.ndarray]) -> tuple[np.ndarray, int]:
         """Copy rows into a captured shape's static input, replay, copy the output back."""
         staging, sizes_host = self._stage(rows, shape.batch, shape.samples)
-        entry.source.copy_(staging, non_blocking=True)
-        entry.sizes.copy_(sizes_host, non_blocking=True)
-        entry.replay()
-        return self._to_host(entry.output), entry.frames
+        with self._on_device():  # a graph replays on the current stream of the current device
+            entry.source.copy_(staging, non_blocking=True)
+            entry.sizes.copy_(sizes_host, non_blocking=True)
+            entry.replay()
+            return self._to_host(entry.output), entry.frames
+
+    def _on_device(self):
+        """Make the model's GPU the current device (cuda:N other than the thread's current one); nothing on the CPU."""
+        return self._torch.cuda.device(self._device) if self._cuda else contextlib.nullcontext()
 
     def _static_forward(self, source, sizes, embeddings: bool, hold: list | None):
         """The captured computation: the masked forward of a static (batch, samples) input, packed."""
