@@ -15,17 +15,21 @@ MODEL_ID ?= iic/emotion2vec_plus_large
 HUB ?= ms
 
 SIZE ?= base
+GPU_SIZE ?= large
+BENCH_GPU_OUT ?= .bench/bench_gpu.json
+BENCH_GPU_ARGS ?=
 
 CALLS ?= 20
 MINUTES ?= 10
 FUZZ_EXAMPLES ?= 2000
 
-.PHONY: help sysdeps install proto test demo bench soak fuzz model serve clean
+.PHONY: help sysdeps install proto test demo bench bench-gpu soak fuzz model serve clean
 
 help:
 	@echo "make demo   - start redis (if needed) + the service, stream the sample call, print the alerts"
 	@echo "make test   - run the test suite"
 	@echo "make bench  - ceiling, naive peer and this service under load, one run (SIZE=base|large|tiny)"
+	@echo "make bench-gpu - on a GPU machine: ceiling (bf16/fp16/fp32, eager and CUDA graphs), naive peer, service ladder -> one JSON"
 	@echo "make soak   - CALLS live calls for MINUTES minutes; RSS and open-file slopes (not in CI)"
 	@echo "make fuzz   - the property-based fuzz tests with FUZZ_EXAMPLES examples each (CI runs 150)"
 	@echo "make model  - download $(MODEL_ID) into $(MODEL_DIR) (needs a reachable model hub)"
@@ -63,6 +67,10 @@ demo: sysdeps proto
 
 bench: sysdeps proto
 	$(PY) -m clients.bench --size $(SIZE)
+
+# No install step: a GPU machine runs it with its own python (`make bench-gpu PY=python3`, README "GPU benchmark").
+bench-gpu:
+	$(PY) -m clients.bench_gpu --size $(GPU_SIZE) --out $(BENCH_GPU_OUT) $(BENCH_GPU_ARGS)
 
 soak: sysdeps proto
 	$(PY) -m clients.soak --calls $(CALLS) --minutes $(MINUTES)

@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="hub id or local funasr model directory")
     serve.add_argument("--hub", choices=["ms", "hf"])
     serve.add_argument("--device", help="cpu, cuda or cuda:N")
-    serve.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help="fp16/bf16 autocast on CUDA")
+    serve.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], help="auto: bf16 on CUDA, fp32 on the CPU; fp16/bf16 autocast on CUDA")
     serve.add_argument("--threads", type=int, help="torch CPU threads (0 = torch default)")
     serve.add_argument("--rules", help="rules YAML file")
     serve.add_argument("--log-level")

@@ -17,7 +17,7 @@ from service.auth import Authenticator, load_tokens
 from service.calls import CallRegistry
 from service.config import ServiceConfig, config_as_dict
 from service.inference.base import EmotionModel
-from service.inference.loading import load_emotion_model
+from service.inference.loading import load_emotion_model, warm_up_model
 from service.inference.batcher import InferenceBatcher
 from service.inference.scoring import LocalScoringClient, ScoringClient
 from service.redact import redact
@@ -125,7 +125,7 @@ class App:
             return self.scorer
         loop = asyncio.get_running_loop()
         model = self._given_model or await loop.run_in_executor(None, load_emotion_model, self.config)
-        await loop.run_in_executor(None, model.warm_up)  # before readiness: lazy initialisation, CUDA kernels per bucket
+        await loop.run_in_executor(None, warm_up_model, model, self.config)  # before readiness
         self.model = model
         inf = self.config.inference
         batcher = InferenceBatcher(model, inf.effective_max_batch, inf.max_wait_ms, inf.queue_size)

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from service.errors import ConfigError
 
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_RULES_PATH = str(Path(__file__).resolve().parent / "rules" / "default.yaml")
 SUPPORTED_SAMPLE_RATES = (8000, 16000)
 
@@ -122,8 +123,9 @@ class InferenceConfig:
     """Model hub for hub ids: ms (ModelScope) or hf (Hugging Face)."""
     device: str = "cpu"
     """cpu, cuda or cuda:N."""
-    precision: str = "fp32"
-    """fp32, or on CUDA fp16 / bf16 (autocast)."""
+    precision: str = "auto"
+    """auto (bf16 on CUDA - fp16 where the GPU has no bf16 - and fp32 on the CPU), fp32, or on CUDA fp16 / bf16
+    (autocast)."""
     threads: int = 0
     """Torch intra-op threads for the CPU path; 0 leaves torch's default."""
     max_batch: int = 0
@@ -137,13 +139,18 @@ class InferenceConfig:
     """Windows waiting for the worker across all calls; when full a live call's new window is dropped and counted."""
     deadline_ms: int = 1000
     """A live call's window that has not reached the model this long after its audio arrived is dropped as stale."""
+    cuda_graphs: bool = True
+    """On CUDA, capture the forward pass as CUDA graphs at warm-up (per length bucket and batch size 1, 2, 4, ...
+    up to max_batch) and replay them, batches padded up to the next captured size; other shapes run eagerly.
+    No effect on the CPU."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model must not be empty")
         _check(self.hub in ("ms", "hf"), f"hub must be ms or hf, got {self.hub!r}")
         _check(self.device == "cpu" or self.device.startswith("cuda"), f"device must be cpu or cuda[:N], got {self.device!r}")
-        _check(self.precision in ("fp32", "fp16", "bf16"), f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
-        _check(self.precision == "fp32" or self.device.startswith("cuda"), f"precision {self.precision} needs a CUDA device")
+        _check(self.precision in PRECISIONS, f"precision must be {', '.join(PRECISIONS)}, got {self.precision!r}")
+        _check(self.precision in ("auto", "fp32") or self.device.startswith("cuda"), f"precision {self.precision} needs a CUDA device")
+        _check(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         _check(self.threads >= 0, "threads must be >= 0")
         _check(0 <= self.max_batch <= 1024, f"max_batch must be 0 (auto) or 1..1024, got {self.max_batch}")
         _check(0 <= self.max_wait_ms <= 1000, f"max_wait_ms must be 0..1000, got {self.max_wait_ms}")
@@ -347,6 +354,15 @@ class ServiceConfig:
         _check(self.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"), f"log_level {self.log_level!r} is not a logging level")
 
 
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false (1/0, yes/no, on/off)")
+
+
 def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
@@ -400,6 +416,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_QUEUE_SIZE": ("inference", "queue_size", int),
     "CALLPULSE_BUCKET_MS": ("inference", "bucket_ms", int),
     "CALLPULSE_DEADLINE_MS": ("inference", "deadline_ms", int),
+    "CALLPULSE_CUDA_GRAPHS": ("inference", "cuda_graphs", _parse_bool),
     "CALLPULSE_REDIS_URL": ("redis", "url", str),
     "CALLPULSE_REDIS_PREFIX": ("redis", "prefix", str),
     "CALLPULSE_PUBLISH_QUEUE": ("redis", "publish_queue", int),

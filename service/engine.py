@@ -131,7 +131,7 @@ async def serve_engine(config, endpoint: str, stop: asyncio.Event, on_ready=None
     """Run the engine until `stop` is set: bind, load and warm the model, serve; `on_ready(model name)` once it
     takes windows."""
     from service.inference.batcher import InferenceBatcher
-    from service.inference.loading import load_emotion_model
+    from service.inference.loading import load_emotion_model, warm_up_model
 
     context = zmq.asyncio.Context()
     server = EngineServer(endpoint)
@@ -139,7 +139,7 @@ async def serve_engine(config, endpoint: str, stop: asyncio.Event, on_ready=None
     serving = asyncio.create_task(server.run(), name="engine-server")
     loop = asyncio.get_running_loop()
     model = await loop.run_in_executor(None, load_emotion_model, config)
-    await loop.run_in_executor(None, model.warm_up)
+    await loop.run_in_executor(None, warm_up_model, model, config)
     inf = config.inference
     batcher = InferenceBatcher(model, inf.effective_max_batch, inf.max_wait_ms, inf.queue_size)
     batcher.start()

@@ -20,6 +20,8 @@ BATCH_SIZE = Histogram("callpulse_inference_batch_size", "Windows per model call
 FORWARD_SIZE = Histogram("callpulse_inference_forward_size", "Windows in one model forward pass", buckets=_BATCH_BUCKETS)
 PADDING_RATIO = Histogram("callpulse_inference_padding_ratio", "Share of a forward pass spent on padding",
                           buckets=(0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75))
+FORWARD_PASSES = Counter("callpulse_inference_forward_passes_total",
+                         "Model forward passes, by path (graph: a captured CUDA graph replayed; eager)", ["path"])
 BATCH_SECONDS = Histogram("callpulse_inference_batch_seconds", "Model time per batch", buckets=_MODEL_BUCKETS)
 QUEUE_DEPTH = Gauge("callpulse_inference_queue_depth", "Windows waiting for the inference worker", multiprocess_mode="livesum")
 QUEUE_WAIT = Histogram("callpulse_inference_queue_wait_seconds", "Time a window waited for the worker", buckets=_MODEL_BUCKETS)
@@ -127,9 +129,11 @@ def inference_batch(size: int, seconds: float) -> None:
     BATCH_SECONDS.observe(seconds)
 
 
-def inference_forward(size: int, padding_ratio: float) -> None:
+def inference_forward(size: int, padding_ratio: float, path: str = "eager") -> None:
+    """One forward pass of `size` windows; the padding ratio counts padded samples and dummy rows."""
     FORWARD_SIZE.observe(size)
     PADDING_RATIO.observe(padding_ratio)
+    FORWARD_PASSES.labels(path).inc()
 
 
 def inference_queue_depth(depth: int) -> None:

@@ -65,6 +65,33 @@ def test_auto_batch_size_depends_on_the_device():
     assert InferenceConfig(max_batch=12).effective_max_batch == 12
 
 
+def test_precision_defaults_to_auto_and_half_precision_needs_cuda():
+    """precision defaults to auto (bf16 on CUDA, fp32 on the CPU); fp16/bf16 need a CUDA device; others are refused."""
+    from service.config import InferenceConfig
+
+    assert InferenceConfig().precision == "auto"
+    assert load_config({}, environ={"CALLPULSE_PRECISION": "fp16", "CALLPULSE_DEVICE": "cuda"}).inference.precision == "fp16"
+    assert load_config({"precision": "auto"}, environ={}).inference.precision == "auto"
+    with pytest.raises(ConfigError, match="precision bf16 needs a CUDA device"):
+        load_config({"precision": "bf16"}, environ={})
+    with pytest.raises(ConfigError, match="precision must be auto, fp32, fp16, bf16, got 'fp64'"):
+        load_config({"precision": "fp64", "device": "cuda"}, environ={})
+
+
+def test_cuda_graphs_setting_comes_from_the_environment():
+    """CUDA graphs are on by default; CALLPULSE_CUDA_GRAPHS turns them off; a value that is not a boolean is refused."""
+    from service.config import InferenceConfig
+
+    assert load_config({}, environ={}).inference.cuda_graphs is True
+    assert load_config({}, environ={"CALLPULSE_CUDA_GRAPHS": "0"}).inference.cuda_graphs is False
+    assert load_config({}, environ={"CALLPULSE_CUDA_GRAPHS": "off"}).inference.cuda_graphs is False
+    assert load_config({}, environ={"CALLPULSE_CUDA_GRAPHS": "Yes"}).inference.cuda_graphs is True
+    with pytest.raises(ConfigError, match="CALLPULSE_CUDA_GRAPHS='maybe'"):
+        load_config({}, environ={"CALLPULSE_CUDA_GRAPHS": "maybe"})
+    with pytest.raises(ConfigError, match="cuda_graphs must be true or false"):
+        InferenceConfig(cuda_graphs="no")  # type: ignore[arg-type]
+
+
 def test_spill_after_ms_comes_from_the_environment_and_is_validated():
     """CALLPULSE_SPILL_AFTER_MS sets how long an unacknowledged event stays in memory (default 200 ms); 0 is refused."""
     assert load_config({}, environ={}).redis.spill_after_ms == 200

@@ -14,7 +14,7 @@ from service.config import VadConfig, WindowConfig
 from service.domain import Role
 from service.errors import ModelLoadError
 from service.inference.base import softmax_mean
-from service.inference.emotion2vec import Emotion2vecModel
+from service.inference.emotion2vec import Emotion2vecModel, _layer_norm, resolve_precision
 from service.inference.testmodel import PLUS_TOKENS, make_test_model, model_conf
 from tests.conftest import CALL_WAV, CUSTOMER_WAV
 
@@ -98,6 +98,74 @@ def test_padded_batch_of_mixed_lengths_equals_each_window_alone(test_models, ser
         assert batched.frame_logits.shape == alone.frame_logits.shape
         assert np.abs(alone.scores - batched.scores).max() < 1e-4
         assert np.abs(alone.frame_logits - batched.frame_logits).max() < 1e-4
+
+
+def per_window_reference(model, windows):
+    """What the model returned before one copy per pass: each window's scores, frame logits and embedding
+    sliced out of the batch's device tensors and copied on their own."""
+    rows = [_layer_norm(w) for w in windows] if model._normalize else list(windows)
+    lengths = [len(r) for r in rows]
+    source = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(r) for r in rows], batch_first=True)
+    with torch.inference_mode():
+        if min(lengths) == max(lengths):
+            feats = model._net.extract_features(source, padding_mask=None)["x"]
+            valid = [feats.shape[1]] * len(rows)
+        else:
+            valid = [model.frames_for(n) for n in lengths]
+            feats = model._padded_features(source, torch.tensor(valid))
+        logits = model._net.proj(feats).index_select(-1, model._keep_index).float()
+        out = []
+        for i, n in enumerate(valid):
+            item = logits[i, :n]
+            out.append((torch.softmax(item.mean(dim=0), dim=-1).cpu().numpy(), item.cpu().numpy(),
+                        feats[i, :n].float().mean(dim=0).cpu().numpy()))
+    return out
+
+
+@pytest.mark.parametrize("bucket_ms", [500, 60000])
+def test_one_copy_per_pass_returns_what_per_window_copies_returned(test_models, service_windows, bucket_ms):
+    """Scoring with one device-to-host copy per pass gives each window exactly the frame logits and embedding of
+    per-window copies, and the same scores (bit for bit without padding, within 1e-6 with it)."""
+    model = Emotion2vecModel.load(test_models["random"], threads=1, bucket_ms=bucket_ms)
+    model.return_embeddings = True
+    for start in range(0, len(service_windows), 4):
+        group = service_windows[start : start + 4]
+        if bucket_ms == 500:
+            group = [w for w in group if len(w) == len(group[0])]  # one bucket, no padding
+        before = model.host_copies
+        results = model.score_batch(group)
+        assert model.host_copies == before + 1
+        for result, (scores, logits, embedding) in zip(results, per_window_reference(model, group)):
+            assert np.array_equal(result.frame_logits, logits)
+            assert np.array_equal(result.embedding, embedding)
+            if bucket_ms == 500:
+                assert np.array_equal(result.scores, scores)
+            else:
+                assert np.abs(result.scores - scores).max() <= 1e-6
+
+
+def test_one_copy_per_length_bucket(random_model, service_windows):
+    """Windows in two length buckets cost two passes and two device-to-host copies, whatever their number."""
+    short = [w for w in service_windows if 8000 < len(w) <= 16000][:2]  # buckets are (k-1, k] x 500 ms
+    long = [w for w in service_windows if 40000 < len(w) <= 48000][:3]
+    assert len(short) == 2 and len(long) == 3
+    before = random_model.host_copies
+    random_model.score_batch(short + long)
+    assert random_model.host_copies == before + 2
+
+
+def test_precision_auto_is_fp32_on_the_cpu_and_bf16_on_cuda(random_model):
+    """auto resolves to fp32 on the CPU and to bf16 on CUDA (fp16 without native bf16); half precision on the CPU
+    and unknown values are refused."""
+    assert random_model.precision == "fp32"
+    assert resolve_precision("auto", cuda=False) == "fp32"
+    assert resolve_precision("auto", cuda=True, bf16_supported=lambda: True) == "bf16"
+    assert resolve_precision("auto", cuda=True, bf16_supported=lambda: False) == "fp16"
+    assert resolve_precision("fp32", cuda=True) == "fp32"
+    with pytest.raises(ModelLoadError, match="only supported on CUDA"):
+        resolve_precision("bf16", cuda=False)
+    with pytest.raises(ModelLoadError, match="precision must be one of"):
+        resolve_precision("fp64", cuda=True)
 
 
 def test_bad_item_fails_alone(random_model, service_windows):

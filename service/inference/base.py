@@ -39,8 +39,9 @@ class EmotionModel(ABC):
     def score_batch(self, windows: Sequence[np.ndarray]) -> list[WindowScores | Exception]:
         """Score every window; item i of the result is window i's scores or the error it caused."""
 
-    def warm_up(self) -> None:
-        """Run one forward pass so the first call does not pay for lazy initialisation."""
+    def warm_up(self, max_batch: int = 1, cuda_graphs: bool = False) -> None:
+        """Run one forward pass so the first call does not pay for lazy initialisation. A model that can capture
+        its forward as CUDA graphs does so when `cuda_graphs`, for batches of up to `max_batch` windows."""
         result = self.score_batch([np.zeros(MODEL_SAMPLE_RATE, dtype=np.float32)])[0]
         if isinstance(result, Exception):
             raise result

@@ -24,6 +24,12 @@ def load_emotion_model(config: ServiceConfig) -> EmotionModel:
                                  precision=inf.precision, warm_lengths_ms=_warm_lengths(config))
 
 
+def warm_up_model(model: EmotionModel, config: ServiceConfig) -> None:
+    """Before readiness: lazy initialisation, CUDA kernels per length bucket, and the CUDA graphs of the
+    batch sizes the batcher will form (blocking)."""
+    model.warm_up(max_batch=config.inference.effective_max_batch, cuda_graphs=config.inference.cuda_graphs)
+
+
 def _warm_lengths(config: ServiceConfig) -> tuple[int, ...]:
     """Window lengths the service will send, one per length bucket, for warm-up before readiness."""
     w, inf = config.windows, config.inference

@@ -1,0 +1,54 @@
+"""`python -m clients.bench_gpu --smoke` writes the GPU benchmark's JSON (ceiling, naive peer, ladder) on the CPU,
+and a ladder whose server cannot start is recorded instead of failing the run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+@pytest.mark.timeout(420)
+def test_smoke_run_writes_every_part_of_the_json(tmp_path):
+    """The smoke run exits 0 and its JSON has the ceiling (eager and graph per precision, chunk and batch), the
+    capture report, the naive peer and the ladder's steps with GPU and server CPU fields."""
+    out = tmp_path / "bench_gpu.json"
+    run = subprocess.run([sys.executable, "-m", "clients.bench_gpu", "--smoke", "--out", str(out)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["schema"] == "callpulse-bench-gpu/1" and result["smoke"] is True and result["complete"] is True
+    assert result["machine"]["device"] == "cpu" and "SMOKE" in result["note"]
+
+    ceiling = result["ceiling"]
+    assert ceiling["errors"] == [] and ceiling["graph_backend"] == "emulated"
+    settings = result["settings"]
+    expected = {(p, c, b) for p in settings["precisions"] for c in settings["chunks_s"] for b in settings["batches"]}
+    assert {(r["precision"], r["chunk_s"], r["batch"]) for r in ceiling["rows"]} == expected
+    for row in ceiling["rows"]:
+        assert row["eager_ms"] > 0 and row["graph_ms"] > 0 and row["eager_audio_s_per_s"] > 0
+        assert row["graph_replayed"] is True and row["max_abs_diff_graph_vs_eager"] <= 1e-5
+    assert [c["self_check"] for c in ceiling["captures"]] == ["passed"] * len(settings["precisions"])
+    assert {(b["precision"], b["chunk_s"]) for b in ceiling["best"]} == {(p, c) for p in settings["precisions"] for c in settings["chunks_s"]}
+
+    naive = result["naive"]
+    assert naive["ms_per_window"] > 0 and naive["realtime_calls"] > 0 and naive["device"] == "cpu"
+
+    ladder = result["ladder"]
+    assert ladder["error"] is None and ladder["steps_planned"] == settings["ladder"]
+    assert ladder["steps"] and ladder["max_passing_calls"] is not None
+    for i, step in enumerate(ladder["steps"]):
+        assert step["calls"] == settings["ladder"][i]
+        assert {"pass", "p99_ms", "drop_ratio", "server_cpu_cores_process_tree", "gpu", "loadgen"} <= set(step)
+        assert step["gpu"]["error"] == "no GPU (CPU run)"
+        assert step["pass"] or i == len(ladder["steps"]) - 1  # the ladder stops at its first failure
+
+
+def test_a_ladder_whose_server_cannot_start_records_the_error(tmp_path):
+    """If the served process exits during start-up, the ladder records why (its stderr) and returns."""
+    from clients.bench_gpu import SMOKE, Budget, run_ladder
+
+    result = run_ladder(str(tmp_path / "no-model-here"), "cpu", dict(SMOKE), Budget(120), None, {}, None)
+    assert result["steps"] == [] and "did not become ready (exited" in result["error"] and "make model" in result["error"]
