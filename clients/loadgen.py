@@ -275,15 +275,26 @@ class ProcessTreeCPU:
         return total, count
 
 
+# A pod's /metrics has the CPU and memory of all its processes; a single process's, its own.
+_SERVER_FIGURES = {"cpu_s": ("callpulse_pod_cpu_seconds_total", "process_cpu_seconds_total"),
+                   "rss_bytes": ("callpulse_pod_resident_memory_bytes", "process_resident_memory_bytes")}
+
+
 def _server_sample(metrics_url: str | None) -> dict[str, float] | None:
+    """The server's CPU seconds and resident memory from its /metrics (None without one, or when it has neither)."""
     if not metrics_url:
         return None
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    out = {}
+    values = {}
     for line in text.splitlines():
-        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes"):
-            if line.startswith(name + " "):
-                out[name] = float(line.split()[1])
+        name, _, value = line.partition(" ")
+        values[name] = value
+    out = {}
+    for figure, names in _SERVER_FIGURES.items():
+        found = next((values[n] for n in names if n in values), None)
+        if found is None:
+            return None
+        out[figure] = float(found)
     out["at"] = time.monotonic()
     return out
 
@@ -429,8 +440,8 @@ async def run_load(target: str, calls: int, wav: str, duration_s: float | None =
         report["server_cpu_ms_per_call_s"] = per_call_s(cpu)
     if server_before and server_after:
         span = server_after["at"] - server_before["at"]
-        report["server_cpu_cores"] = round((server_after["process_cpu_seconds_total"] - server_before["process_cpu_seconds_total"]) / span, 2)
-        report["server_rss_mb"] = round(server_after["process_resident_memory_bytes"] / 2**20, 1)
+        report["server_cpu_cores"] = round((server_after["cpu_s"] - server_before["cpu_s"]) / span, 2)
+        report["server_rss_mb"] = round(server_after["rss_bytes"] / 2**20, 1)
     return report
 
 
