@@ -51,7 +51,7 @@ FULL = dict(size="large", precisions=("bf16", "fp16", "fp32"), chunks_s=(1.0, 3.
 CEILING_SHARE = 0.45
 """The ceiling may use this share of the budget; the naive peer and the ladder get the rest."""
 SMOKE = dict(size="tiny", precisions=("fp32",), chunks_s=(1.0, 3.0), batches=(1, 2), min_s=0.02, naive_windows=4,
-             ladder=(1, 2), trial_s=10.0, budget_s=240.0)
+             ladder=(1, 2), trial_s=6.0, budget_s=240.0)
 
 
 def say(text: str) -> None:

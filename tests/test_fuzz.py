@@ -433,7 +433,11 @@ async def _send(url, messages, headers=None):
                 await ws.send(message)
             try:
                 while True:
-                    await asyncio.wait_for(ws.recv(), 2.0)
+                    reply = await asyncio.wait_for(ws.recv(), 2.0)
+                    if headers and isinstance(reply, str) and '"disconnect"' in reply:  # AudioHook: close as Genesys does
+                        doc = json.loads(reply)
+                        await ws.send(json.dumps({"version": "2", "id": AH_ID, "type": "close", "seq": 99, "serverseq": doc["seq"],
+                                                  "position": "PT0S", "parameters": {"reason": "disconnect"}}))
             except asyncio.TimeoutError:
                 return None  # still open and waiting for more: acceptable
     except ConnectionClosed as exc:
