@@ -1,7 +1,8 @@
 """One speaker's channel: 20 ms VAD frames at the native rate -> speech segments -> analysis windows.
 
 Segments are never merged: a segment closes after `trailing_silence_ms` of unvoiced audio or at
-`max_segment_ms`. While a segment is open, a window of the last `window_ms` of that segment is cut
+`max_segment_ms`. The VAD decides every frame as it arrives; the samples of a push go into the ring
+in one piece (before a window is cut from them, and at the end of the push). While a segment is open, a window of the last `window_ms` of that segment is cut
 every `hop_ms` of speech so that a long utterance is scored while it happens; one more window is cut
 when the segment closes if enough new speech came since the last one.
 
@@ -17,10 +18,14 @@ from typing import Any
 
 import numpy as np
 import webrtcvad
+from webrtcvad import _webrtcvad
 
 from service.audio.ring import SampleRing
 from service.config import VadConfig, WindowConfig
 from service.domain import Role
+
+_EMPTY = np.zeros(0, dtype=np.int16)
+_EMPTY.setflags(write=False)
 
 # The closing window of a segment is cut only if at least this much speech is new since the
 # previous window; shorter tails are already represented by the previous window.
@@ -95,9 +100,12 @@ class ChannelPipeline:
         self._context = windows.context_ms * ms
         capacity = self._window + self._hop + (vad.trailing_silence_ms + vad.start_speech_ms) * ms + 2 * self._frame
         self._ring = SampleRing(capacity)
-        self._carry = np.zeros(0, dtype=np.int16)
-        self._block = np.zeros(0, dtype=np.int16)
+        self._carry = _EMPTY
+        self._block = _EMPTY
         self._voiced = bytearray()
+        # The push being worked through: its whole frames, where they start, and how much of them is in the ring.
+        self._block_start = 0
+        self._block_filled = 0
         # segmentation state
         self._in_segment = False
         self._voiced_run = 0
@@ -129,18 +137,35 @@ class ChannelPipeline:
         """Feed int16 samples; returns the windows that became ready."""
         if len(self._carry):
             samples = np.concatenate([self._carry, samples])
-        whole = len(samples) - len(samples) % self._frame
-        self._carry = samples[whole:].copy()
-        self._block = samples[:whole]
+        frame = self._frame
+        whole = len(samples) - len(samples) % frame
+        self._carry = samples[whole:].copy() if whole < len(samples) else _EMPTY
         out: list[AnalysisWindow] = []
-        for offset in range(0, whole, self._frame):
-            self._frame_step(samples[offset : offset + self._frame], arrival, out)
+        if not whole:
+            self._block = _EMPTY
+            return out
+        data = samples[:whole].tobytes()  # native-endian int16, contiguous
+        self._block = np.frombuffer(data, dtype=np.int16)
+        start = self._block_start = self._ring.end
+        self._block_filled = 0
+        width = 2 * frame
+        vad, rate, flags, step = self._vad._vad, self.sample_rate, self._voiced, self._step
+        for offset in range(0, whole, frame):
+            # webrtcvad.Vad.is_speech without its Python wrapper (which only fills in the length).
+            voiced = _webrtcvad.process(vad, rate, data[offset * 2 : offset * 2 + width], frame)
+            flags.append(voiced)
+            if voiced or self._in_segment:
+                step(voiced, start + offset, start + offset + frame, arrival, out)
+            else:  # the common case of the state machine: silence outside speech
+                self._voiced_run = 0
+                self._resume = False
+        self._fill_ring(start + whole)
         return out
 
-    def take_frames(self) -> tuple[np.ndarray, np.ndarray]:
-        """The whole VAD frames consumed by the last `push` and the VAD decision of each (bool array);
-        call it after every push."""
-        voiced = np.frombuffer(bytes(self._voiced), dtype=np.uint8).astype(bool)
+    def take_frames(self) -> tuple[np.ndarray, bytes]:
+        """The whole VAD frames consumed by the last `push` (int16 samples) and the VAD decision of each
+        (one byte per frame, 1 voiced, 0 not); call it after every push."""
+        voiced = bytes(self._voiced)
         self._voiced.clear()
         return self._block, voiced
 
@@ -148,8 +173,8 @@ class ChannelPipeline:
         """End of audio: close an open segment (a partial trailing frame is ignored)."""
         out: list[AnalysisWindow] = []
         if self._in_segment:
-            self._close(arrival, out)
-        self._carry = np.zeros(0, dtype=np.int16)
+            self._close(self._ring.end, arrival, out)
+        self._carry = _EMPTY
         return out
 
     def skip(self, samples: int, arrival: float) -> list[AnalysisWindow]:
@@ -160,12 +185,15 @@ class ChannelPipeline:
         self._resume = False
         return out
 
-    def _frame_step(self, frame: np.ndarray, arrival: float, out: list[AnalysisWindow]) -> None:
-        voiced = self._vad.is_speech(frame.tobytes(), self.sample_rate)
-        self._voiced.append(voiced)
-        frame_start = self._ring.end
-        self._ring.append(frame)
-        frame_end = self._ring.end
+    def _fill_ring(self, end: int) -> None:
+        """Put the pushed samples up to channel position `end` into the ring."""
+        filled = self._block_start + self._block_filled
+        if end > filled:
+            self._ring.append(self._block[self._block_filled : end - self._block_start])
+            self._block_filled = end - self._block_start
+
+    def _step(self, voiced: bool, frame_start: int, frame_end: int, arrival: float, out: list[AnalysisWindow]) -> None:
+        """The segmentation state machine for one frame [frame_start, frame_end) of the channel."""
         if not self._in_segment:
             if not voiced:
                 self._voiced_run = 0
@@ -181,39 +209,41 @@ class ChannelPipeline:
                 self._last_window_end = self._seg_start
                 self._last_voiced_end = frame_end
                 self._unvoiced_run = 0
-                self._maybe_window(arrival, out)
+                self._maybe_window(frame_end, arrival, out)
             return
         if voiced:
             self._last_voiced_end = frame_end
             self._unvoiced_run = 0
-            self._maybe_window(arrival, out)
+            self._maybe_window(frame_end, arrival, out)
         else:
             self._unvoiced_run += 1
             if self._unvoiced_run >= self._trailing_frames:
-                self._close(arrival, out)
+                self._close(frame_end, arrival, out)
                 return
         if frame_end - self._seg_start >= self._max_segment:
-            self._close(arrival, out)
+            self._close(frame_end, arrival, out)
             self._resume = True  # speech that goes on opens the next segment at its first voiced frame
 
-    def _maybe_window(self, arrival: float, out: list[AnalysisWindow]) -> None:
+    def _maybe_window(self, position: int, arrival: float, out: list[AnalysisWindow]) -> None:
         end = self._last_voiced_end
         if end - self._last_window_end >= self._hop and end - self._seg_start >= self._min_window:
-            out.append(self._cut(end, final=False, arrival=arrival))
+            out.append(self._cut(end, position, final=False, arrival=arrival))
 
-    def _close(self, arrival: float, out: list[AnalysisWindow]) -> None:
+    def _close(self, position: int, arrival: float, out: list[AnalysisWindow]) -> None:
         end = self._last_voiced_end
         length = end - self._seg_start
         new = end - self._last_window_end
         if length >= self._min_window and (new >= self._min_tail or self._last_window_end == self._seg_start):
-            out.append(self._cut(end, final=True, arrival=arrival))
+            out.append(self._cut(end, position, final=True, arrival=arrival))
         self.segments += 1
         self.speech_samples += length
         self._in_segment = False
         self._voiced_run = 0
         self._unvoiced_run = 0
 
-    def _cut(self, end: int, final: bool, arrival: float) -> AnalysisWindow:
+    def _cut(self, end: int, position: int, final: bool, arrival: float) -> AnalysisWindow:
+        """The window ending at sample `end`, cut when the channel has consumed `position` samples."""
+        self._fill_ring(position)
         start = max(self._seg_start, end - self._window)
         new_from = max(start, self._last_window_end)
         encode_from = max(self._seg_start, new_from - self._context) if self._incremental else start
@@ -226,7 +256,7 @@ class ChannelPipeline:
             encode_from_sample=encode_from,
             new_from_sample=new_from,
             final=final,
-            cut_sample=self._ring.end,
+            cut_sample=position,
             arrival=arrival,
             samples=self._ring.slice(encode_from, end) if self.scored else np.zeros(0, dtype=np.int16),
             scored=self.scored,
