@@ -78,6 +78,19 @@ def _power_db(power: np.ndarray) -> np.ndarray:
         return np.maximum(10.0 * np.log10(power), SILENCE_DBFS)
 
 
+def _positive_power_db(power: np.ndarray) -> np.ndarray:
+    """_power_db of powers known to be > 0 (no division-by-zero warning to silence)."""
+    return np.maximum(10.0 * np.log10(power), SILENCE_DBFS)
+
+
+def _strided_rows(signal: np.ndarray, width: int, step: int) -> np.ndarray:
+    """Read-only view of the windows signal[k*step : k*step + width] for every whole window
+    (sliding_window_view(signal, width)[::step] without its overhead)."""
+    count = (len(signal) - width) // step + 1
+    stride = signal.strides[0]
+    return np.lib.stride_tricks.as_strided(signal, shape=(max(count, 0), width), strides=(step * stride, stride), writeable=False)
+
+
 def _frame_power(frames: np.ndarray) -> np.ndarray:
     """Mean-square power of each row relative to full scale (float64)."""
     x = frames.astype(np.float64, copy=False)
@@ -102,6 +115,7 @@ def yin_min_samples(sample_rate: int, fmin: float = PITCH_FMIN_HZ) -> int:
     return 2 * int(math.ceil(sample_rate / fmin)) + 2
 
 
+@functools.lru_cache(maxsize=64)
 def _fft_size(n: int) -> int:
     """Smallest 2^a * 3^b * 5^c >= n (fast sizes for numpy's FFT)."""
     best = 1 << max(0, (n - 1).bit_length())
@@ -159,15 +173,14 @@ def yin_f0(
     corr = np.fft.irfft(spectrum * np.conj(head), nfft, axis=1)[:, :lags]
     energy = np.zeros((n, length + 1))
     np.cumsum(x * x, axis=1, out=energy[:, 1:])
-    tau = np.arange(lags)
+    tau = _lags(lags)
     # d(tau) = sum_{j<W} x_j^2 + sum_{j<W} x_{j+tau}^2 - 2 sum_{j<W} x_j x_{j+tau}
-    diff = energy[:, width : width + 1] + (energy[:, tau + width] - energy[:, tau]) - 2.0 * corr
+    diff = energy[:, width : width + 1] + (energy[:, width : width + lags] - energy[:, :lags]) - 2.0 * corr
     np.maximum(diff, 0.0, out=diff)
     diff[:, 0] = 0.0
     running = np.cumsum(diff[:, 1:], axis=1)
     cmnd = np.ones_like(diff)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(diff[:, 1:] * tau[1:], running, out=cmnd[:, 1:], where=running > 0)
+    np.divide(diff[:, 1:] * tau[1:], running, out=cmnd[:, 1:], where=running > 0)  # only where defined: no warning
     search = cmnd[:, tau_min : tau_max + 1]
     below = search < threshold
     found = below.any(axis=1)
@@ -192,6 +205,14 @@ def yin_f0(
     return f0
 
 
+@functools.lru_cache(maxsize=8)
+def _lags(count: int) -> np.ndarray:
+    """0 .. count-1 as float-free int64 (read-only, shared)."""
+    lags = np.arange(count)
+    lags.setflags(write=False)
+    return lags
+
+
 def pitch_jumps(previous: np.ndarray, f0: np.ndarray, max_jump_st: float = PITCH_JUMP_ST,
                 reference_frames: int = PITCH_REFERENCE_FRAMES, min_reference: int = PITCH_MIN_REFERENCE) -> np.ndarray:
     """Where F0 jumps away from the speaker's recent pitch: True for each pitched (non-NaN) entry of `f0`
@@ -205,8 +226,33 @@ def pitch_jumps(previous: np.ndarray, f0: np.ndarray, max_jump_st: float = PITCH
     if not len(rows):
         return jumps
     previous = np.asarray(previous, dtype=np.float64)[-reference_frames:]
+    if np.isnan(previous).any():
+        return _pitch_jumps_nan(previous, f0, rows, jumps, max_jump_st, reference_frames, min_reference)
+    # Row j: the reference_frames values before the j-th new pitched value; the first rows reach back
+    # before the call's first pitched frame and hold only the last len(previous) + j of them.
+    values = np.concatenate((previous, f0[rows]))
+    held = np.minimum(len(previous) + np.arange(len(rows)), reference_frames)
+    enough = held >= min_reference
+    if not enough.any():
+        return jumps
+    median = np.empty(len(rows))
+    full = np.flatnonzero(held == reference_frames)
+    if len(full):
+        # np.median over whole rows is nanmedian's answer when no value is missing (the middle value, or
+        # the halved sum of the two middle ones), at a fraction of its cost.
+        reference = _strided_rows(values, reference_frames, 1)[full + len(previous) - reference_frames]
+        median[full] = np.median(reference, axis=1)
+    for j in np.flatnonzero(enough & (held < reference_frames)).tolist():
+        median[j] = np.median(values[len(previous) + j - held[j]: len(previous) + j])
+    distance = np.abs(12.0 * np.log2(f0[rows[enough]] / median[enough]))
+    jumps[rows[enough]] = distance > max_jump_st
+    return jumps
+
+
+def _pitch_jumps_nan(previous: np.ndarray, f0: np.ndarray, rows: np.ndarray, jumps: np.ndarray, max_jump_st: float,
+                     reference_frames: int, min_reference: int) -> np.ndarray:
+    """pitch_jumps when `previous` itself has missing (NaN) values."""
     sequence = np.concatenate((np.full(reference_frames - len(previous), np.nan), previous, f0[rows]))
-    # Row j: the reference_frames values before the j-th new pitched value.
     reference = np.lib.stride_tricks.sliding_window_view(sequence, reference_frames)[: len(rows)]
     enough = np.count_nonzero(~np.isnan(reference), axis=1) >= min_reference
     if not enough.any():
@@ -215,6 +261,13 @@ def pitch_jumps(previous: np.ndarray, f0: np.ndarray, max_jump_st: float = PITCH
     distance = np.abs(12.0 * np.log2(f0[rows[enough]] / median))
     jumps[rows[enough]] = distance > max_jump_st
     return jumps
+
+
+@functools.lru_cache(maxsize=8)
+def _ones(count: int) -> np.ndarray:
+    ones = np.ones(count)
+    ones.setflags(write=False)
+    return ones
 
 
 @functools.lru_cache(maxsize=None)
@@ -431,6 +484,7 @@ class ProsodyTrack:
         self._voiced_frames = 0
         self._voiced_power = 0.0
         self._level_hist = np.zeros(_LEVEL_BINS, np.int64)
+        self._baseline: float | None = None  # the histogram's median level, until a new block comes in
         self._block_frames = max(1, BASELINE_BLOCK_MS // frame_ms)
         self._block_power: list[float] = []  # voiced frame powers of the block being filled
         self._pitch_hist = np.zeros(_PITCH_BINS, np.int64)
@@ -491,16 +545,18 @@ class ProsodyTrack:
         first = self._next
         x = samples.astype(np.float64)
         power = np.maximum(_frame_power(x.reshape(n, self.frame_samples)), _FLOOR_POWER)
-        level = _power_db(power)
+        level = _positive_power_db(power)
         f0 = self._pitch(x, voiced)
         contour = self._contour(power)
-        nuclei = self._detector.push(first, contour, ~np.isnan(f0))
-        raw = f0[~np.isnan(f0)]
-        jumps = pitch_jumps(self._recent_f0, f0)
+        has_f0 = ~np.isnan(f0)
+        nuclei = self._detector.push(first, contour, has_f0)
+        raw = f0[has_f0]
+        jumps = pitch_jumps(self._recent_f0, f0) if len(raw) else None
         if len(raw):
             self._recent_f0 = np.concatenate((self._recent_f0, raw))[-PITCH_REFERENCE_FRAMES:]
-        f0[jumps] = np.nan
-        self._pitch_jumps += int(np.count_nonzero(jumps))
+        if jumps is not None and jumps.any():
+            f0[jumps] = np.nan
+            self._pitch_jumps += int(np.count_nonzero(jumps))
         self._next = first + n
         self._store(first, level, f0, voiced)
         if len(nuclei):
@@ -511,9 +567,10 @@ class ProsodyTrack:
         count = int(np.count_nonzero(voiced))
         if count:
             self._voiced_frames += count
-            self._voiced_power += float(power[voiced].sum())
-            self._add_to_baseline(power[voiced])
-            pitched = f0[~np.isnan(f0)]
+            voiced_power = power[voiced]
+            self._voiced_power += float(voiced_power.sum())
+            self._add_to_baseline(voiced_power)
+            pitched = f0[~np.isnan(f0)] if len(raw) else raw
             if len(pitched):
                 bins = np.clip(np.rint(12.0 * np.log2(pitched / PITCH_FMIN_HZ) / PITCH_BIN_ST), 0, _PITCH_BINS - 1)
                 self._pitch_hist += np.bincount(bins.astype(np.intp), minlength=_PITCH_BINS)
@@ -547,7 +604,7 @@ class ProsodyTrack:
         f0 = np.full(n, np.nan)
         rows = np.flatnonzero(voiced)
         if len(rows):
-            windows = np.lib.stride_tricks.sliding_window_view(signal, self._pitch_window)[:: self._pitch_frame]
+            windows = _strided_rows(signal, self._pitch_window, self._pitch_frame)
             f0[rows] = yin_f0(windows[rows], PITCH_RATE, PITCH_FMIN_HZ, PITCH_FMAX_HZ)
         return f0
 
@@ -555,11 +612,11 @@ class ProsodyTrack:
         """Intensity contour: level over the last CONTOUR_WINDOW_MS (whole frames) ending at each frame end."""
         m = self._contour_frames
         if m == 1:
-            return _power_db(power)
+            return _positive_power_db(power)
         ext = np.concatenate((self._power_tail, power))
         self._power_tail = ext[len(ext) - (m - 1) :].copy()
-        sums = np.convolve(ext, np.ones(m), mode="valid")
-        return _power_db(sums / m)
+        sums = np.convolve(ext, _ones(m), mode="valid")
+        return _positive_power_db(sums / m)
 
     def _store(self, first: int, level: np.ndarray, f0: np.ndarray, voiced: np.ndarray) -> None:
         n = len(level)
@@ -579,9 +636,11 @@ class ProsodyTrack:
         self._flush()
         if self._voiced_frames == 0 or self._voiced_frames * self.frame_ms < self.warmup_ms:
             return None
-        if not self._level_hist.any():
-            return None
-        return SILENCE_DBFS + LEVEL_BIN_DB * _hist_quantile(self._level_hist, 0.5)
+        if self._baseline is None:
+            if not self._level_hist.any():
+                return None
+            self._baseline = SILENCE_DBFS + LEVEL_BIN_DB * _hist_quantile(self._level_hist, 0.5)
+        return self._baseline
 
     def _add_to_baseline(self, voiced_power: np.ndarray) -> None:
         self._block_power.extend(voiced_power.tolist())
@@ -589,7 +648,8 @@ class ProsodyTrack:
         while len(self._block_power) >= size:
             block = np.array(self._block_power[:size])
             del self._block_power[:size]
-            self._level_hist += np.bincount(_level_bins(_power_db(np.array([block.mean()]))), minlength=_LEVEL_BINS)
+            self._level_hist[_level_bins(_positive_power_db(np.array([block.mean()])))[0]] += 1
+            self._baseline = None
 
     def figures(self, start_sample: int, end_sample: int, new_from_sample: int) -> ProsodyFigures:
         """Figures for the span [start_sample, end_sample) of this channel (native samples from the call
