@@ -173,6 +173,8 @@ def _hooks() -> list[tuple[Any, str, str]]:
         (prosody.ProsodyTrack, "figures", "prosody"),
         (prosody.ProsodyTrack, "totals", "prosody"),
         (S, "_analyse_frames", "crosstalk + turn-taking"),
+        (S, "_analyse_held", "crosstalk + turn-taking"),
+        (S, "_reaches_tick", "crosstalk + turn-taking"),
         (session_module, "speaking_frames", "crosstalk + turn-taking"),
         (conversation.ConversationTracker, "push", "crosstalk + turn-taking"),
         (conversation.ConversationTracker, "snapshot", "crosstalk + turn-taking"),

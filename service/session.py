@@ -72,6 +72,12 @@ SUMMARY_SCHEMA_VERSION = 2
 MAX_SUMMARY_ALERTS = 1000  # the summary lists at most this many (the newest); the count is exact
 WARNING_INTERVAL_MS = 5000  # at most one warning of a kind per this much call time
 SLICE_MS = 500  # audio worked through between yields to the event loop (a few ms of CPU)
+# Prosody and turn-taking run on the frames the VAD decided when a window is cut (its figures and the
+# conversation must include them), when the frames reach a conversation tick the rules look at (so tick
+# alerts fire with the chunk that completes the tick), and at least every this many frames; results do
+# not depend on how frames are grouped (tests/test_session_blocks.py).
+HELD_FRAMES_MAX = 50
+METRICS_EVERY_MS = 1000  # audio ingested is added to its counter at least this often per call
 
 
 @dataclass(frozen=True)
@@ -198,8 +204,16 @@ class CallSession:
         )
         self._rule_state = CallRuleState()
         self._segments_seen = [0] * len(self._pipelines)
+        # VAD frames decided but not yet analysed (prosody, crosstalk, turn-taking): samples and flags per channel.
+        self._held: list[list[np.ndarray]] = [[] for _ in self._pipelines]
+        self._held_flags = [bytearray() for _ in self._pipelines]
+        self._held_frames = 0
+        self._unreported_frames = 0  # audio frames not yet added to the ingested-audio metric
+        self._report_every = METRICS_EVERY_MS * fmt.sample_rate // 1000
         self._intake = CallIntake(fmt, ctx.ingest)
         self._slice = SLICE_MS * fmt.sample_rate // 1000
+        self._rate = fmt.sample_rate
+        self._max_duration_s = ctx.ingest.max_call_duration_s
         self._pending: asyncio.Queue[tuple[AnalysisWindow, asyncio.Future] | None] = asyncio.Queue()
         self._ready: deque[AnalysisWindow] = deque()
         self._waiting: dict[Role, tuple[AnalysisWindow, concurrent.futures.Future]] = {}
@@ -260,7 +274,9 @@ class CallSession:
         if not self._accepts(f"audio chunk seq={seq}"):
             return
         arrival = time.monotonic() if arrival is None else arrival
-        self._report_all(self._intake.interleaved(seq, data, arrival))
+        notices = self._intake.interleaved(seq, data, arrival)
+        if notices:
+            self._report_all(notices)
         self._last_input = arrival
         if self._first_audio_at is None:
             self._first_audio_at = arrival
@@ -354,41 +370,61 @@ class CallSession:
 
     def _work(self, budget: int) -> None:
         """Work through queued input: at most `budget` frames of samples (holes cost nothing)."""
-        rate = self.config.audio.sample_rate
+        take = self._intake.take
         while budget > 0:
-            item = self._intake.take(budget)
+            item = take(budget)
             if item is None:
                 break
             block, arrival = item
-            if isinstance(block, Silence):
+            if type(block) is Silence:
                 self._step_over(block.frames, arrival)
             else:
                 self._process(block, arrival)
                 budget -= len(block)
-        self._submit_ready()
-        limit_s = self._ctx.ingest.max_call_duration_s
-        if self._audio_frames / rate > limit_s:
+        if self._ready:
+            self._submit_ready()
+        limit_s = self._max_duration_s
+        if self._audio_frames / self._rate > limit_s:
             raise CallLimitExceeded(f"the call passed its maximum duration of {limit_s:g} s", reason="max_duration")
 
     def _process(self, frames: np.ndarray, arrival: float) -> None:
-        """VAD, windows, prosody and turn-taking over the next samples of every channel."""
-        rate = self.config.audio.sample_rate
+        """VAD and windows over the next samples of every channel; prosody and turn-taking when needed (see `_held`)."""
         self._audio_frames += len(frames)
+        self._unreported_frames += len(frames)
         cut: list[AnalysisWindow] = []
-        blocks, voiced_columns = [], []
+        held, flags = self._held, self._held_flags
+        decided = 0
         for index, pipeline in enumerate(self._pipelines):
-            metrics.audio_ingested(pipeline.role.value, len(frames) / rate)
-            cut.extend(pipeline.push(np.ascontiguousarray(frames[:, index]), arrival))
+            windows = pipeline.push(frames[:, index], arrival)
+            if windows:
+                cut.extend(windows)
             block, voiced = pipeline.take_frames()
-            blocks.append(block)
-            voiced_columns.append(voiced)
-            self._count_segments(index)
-        ticks = self._analyse_frames(blocks, np.stack(voiced_columns, axis=1)) if len(voiced_columns[0]) else []
-        self._take_windows(cut)
-        self._on_ticks(ticks, arrival)
+            if voiced:
+                held[index].append(block)
+                flags[index] += voiced
+                decided = len(voiced)
+            if pipeline.segments != self._segments_seen[index]:
+                self._count_segments(index)
+        self._held_frames += decided
+        if self._unreported_frames >= self._report_every:
+            self._report_ingested()
+        ticks = None
+        if self._held_frames and (cut or self._held_frames >= HELD_FRAMES_MAX or self._reaches_tick()):
+            ticks = self._analyse_held()
+        if cut:
+            self._take_windows(cut)
+        if ticks:
+            self._on_ticks(ticks, arrival)
+
+    def _reaches_tick(self) -> bool:
+        """The held frames reach a tick that the rules look at."""
+        conversation = self._conversation
+        return (conversation.now_ms + self._held_frames * self._frame_ms >= conversation.next_tick_ms
+                and self._ctx.rules().needs_ticks)
 
     def _step_over(self, samples: int, arrival: float) -> None:
         """A stretch with no audio: open segments end, the clocks advance; no sample is made."""
+        self._on_ticks(self._analyse_held(), arrival)
         cut: list[AnalysisWindow] = []
         for index, pipeline in enumerate(self._pipelines):
             cut.extend(pipeline.skip(samples, arrival))
@@ -400,6 +436,20 @@ class CallSession:
         self._on_ticks(self._conversation.skip(frames), arrival)
         self._audio_frames += samples
 
+    def _analyse_held(self) -> list[ConversationSnapshot]:
+        """Prosody and turn-taking for the frames decided but not yet analysed (all channels have the same frames)."""
+        if not self._held_frames:
+            return []
+        blocks = []
+        for parts in self._held:
+            blocks.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
+            parts.clear()
+        vad = np.frombuffer(b"".join(self._held_flags), dtype=np.bool_).reshape(len(blocks), self._held_frames).T
+        for flags in self._held_flags:
+            flags.clear()
+        self._held_frames = 0
+        return self._analyse_frames(blocks, vad)
+
     def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
         """Prosody and turn-taking for the next whole VAD frames of every channel (near silence and crosstalk removed)."""
         speaking, crosstalk = speaking_frames(blocks, vad, self._frame_samples, self._ctx.analytics.crosstalk_margin_db)
@@ -409,6 +459,12 @@ class CallSession:
             self._voiced_frames[role] += int(np.count_nonzero(speaking[:, index]))
             self._crosstalk_frames[role] += int(np.count_nonzero(crosstalk[:, index]))
         return self._conversation.push(speaking)
+
+    def _report_ingested(self) -> None:
+        rate = self.config.audio.sample_rate
+        for pipeline in self._pipelines:
+            metrics.audio_ingested(pipeline.role.value, self._unreported_frames / rate)
+        self._unreported_frames = 0
 
     def _report_all(self, notices: list[Notice]) -> None:
         for notice in notices:
@@ -501,6 +557,8 @@ class CallSession:
                 await asyncio.sleep(0)
         except CallLimitExceeded:
             pass  # the call is ending anyway
+        self._on_ticks(self._analyse_held(), arrival)
+        self._report_ingested()
         self._state = "ending"
         for index, pipeline in enumerate(self._pipelines):
             self._take_windows(pipeline.flush(arrival))
@@ -538,6 +596,7 @@ class CallSession:
             self._events.close()
             return
         self._state = "closed"
+        self._report_ingested()
         for task in (self._scorer, self._watchdog):
             if task is not None:
                 task.cancel()
@@ -627,8 +686,10 @@ class CallSession:
             self._raise(match, window.arrival)
 
     def _on_ticks(self, ticks: list[ConversationSnapshot], arrival: float) -> None:
+        if not ticks:
+            return
         engine = self._ctx.rules()
-        if not ticks or not engine.needs_ticks:
+        if not engine.needs_ticks:
             return
         for snapshot in ticks:
             for match in engine.evaluate_tick(self._rule_state, snapshot):
