@@ -1,8 +1,8 @@
 """One speaker's channel: 20 ms VAD frames at the native rate -> speech segments -> analysis windows.
 
 Segments are never merged: a segment closes after `trailing_silence_ms` of unvoiced audio or at
-`max_segment_ms`. The VAD decides every frame as it arrives; the samples of a push go into the ring
-in one piece (before a window is cut from them, and at the end of the push). While a segment is open, a window of the last `window_ms` of that segment is cut
+`max_segment_ms`. The VAD decides every frame as it arrives; the samples go into the ring in pieces of
+about a hop (and up to the frame a window is cut at, before it is cut), not frame by frame. While a segment is open, a window of the last `window_ms` of that segment is cut
 every `hop_ms` of speech so that a long utterance is scored while it happens; one more window is cut
 when the segment closes if enough new speech came since the last one.
 
@@ -80,9 +80,11 @@ class AnalysisWindow:
 class ChannelPipeline:
     """Per-channel VAD segmentation and window scheduling; memory is bounded by the window length."""
 
-    def __init__(self, role: Role, sample_rate: int, vad: VadConfig, windows: WindowConfig, scored: bool = True) -> None:
+    def __init__(self, role: Role, sample_rate: int, vad: VadConfig, windows: WindowConfig, scored: bool = True,
+                 keep_frames: bool = False) -> None:
         """`scored`: windows carry their audio for the emotion model; unscored windows are cut on the
-        same schedule without audio (for prosody rules)."""
+        same schedule without audio (for prosody rules). `keep_frames`: keep the decided frames and their
+        VAD decisions until `take_frames` (the caller must take them regularly)."""
         self.role = role
         self.sample_rate = sample_rate
         self.scored = scored
@@ -101,11 +103,13 @@ class ChannelPipeline:
         capacity = self._window + self._hop + (vad.trailing_silence_ms + vad.start_speech_ms) * ms + 2 * self._frame
         self._ring = SampleRing(capacity)
         self._carry = _EMPTY
-        self._block = _EMPTY
+        self._position = 0  # samples consumed (whole frames): the ring's end plus what waits to go into it
+        self._unfilled: list[np.ndarray] = []  # consumed samples not yet in the ring, in order
+        self._unfilled_samples = 0
+        self._fill_every = max(self._hop, self._frame)
+        self._keep = keep_frames
+        self._kept: list[np.ndarray] = []  # frames decided since the last take_frames (keep_frames)
         self._voiced = bytearray()
-        # The push being worked through: its whole frames, where they start, and how much of them is in the ring.
-        self._block_start = 0
-        self._block_filled = 0
         # segmentation state
         self._in_segment = False
         self._voiced_run = 0
@@ -122,12 +126,17 @@ class ChannelPipeline:
     @property
     def position(self) -> int:
         """Samples of this channel consumed by the VAD (whole frames)."""
-        return self._ring.end
+        return self._position
 
     @property
     def buffered_samples(self) -> int:
         """Samples held in memory for this channel (bounded, independent of call length)."""
-        return self._ring.capacity + len(self._carry)
+        return self._ring.capacity + len(self._carry) + self._unfilled_samples
+
+    @property
+    def kept_frames(self) -> int:
+        """Frames decided since the last `take_frames` (with keep_frames)."""
+        return len(self._voiced)
 
     @property
     def speech_ms(self) -> int:
@@ -142,55 +151,72 @@ class ChannelPipeline:
         self._carry = samples[whole:].copy() if whole < len(samples) else _EMPTY
         out: list[AnalysisWindow] = []
         if not whole:
-            self._block = _EMPTY
             return out
         data = samples[:whole].tobytes()  # native-endian int16, contiguous
-        self._block = np.frombuffer(data, dtype=np.int16)
-        start = self._block_start = self._ring.end
-        self._block_filled = 0
+        block = np.frombuffer(data, dtype=np.int16)
+        start = self._position
+        self._position = start + whole
+        self._unfilled.append(block)
+        self._unfilled_samples += whole
+        keep = self._keep
+        if keep:
+            self._kept.append(block)
         width = 2 * frame
         vad, rate, flags, step = self._vad._vad, self.sample_rate, self._voiced, self._step
         for offset in range(0, whole, frame):
             # webrtcvad.Vad.is_speech without its Python wrapper (which only fills in the length).
             voiced = _webrtcvad.process(vad, rate, data[offset * 2 : offset * 2 + width], frame)
-            flags.append(voiced)
+            if keep:
+                flags.append(voiced)
             if voiced or self._in_segment:
                 step(voiced, start + offset, start + offset + frame, arrival, out)
             else:  # the common case of the state machine: silence outside speech
                 self._voiced_run = 0
                 self._resume = False
-        self._fill_ring(start + whole)
+        if self._unfilled_samples >= self._fill_every or whole >= self._fill_every:
+            self._fill_ring(self._position)
         return out
 
     def take_frames(self) -> tuple[np.ndarray, bytes]:
-        """The whole VAD frames consumed by the last `push` (int16 samples) and the VAD decision of each
-        (one byte per frame, 1 voiced, 0 not); call it after every push."""
+        """The whole VAD frames decided since the last call (int16 samples) and the VAD decision of each
+        (one byte per frame, 1 voiced, 0 not); empty unless the pipeline keeps frames."""
+        kept = self._kept
+        samples = _EMPTY if not kept else kept[0] if len(kept) == 1 else np.concatenate(kept)
+        kept.clear()
         voiced = bytes(self._voiced)
         self._voiced.clear()
-        return self._block, voiced
+        return samples, voiced
 
     def flush(self, arrival: float) -> list[AnalysisWindow]:
         """End of audio: close an open segment (a partial trailing frame is ignored)."""
         out: list[AnalysisWindow] = []
         if self._in_segment:
-            self._close(self._ring.end, arrival, out)
+            self._close(self._position, arrival, out)
         self._carry = _EMPTY
         return out
 
     def skip(self, samples: int, arrival: float) -> list[AnalysisWindow]:
         """Audio that will never come (a paused or discarded stretch): close any open segment, advance the clock."""
         out = self.flush(arrival)
+        self._fill_ring(self._position)
         self._ring.skip(samples)
+        self._position = self._ring.end
         self._voiced_run = 0
         self._resume = False
         return out
 
     def _fill_ring(self, end: int) -> None:
-        """Put the pushed samples up to channel position `end` into the ring."""
-        filled = self._block_start + self._block_filled
-        if end > filled:
-            self._ring.append(self._block[self._block_filled : end - self._block_start])
-            self._block_filled = end - self._block_start
+        """Put the consumed samples up to channel position `end` into the ring."""
+        count = end - self._ring.end
+        if count <= 0:
+            return
+        unfilled = self._unfilled
+        data = unfilled[0] if len(unfilled) == 1 else np.concatenate(unfilled)
+        self._ring.append(data[:count])
+        unfilled.clear()
+        if count < len(data):
+            unfilled.append(data[count:])
+        self._unfilled_samples = len(data) - count
 
     def _step(self, voiced: bool, frame_start: int, frame_end: int, arrival: float, out: list[AnalysisWindow]) -> None:
         """The segmentation state machine for one frame [frame_start, frame_end) of the channel."""
