@@ -77,7 +77,10 @@ SLICE_MS = 500  # audio worked through between yields to the event loop (a few m
 # alerts fire with the chunk that completes the tick), and at least every this many frames; results do
 # not depend on how frames are grouped (tests/test_session_blocks.py).
 HELD_FRAMES_MAX = 50
-METRICS_EVERY_MS = 1000  # audio ingested is added to its counter at least this often per call
+# A call's ingest metrics (audio ingested, time per push) are updated after this much audio or this many
+# pushes, whichever comes first, and at its end.
+METRICS_EVERY_MS = 1000
+METRICS_EVERY_PUSHES = 50
 
 
 @dataclass(frozen=True)
@@ -176,7 +179,7 @@ class CallSession:
         self._ctx = ctx
         fmt = config.audio
         self._pipelines = [
-            ChannelPipeline(role, fmt.sample_rate, ctx.vad, ctx.windows, scored=role in config.score_roles)
+            ChannelPipeline(role, fmt.sample_rate, ctx.vad, ctx.windows, scored=role in config.score_roles, keep_frames=True)
             for role in fmt.channel_roles
         ]
         self._timelines = {role: ChannelTimeline(role) for role in fmt.channel_roles}
@@ -204,11 +207,10 @@ class CallSession:
         )
         self._rule_state = CallRuleState()
         self._segments_seen = [0] * len(self._pipelines)
-        # VAD frames decided but not yet analysed (prosody, crosstalk, turn-taking): samples and flags per channel.
-        self._held: list[list[np.ndarray]] = [[] for _ in self._pipelines]
-        self._held_flags = [bytearray() for _ in self._pipelines]
-        self._held_frames = 0
-        self._unreported_frames = 0  # audio frames not yet added to the ingested-audio metric
+        # Added to their metrics about once a second of audio (_report_ingested): audio frames ingested, and
+        # how long each push took.
+        self._unreported_frames = 0
+        self._ingest_seconds: list[float] = []
         self._report_every = METRICS_EVERY_MS * fmt.sample_rate // 1000
         self._intake = CallIntake(fmt, ctx.ingest)
         self._slice = SLICE_MS * fmt.sample_rate // 1000
@@ -281,7 +283,9 @@ class CallSession:
         if self._first_audio_at is None:
             self._first_audio_at = arrival
         self._work(self._slice)
-        metrics.stage("ingest", time.perf_counter() - began)
+        self._ingest_seconds.append(time.perf_counter() - began)
+        if len(self._ingest_seconds) >= METRICS_EVERY_PUSHES or self._unreported_frames >= self._report_every:
+            self._report_ingested()
 
     def push_track(self, track: int, seq: int, data: bytes, arrival: float | None = None, start_ms: int | None = None) -> None:
         """Ingest one chunk of one mono track (track i is channel i). `start_ms`, when the bridge gives
@@ -295,7 +299,9 @@ class CallSession:
         if self._first_audio_at is None:
             self._first_audio_at = arrival
         self._work(self._slice)
-        metrics.stage("ingest", time.perf_counter() - began)
+        self._ingest_seconds.append(time.perf_counter() - began)
+        if len(self._ingest_seconds) >= METRICS_EVERY_PUSHES or self._unreported_frames >= self._report_every:
+            self._report_ingested()
 
     def skip_audio(self, duration_ms: int, arrival: float | None = None) -> None:
         """Advance the call clock over audio that will never arrive (a pause whose audio was discarded):
@@ -392,35 +398,25 @@ class CallSession:
         self._audio_frames += len(frames)
         self._unreported_frames += len(frames)
         cut: list[AnalysisWindow] = []
-        held, flags = self._held, self._held_flags
-        decided = 0
         for index, pipeline in enumerate(self._pipelines):
             windows = pipeline.push(frames[:, index], arrival)
             if windows:
                 cut.extend(windows)
-            block, voiced = pipeline.take_frames()
-            if voiced:
-                held[index].append(block)
-                flags[index] += voiced
-                decided = len(voiced)
             if pipeline.segments != self._segments_seen[index]:
                 self._count_segments(index)
-        self._held_frames += decided
-        if self._unreported_frames >= self._report_every:
-            self._report_ingested()
         ticks = None
-        if self._held_frames and (cut or self._held_frames >= HELD_FRAMES_MAX or self._reaches_tick()):
+        held = self._pipelines[0].kept_frames  # every channel has decided the same frames
+        if held and (cut or held >= HELD_FRAMES_MAX or self._reaches_tick(held)):
             ticks = self._analyse_held()
         if cut:
             self._take_windows(cut)
         if ticks:
             self._on_ticks(ticks, arrival)
 
-    def _reaches_tick(self) -> bool:
-        """The held frames reach a tick that the rules look at."""
+    def _reaches_tick(self, held: int) -> bool:
+        """`held` frames from now reach a tick that the rules look at."""
         conversation = self._conversation
-        return (conversation.now_ms + self._held_frames * self._frame_ms >= conversation.next_tick_ms
-                and self._ctx.rules().needs_ticks)
+        return conversation.now_ms + held * self._frame_ms >= conversation.next_tick_ms and self._ctx.rules().needs_ticks
 
     def _step_over(self, samples: int, arrival: float) -> None:
         """A stretch with no audio: open segments end, the clocks advance; no sample is made."""
@@ -437,18 +433,14 @@ class CallSession:
         self._audio_frames += samples
 
     def _analyse_held(self) -> list[ConversationSnapshot]:
-        """Prosody and turn-taking for the frames decided but not yet analysed (all channels have the same frames)."""
-        if not self._held_frames:
+        """Prosody and turn-taking for the frames the VAD decided that were not analysed yet (the channels
+        kept the same frames)."""
+        held = self._pipelines[0].kept_frames
+        if not held:
             return []
-        blocks = []
-        for parts in self._held:
-            blocks.append(parts[0] if len(parts) == 1 else np.concatenate(parts))
-            parts.clear()
-        vad = np.frombuffer(b"".join(self._held_flags), dtype=np.bool_).reshape(len(blocks), self._held_frames).T
-        for flags in self._held_flags:
-            flags.clear()
-        self._held_frames = 0
-        return self._analyse_frames(blocks, vad)
+        blocks, flags = zip(*(pipeline.take_frames() for pipeline in self._pipelines))
+        vad = np.frombuffer(b"".join(flags), dtype=np.bool_).reshape(len(blocks), held).T
+        return self._analyse_frames(list(blocks), vad)
 
     def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
         """Prosody and turn-taking for the next whole VAD frames of every channel (near silence and crosstalk removed)."""
@@ -461,10 +453,15 @@ class CallSession:
         return self._conversation.push(speaking)
 
     def _report_ingested(self) -> None:
+        """Add the audio ingested and the time each push took since the last report to their metrics."""
         rate = self.config.audio.sample_rate
-        for pipeline in self._pipelines:
-            metrics.audio_ingested(pipeline.role.value, self._unreported_frames / rate)
-        self._unreported_frames = 0
+        if self._unreported_frames:
+            for pipeline in self._pipelines:
+                metrics.audio_ingested(pipeline.role.value, self._unreported_frames / rate)
+            self._unreported_frames = 0
+        if self._ingest_seconds:
+            metrics.stage_times("ingest", self._ingest_seconds)
+            self._ingest_seconds.clear()
 
     def _report_all(self, notices: list[Notice]) -> None:
         for notice in notices:
