@@ -191,8 +191,11 @@ class CallSession:
             role: ProsodyTrack(fmt.sample_rate, frame_ms, history_ms=history_ms, warmup_ms=analytics.baseline_warmup_ms)
             for role in fmt.channel_roles
         }
-        self._voiced_frames = {role: 0 for role in fmt.channel_roles}
-        self._crosstalk_frames = {role: 0 for role in fmt.channel_roles}
+        # Per channel, in channel order: the prosody tracks again, and the frames each channel spoke and lost as crosstalk.
+        self._channel_of = {role: index for index, role in enumerate(fmt.channel_roles)}
+        self._channel_prosody = [self._prosody[role] for role in fmt.channel_roles]
+        self._voiced_frames = [0] * len(fmt.channel_roles)
+        self._crosstalk_frames = [0] * len(fmt.channel_roles)
         self._skipped_windows = {role: 0 for role in fmt.channel_roles}
         self._transcripts = {role: TranscriptRate() for role in fmt.channel_roles}
         # Frame ranges of the new audio of recently skipped windows (enough to cover one window).
@@ -211,6 +214,7 @@ class CallSession:
         # how long each push took.
         self._unreported_frames = 0
         self._ingest_seconds: list[float] = []
+        self._analyse_at = 1  # frames held before prosody and turn-taking run (see _plan_analysis)
         self._report_every = METRICS_EVERY_MS * fmt.sample_rate // 1000
         self._intake = CallIntake(fmt, ctx.ingest)
         self._slice = SLICE_MS * fmt.sample_rate // 1000
@@ -406,17 +410,21 @@ class CallSession:
                 self._count_segments(index)
         ticks = None
         held = self._pipelines[0].kept_frames  # every channel has decided the same frames
-        if held and (cut or held >= HELD_FRAMES_MAX or self._reaches_tick(held)):
+        if held and (cut or held >= self._analyse_at):
             ticks = self._analyse_held()
         if cut:
             self._take_windows(cut)
         if ticks:
             self._on_ticks(ticks, arrival)
 
-    def _reaches_tick(self, held: int) -> bool:
-        """`held` frames from now reach a tick that the rules look at."""
-        conversation = self._conversation
-        return conversation.now_ms + held * self._frame_ms >= conversation.next_tick_ms and self._ctx.rules().needs_ticks
+    def _plan_analysis(self) -> None:
+        """After an analysis: how many frames may be held before the next one (up to the next conversation
+        tick if the rules look at ticks, so that tick alerts fire with the chunk that completes the tick)."""
+        limit = HELD_FRAMES_MAX
+        if self._ctx.rules().needs_ticks:
+            conversation = self._conversation
+            limit = min(limit, max(1, -(-(conversation.next_tick_ms - conversation.now_ms) // self._frame_ms)))
+        self._analyse_at = limit
 
     def _step_over(self, samples: int, arrival: float) -> None:
         """A stretch with no audio: open segments end, the clocks advance; no sample is made."""
@@ -430,6 +438,7 @@ class CallSession:
             track.skip(frames)
         self._take_windows(cut)
         self._on_ticks(self._conversation.skip(frames), arrival)
+        self._plan_analysis()
         self._audio_frames += samples
 
     def _analyse_held(self) -> list[ConversationSnapshot]:
@@ -440,16 +449,18 @@ class CallSession:
             return []
         blocks, flags = zip(*(pipeline.take_frames() for pipeline in self._pipelines))
         vad = np.frombuffer(b"".join(flags), dtype=np.bool_).reshape(len(blocks), held).T
-        return self._analyse_frames(list(blocks), vad)
+        ticks = self._analyse_frames(list(blocks), vad)
+        self._plan_analysis()
+        return ticks
 
     def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
         """Prosody and turn-taking for the next whole VAD frames of every channel (near silence and crosstalk removed)."""
         speaking, crosstalk = speaking_frames(blocks, vad, self._frame_samples, self._ctx.analytics.crosstalk_margin_db)
-        for index, pipeline in enumerate(self._pipelines):
-            role = pipeline.role
-            self._prosody[role].push(blocks[index], speaking[:, index])
-            self._voiced_frames[role] += int(np.count_nonzero(speaking[:, index]))
-            self._crosstalk_frames[role] += int(np.count_nonzero(crosstalk[:, index]))
+        for index, track in enumerate(self._channel_prosody):
+            column = speaking[:, index]
+            track.push(blocks[index], column)
+            self._voiced_frames[index] += int(np.count_nonzero(column))
+            self._crosstalk_frames[index] += int(np.count_nonzero(crosstalk[:, index]))
         return self._conversation.push(speaking)
 
     def _report_ingested(self) -> None:
@@ -651,7 +662,7 @@ class CallSession:
             cpm = self._transcripts[window.role].rate(window.end_ms)
             if cpm is not None:
                 figures = dataclasses.replace(figures, speech_rate_cpm=cpm)
-            speech_ms = self._voiced_frames[window.role] * self._frame_ms
+            speech_ms = self._voiced_frames[self._channel_of[window.role]] * self._frame_ms
             window = dataclasses.replace(window, analytics=WindowAnalytics(figures, snapshot, speech_ms))
             if window.scored and figures.voiced_ms == 0:
                 # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
@@ -901,7 +912,7 @@ class CallSession:
                 "windows_skipped": self._skipped_windows[s.speaker],
                 "top_labels": dict(s.top_labels),
                 "prosody": {**self._prosody[s.speaker].totals(), **self._transcripts[s.speaker].totals()},
-                "crosstalk_ms": self._crosstalk_frames[s.speaker] * self._frame_ms,
+                "crosstalk_ms": self._crosstalk_frames[self._channel_of[s.speaker]] * self._frame_ms,
                 "trajectory": {
                     "resolution_ms": 1000,
                     "points": [{"t_ms": t_ms, "scores": [round(float(x), 4) for x in scores]} for t_ms, scores in timeline.trajectory()],

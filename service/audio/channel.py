@@ -165,7 +165,7 @@ class ChannelPipeline:
         vad, rate, flags, step = self._vad._vad, self.sample_rate, self._voiced, self._step
         for offset in range(0, whole, frame):
             # webrtcvad.Vad.is_speech without its Python wrapper (which only fills in the length).
-            voiced = _webrtcvad.process(vad, rate, data[offset * 2 : offset * 2 + width], frame)
+            voiced = _webrtcvad.process(vad, rate, data if whole == frame else data[offset * 2 : offset * 2 + width], frame)
             if keep:
                 flags.append(voiced)
             if voiced or self._in_segment:
