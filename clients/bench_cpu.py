@@ -174,7 +174,7 @@ def _hooks() -> list[tuple[Any, str, str]]:
         (prosody.ProsodyTrack, "totals", "prosody"),
         (S, "_analyse_frames", "crosstalk + turn-taking"),
         (S, "_analyse_held", "crosstalk + turn-taking"),
-        (S, "_reaches_tick", "crosstalk + turn-taking"),
+        (S, "_plan_analysis", "crosstalk + turn-taking"),
         (session_module, "speaking_frames", "crosstalk + turn-taking"),
         (conversation.ConversationTracker, "push", "crosstalk + turn-taking"),
         (conversation.ConversationTracker, "snapshot", "crosstalk + turn-taking"),
@@ -230,9 +230,11 @@ def _chunks(path: Path) -> tuple[list[bytes], int, float]:
     return chunks, wav.sample_rate, len(samples) / wav.sample_rate
 
 
-async def _replay_calls(calls: int, chunks: list[bytes], rate: int, tag: str, clock: StageClock | None = None) -> dict[str, int]:
-    """`calls` concurrent replays of the chunks through CallSessions; returns event counts. With a clock, the
-    loop's selector waits are timed as idle."""
+async def _replay_calls(calls: int, chunks: list[bytes], rate: int, tag: str, clock: StageClock | None = None,
+                        paced: bool = False) -> dict[str, int]:
+    """`calls` concurrent replays of the chunks through CallSessions (`paced`: live calls, each chunk pushed when
+    it is due in real time, starts spread over a second); returns event counts. With a clock, the loop's
+    selector waits are timed as idle."""
     from service.batch import MemorySink
     from service.config import DEFAULT_RULES_PATH, AnalyticsConfig, IngestConfig, InferenceConfig, VadConfig, WindowConfig
     from service.domain import AudioFormat, CallConfig, Encoding, Role
@@ -255,9 +257,13 @@ async def _replay_calls(calls: int, chunks: list[bytes], rate: int, tag: str, cl
 
     async def one(index: int) -> None:
         config = CallConfig(f"bench-{tag}-{index}", "agent", "team", "", AudioFormat(Encoding.PCM16LE, rate, (Role.CUSTOMER, Role.AGENT)),
-                            score_roles=(Role.CUSTOMER,), realtime=False)
+                            score_roles=(Role.CUSTOMER,), realtime=paced)
+        loop = asyncio.get_running_loop()
+        if paced:
+            await asyncio.sleep(index / calls)
         session = CallSession(config, ctx)
         session.start()
+        began = loop.time()
 
         async def consume() -> None:
             async for event in session.events():
@@ -267,6 +273,8 @@ async def _replay_calls(calls: int, chunks: list[bytes], rate: int, tag: str, cl
 
         consumer = asyncio.create_task(consume())
         for seq, data in enumerate(chunks, start=1):
+            if paced:
+                await asyncio.sleep(max(0.0, began + (seq - 1) * CHUNK_MS / 1000 - loop.time()))
             session.push_audio(seq, data)
             await session.flow_control()
             await asyncio.sleep(0)  # as a transport awaits the next message: the calls take turns
@@ -280,7 +288,7 @@ async def _replay_calls(calls: int, chunks: list[bytes], rate: int, tag: str, cl
     return counts
 
 
-def _run_once(calls: int, chunks: list[bytes], rate: int, instrument: bool, tag: str) -> dict[str, Any]:
+def _run_once(calls: int, chunks: list[bytes], rate: int, instrument: bool, tag: str, paced: bool = False) -> dict[str, Any]:
     """One replay of `calls` calls: process and event-loop thread CPU seconds, its wall time, the stage clock, event counts."""
     clock = StageClock()
     if instrument:
@@ -288,19 +296,19 @@ def _run_once(calls: int, chunks: list[bytes], rate: int, instrument: bool, tag:
     started, loop_started, wall_started = time.process_time(), time.thread_time(), time.perf_counter()
     if instrument:
         with _Instrumented(clock):
-            counts = asyncio.run(_replay_calls(calls, chunks, rate, tag, clock))
+            counts = asyncio.run(_replay_calls(calls, chunks, rate, tag, clock, paced))
     else:
-        counts = asyncio.run(_replay_calls(calls, chunks, rate, tag))
+        counts = asyncio.run(_replay_calls(calls, chunks, rate, tag, paced=paced))
     return {"process_cpu": time.process_time() - started, "loop_cpu": time.thread_time() - loop_started,
             "wall": time.perf_counter() - wall_started, "clock": clock, "counts": counts}
 
 
-def measure_in_process(calls: int, repeats: int) -> dict[str, Any]:
+def measure_in_process(calls: int, repeats: int, paced: bool = False) -> dict[str, Any]:
     chunks, rate, call_s = _chunks(CALL)
     call_seconds = calls * call_s
     _run_once(1, chunks, rate, False, "warm")  # imports, first-call set-up
-    plain = [_run_once(calls, chunks, rate, False, f"p{r}") for r in range(repeats)]
-    timed = [_run_once(calls, chunks, rate, True, f"t{r}") for r in range(repeats)]
+    plain = [_run_once(calls, chunks, rate, False, f"p{r}", paced) for r in range(repeats)]
+    timed = [_run_once(calls, chunks, rate, True, f"t{r}", paced) for r in range(repeats)]
     per_s = lambda seconds: seconds * 1000 / call_seconds  # noqa: E731 - CPU ms per call-second
 
     def stage_ms(run: dict) -> dict[str, float]:
@@ -320,6 +328,7 @@ def measure_in_process(calls: int, repeats: int) -> dict[str, Any]:
     stages = {stage: round(statistics.median(run[stage] for run in per_run), 3) for stage in per_run[0]}
     return {
         "calls": calls,
+        "paced": paced,
         "call_s": round(call_s, 2),
         "repeats": repeats,
         "cpu_ms_per_call_s": round(statistics.median(per_s(run["process_cpu"]) for run in plain), 3),
