@@ -410,3 +410,31 @@ def test_espeak_speech_has_plausible_pitch_and_speech_rate(name, channel):
     assert figures.voiced_ms >= 3000
     totals = track.totals()
     assert 70 <= totals["pitch_hz"] <= 300 and 150 <= totals["speech_rate_spm"] <= 400
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_low_passing_only_what_yin_reads_gives_the_samples_of_low_passing_everything(rate):
+    """The pitch low-pass computed over scattered stretches (the windows of voiced frames) gives exactly the samples
+    that filtering the whole block gives, at 8 kHz and through the 16 kHz polyphase decimation."""
+    from service.analytics.prosody import _lowpass, _lowpass_spans, _pitch_taps
+
+    rng = np.random.default_rng(rate)
+    taps = _pitch_taps(rate)
+    decimation = rate // 8000
+    for _ in range(30):
+        count = int(rng.integers(1, 60)) * 160
+        ext = rng.normal(0, 3000, len(taps) - 1 + count * decimation)
+        whole = _lowpass(ext, taps, decimation, 0, count)
+        if decimation == 2:  # the filter as one pass over the block, polyphase at 16 kHz
+            reference = np.convolve(ext[1::2], taps[0::2], mode="valid")
+            reference += np.convolve(ext[0::2], taps[1::2], mode="valid")[1:]
+        else:
+            reference = np.convolve(ext, taps, mode="valid")
+        assert np.array_equal(whole, reference)
+        starts = np.sort(rng.integers(0, count, 4))
+        spans = [(int(a), int(min(count, a + rng.integers(1, 800)))) for a in starts]
+        y = _lowpass_spans(ext, taps, decimation, count, spans)
+        inside = np.zeros(count, bool)
+        for a, b in spans:
+            inside[a:b] = True
+        assert np.array_equal(y[inside], whole[inside]) and not y[~inside].any()

@@ -283,6 +283,34 @@ def _pitch_taps(sample_rate: int) -> np.ndarray:
     return h
 
 
+def _lowpass(ext: np.ndarray, taps: np.ndarray, decimation: int, start: int, end: int) -> np.ndarray:
+    """Samples [start, end) of the pitch low-pass at 8 kHz of `ext` (the input with the filter's
+    len(taps) - 1 samples of history in front). At 16 kHz (decimation 2) output m is the filter ending at
+    input sample 2m + 1, as two polyphase branches at 8 kHz. Each output is its own dot product with the
+    taps, so a stretch computed alone equals the same stretch of the whole."""
+    if decimation == 2:
+        y = np.convolve(ext[1 + 2 * start : 2 * end + len(taps) - 1 : 2], taps[0::2], mode="valid")
+        y += np.convolve(ext[2 + 2 * start : 2 * end + len(taps) - 1 : 2], taps[1::2], mode="valid")
+        return y
+    return np.convolve(ext[start : end + len(taps) - 1], taps, mode="valid")
+
+
+def _lowpass_spans(ext: np.ndarray, taps: np.ndarray, decimation: int, count: int, spans: list[tuple[int, int]]) -> np.ndarray:
+    """The `count` low-pass output samples of `ext`, computed only inside `spans` ((start, end) pairs,
+    possibly overlapping); the others are left 0."""
+    spans = sorted(spans)
+    if spans[0][0] <= 0 and spans[-1][1] >= count and all(a[1] >= b[0] for a, b in zip(spans, spans[1:])):
+        return _lowpass(ext, taps, decimation, 0, count)  # one stretch covers everything
+    y = np.zeros(count)
+    done = 0
+    for start, end in spans:
+        start = max(start, done)
+        if end > start:
+            y[start:end] = _lowpass(ext, taps, decimation, start, end)
+            done = end
+    return y
+
+
 def _level_bins(levels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((levels - SILENCE_DBFS) / LEVEL_BIN_DB), 0, _LEVEL_BINS - 1).astype(np.intp)
 
@@ -587,24 +615,30 @@ class ProsodyTrack:
 
     def _pitch(self, x: np.ndarray, voiced: np.ndarray) -> np.ndarray:
         """F0 per frame (NaN where the VAD says unvoiced or YIN finds no period) over the PITCH_WINDOW_MS of
-        audio low-passed to PITCH_LOWPASS_HZ at 8 kHz ending at each frame end (the FIR delays it by ~2 ms)."""
+        audio low-passed to PITCH_LOWPASS_HZ at 8 kHz ending at each frame end (the FIR delays it by ~2 ms).
+        Only the low-passed samples YIN reads are computed: the windows of voiced frames, and the block's
+        last samples that the next block's first window reaches back to."""
         n = len(voiced)
         taps = _pitch_taps(self.sample_rate)
         ext = np.concatenate((self._fir_tail, x))
         self._fir_tail = ext[len(ext) - (len(taps) - 1) :].copy()
-        if self._decimation == 2:
-            # Output m is the filter ending at native sample 2m + 1 (so 8 kHz frames stay aligned),
-            # computed as two polyphase branches at 8 kHz.
-            y = np.convolve(ext[1::2], taps[0::2], mode="valid")
-            y += np.convolve(ext[0::2], taps[1::2], mode="valid")[1:]
-        else:
-            y = np.convolve(ext, taps, mode="valid")
-        signal = np.concatenate((self._pitch_tail, y))
-        self._pitch_tail = signal[len(signal) - len(self._pitch_tail) :].copy()
-        f0 = np.full(n, np.nan)
+        step, tail = self._pitch_frame, len(self._pitch_tail)
+        count = n * step
         rows = np.flatnonzero(voiced)
+        # Sample m of this block's low-passed signal y is read by the windows of frames m // step and the
+        # following (tail // step) ones: a run of voiced frames k0..k1 reads y[k0*step - tail, (k1+1)*step).
+        spans = [(max(0, count - tail), count)]
         if len(rows):
-            windows = _strided_rows(signal, self._pitch_window, self._pitch_frame)
+            breaks = np.flatnonzero(np.diff(rows) > 1).tolist()
+            firsts = [rows[0]] + [rows[i + 1] for i in breaks]
+            lasts = [rows[i] for i in breaks] + [rows[-1]]
+            spans = [(max(0, int(k0) * step - tail), (int(k1) + 1) * step) for k0, k1 in zip(firsts, lasts)] + spans
+        y = _lowpass_spans(ext, taps, self._decimation, count, spans)
+        signal = np.concatenate((self._pitch_tail, y))
+        self._pitch_tail = signal[len(signal) - tail :].copy()
+        f0 = np.full(n, np.nan)
+        if len(rows):
+            windows = _strided_rows(signal, self._pitch_window, step)
             f0[rows] = yin_f0(windows[rows], PITCH_RATE, PITCH_FMIN_HZ, PITCH_FMAX_HZ)
         return f0
 
