@@ -104,11 +104,11 @@ class ChannelPipeline:
         self._ring = SampleRing(capacity)
         self._carry = _EMPTY
         self._position = 0  # samples consumed (whole frames): the ring's end plus what waits to go into it
-        self._unfilled: list[np.ndarray] = []  # consumed samples not yet in the ring, in order
+        self._unfilled: list[bytes] = []  # consumed samples not yet in the ring, in order
         self._unfilled_samples = 0
         self._fill_every = max(self._hop, self._frame)
         self._keep = keep_frames
-        self._kept: list[np.ndarray] = []  # frames decided since the last take_frames (keep_frames)
+        self._kept: list[bytes] = []  # frames decided since the last take_frames (keep_frames)
         self._voiced = bytearray()
         # segmentation state
         self._in_segment = False
@@ -152,15 +152,15 @@ class ChannelPipeline:
         out: list[AnalysisWindow] = []
         if not whole:
             return out
-        data = samples[:whole].tobytes()  # native-endian int16, contiguous
-        block = np.frombuffer(data, dtype=np.int16)
+        # The samples travel as bytes (native-endian int16) until they are needed as an array.
+        data = (samples if whole == len(samples) else samples[:whole]).tobytes()
         start = self._position
         self._position = start + whole
-        self._unfilled.append(block)
+        self._unfilled.append(data)
         self._unfilled_samples += whole
         keep = self._keep
         if keep:
-            self._kept.append(block)
+            self._kept.append(data)
         width = 2 * frame
         vad, rate, flags, step = self._vad._vad, self.sample_rate, self._voiced, self._step
         for offset in range(0, whole, frame):
@@ -181,7 +181,7 @@ class ChannelPipeline:
         """The whole VAD frames decided since the last call (int16 samples) and the VAD decision of each
         (one byte per frame, 1 voiced, 0 not); empty unless the pipeline keeps frames."""
         kept = self._kept
-        samples = _EMPTY if not kept else kept[0] if len(kept) == 1 else np.concatenate(kept)
+        samples = np.frombuffer(kept[0] if len(kept) == 1 else b"".join(kept), dtype=np.int16) if kept else _EMPTY
         kept.clear()
         voiced = bytes(self._voiced)
         self._voiced.clear()
@@ -211,11 +211,11 @@ class ChannelPipeline:
         if count <= 0:
             return
         unfilled = self._unfilled
-        data = unfilled[0] if len(unfilled) == 1 else np.concatenate(unfilled)
+        data = np.frombuffer(unfilled[0] if len(unfilled) == 1 else b"".join(unfilled), dtype=np.int16)
         self._ring.append(data[:count])
         unfilled.clear()
         if count < len(data):
-            unfilled.append(data[count:])
+            unfilled.append(data[count:].tobytes())
         self._unfilled_samples = len(data) - count
 
     def _step(self, voiced: bool, frame_start: int, frame_end: int, arrival: float, out: list[AnalysisWindow]) -> None:

@@ -19,6 +19,7 @@ from service.domain import AudioFormat, Encoding
 from service.errors import InvalidArgument
 
 _PCM16 = np.dtype("<i2")
+_NATIVE_PCM16 = _PCM16 == np.dtype(np.int16)  # little-endian host: the wire samples are int16 as they are
 TRACK_SKEW_MS = 200  # a separate track this far behind the others is padded with silence
 
 
@@ -134,7 +135,10 @@ class CallIntake:
         if len(data) > limit:
             raise InvalidArgument(f"audio chunk seq={seq} is {len(data)} bytes; the limit is {limit} bytes")
         if fmt.encoding is Encoding.PCM16LE and not len(data) % frame_bytes:  # decode()'s PCM path, inlined
-            return np.frombuffer(data, dtype=_PCM16).astype(np.int16, copy=False).reshape(-1, frame_bytes // 2)
+            samples = np.frombuffer(data, dtype=_PCM16)
+            if not _NATIVE_PCM16:
+                samples = samples.astype(np.int16)
+            return samples.reshape(-1, frame_bytes // 2)
         try:
             return decode(fmt, data)
         except InvalidArgument as exc:
