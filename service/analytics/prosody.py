@@ -172,19 +172,19 @@ def yin_f0(
     head = np.fft.rfft(x[:, :width], nfft, axis=1)
     corr = np.fft.irfft(spectrum * np.conj(head), nfft, axis=1)[:, :lags]
     energy = np.zeros((n, length + 1))
-    np.cumsum(x * x, axis=1, out=energy[:, 1:])
+    (x * x).cumsum(axis=1, out=energy[:, 1:])
     tau = _lags(lags)
     # d(tau) = sum_{j<W} x_j^2 + sum_{j<W} x_{j+tau}^2 - 2 sum_{j<W} x_j x_{j+tau}
     diff = energy[:, width : width + 1] + (energy[:, width : width + lags] - energy[:, :lags]) - 2.0 * corr
     np.maximum(diff, 0.0, out=diff)
     diff[:, 0] = 0.0
-    running = np.cumsum(diff[:, 1:], axis=1)
+    running = diff[:, 1:].cumsum(axis=1)
     cmnd = np.ones_like(diff)
     np.divide(diff[:, 1:] * tau[1:], running, out=cmnd[:, 1:], where=running > 0)  # only where defined: no warning
     search = cmnd[:, tau_min : tau_max + 1]
     below = search < threshold
     found = below.any(axis=1)
-    if not found.any():
+    if not np.count_nonzero(found):
         return f0
     rows = np.flatnonzero(found)
     first = below[rows].argmax(axis=1) + tau_min
@@ -198,7 +198,7 @@ def yin_f0(
     curve = left - 2.0 * mid + right
     shift = np.zeros(len(rows))
     np.divide(0.5 * (left - right), curve, out=shift, where=curve > 0)
-    period = best + np.clip(shift, -1.0, 1.0)
+    period = best + np.minimum(np.maximum(shift, -1.0), 1.0)  # np.clip without its wrapper
     estimate = sample_rate / period
     estimate[(estimate < fmin) | (estimate > fmax)] = np.nan
     f0[rows] = estimate
@@ -312,12 +312,12 @@ def _lowpass_spans(ext: np.ndarray, taps: np.ndarray, decimation: int, count: in
 
 
 def _level_bins(levels: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((levels - SILENCE_DBFS) / LEVEL_BIN_DB), 0, _LEVEL_BINS - 1).astype(np.intp)
+    return np.minimum(np.maximum(np.rint((levels - SILENCE_DBFS) / LEVEL_BIN_DB), 0), _LEVEL_BINS - 1).astype(np.intp)
 
 
 def _hist_quantile(hist: np.ndarray, q: float) -> int:
     """Bin index of the q-quantile of a histogram with at least one count."""
-    cumulative = np.cumsum(hist)
+    cumulative = hist.cumsum()
     return int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
 
 
@@ -582,7 +582,7 @@ class ProsodyTrack:
         jumps = pitch_jumps(self._recent_f0, f0) if len(raw) else None
         if len(raw):
             self._recent_f0 = np.concatenate((self._recent_f0, raw))[-PITCH_REFERENCE_FRAMES:]
-        if jumps is not None and jumps.any():
+        if jumps is not None and np.count_nonzero(jumps):
             f0[jumps] = np.nan
             self._pitch_jumps += int(np.count_nonzero(jumps))
         self._next = first + n
@@ -600,7 +600,7 @@ class ProsodyTrack:
             self._add_to_baseline(voiced_power)
             pitched = f0[~np.isnan(f0)] if len(raw) else raw
             if len(pitched):
-                bins = np.clip(np.rint(12.0 * np.log2(pitched / PITCH_FMIN_HZ) / PITCH_BIN_ST), 0, _PITCH_BINS - 1)
+                bins = np.minimum(np.maximum(np.rint(12.0 * np.log2(pitched / PITCH_FMIN_HZ) / PITCH_BIN_ST), 0), _PITCH_BINS - 1)
                 self._pitch_hist += np.bincount(bins.astype(np.intp), minlength=_PITCH_BINS)
 
     def skip(self, frames: int) -> None:
