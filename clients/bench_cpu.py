@@ -63,6 +63,7 @@ STAGES = (
     "call start + summary",
 )
 UNATTRIBUTED = "event loop, tasks, futures (no stage)"
+WITHOUT_PIPELINE = "--serve-without-pipeline"  # internal: the served process for the end-to-end floor
 OTHER_THREADS = "inference worker thread"
 
 
@@ -356,66 +357,127 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
-def measure_end_to_end(calls: int, seconds: float) -> dict[str, Any]:
-    from clients.bench import Service
+class _Server:
+    """`python -m service serve` with the constant model (or, `without_pipeline`, the same through this module with
+    CallSession._process reduced to counting frames) and a redis-server of its own."""
+
+    def __init__(self, workdir: Path, without_pipeline: bool) -> None:
+        import os
+        import subprocess
+
+        from clients.bench import _free_port
+
+        self.redis_port = _free_port()
+        self.redis = subprocess.Popen(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        entry = ["-m", "clients.bench_cpu", WITHOUT_PIPELINE] if without_pipeline else ["-m", "service"]
+        self.proc = subprocess.Popen(
+            [sys.executable, *entry, "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--ws-port", "-1", "--metrics-port", "-1",
+             "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0", "--model", "builtin:constant"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, CALLPULSE_LOG_LEVEL="WARNING"),
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line and self.proc.poll() is not None:
+                break
+            if line.startswith("{") and '"ready"' in line:
+                self.target = f"grpc://127.0.0.1:{json.loads(line)['grpc_port']}"
+                return
+        self.close()
+        raise SystemExit("the service did not become ready")
+
+    def close(self) -> None:
+        import subprocess
+
+        for proc in (self.proc, self.redis):
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _serve_without_pipeline(argv: list[str]) -> int:
+    """The served process with the per-call pipeline (VAD, windows, prosody, turn-taking, scoring) skipped: what
+    the transport, the session's bookkeeping and the event loop cost on their own."""
+    from service.__main__ import main as service_main
+    from service.session import CallSession
+
+    def count_only(self, frames, arrival) -> None:
+        self._audio_frames += len(frames)
+
+    CallSession._process = count_only
+    return service_main(argv)
+
+
+def measure_end_to_end(calls: int, seconds: float, repeats: int = 1, without_pipeline: bool = False) -> dict[str, Any]:
     from clients.loadgen import run_load
 
+    runs = []
     workdir = Path(tempfile.mkdtemp(prefix="callpulse-bench-cpu-"))
     try:
-        service = Service("builtin:constant", workdir)
-        try:
-            time.sleep(1.0)
-            idle_from, idle_at = _tree_cpu(service.proc.pid), time.monotonic()
-            time.sleep(3.0)
-            idle_rate = (_tree_cpu(service.proc.pid) - idle_from) / (time.monotonic() - idle_at)
-            cpu_before, redis_before = _tree_cpu(service.proc.pid), _tree_cpu(service.redis.pid)
-            began = time.monotonic()
-            report = asyncio.run(run_load(service.target, calls, str(CALL), duration_s=seconds, ramp_s=2.0))
-            wall = time.monotonic() - began
-            cpu = _tree_cpu(service.proc.pid) - cpu_before
-            redis_cpu = _tree_cpu(service.redis.pid) - redis_before
-        finally:
-            service.close()
+        for _ in range(repeats):
+            server = _Server(workdir, without_pipeline)
+            try:
+                time.sleep(1.0)
+                idle_from, idle_at = _tree_cpu(server.proc.pid), time.monotonic()
+                time.sleep(3.0)
+                idle_rate = (_tree_cpu(server.proc.pid) - idle_from) / (time.monotonic() - idle_at)
+                cpu_before, redis_before = _tree_cpu(server.proc.pid), _tree_cpu(server.redis.pid)
+                began = time.monotonic()
+                report = asyncio.run(run_load(server.target, calls, str(CALL), duration_s=seconds, ramp_s=2.0))
+                wall = time.monotonic() - began
+                cpu = _tree_cpu(server.proc.pid) - cpu_before
+                redis_cpu = _tree_cpu(server.redis.pid) - redis_before
+            finally:
+                server.close()
+            call_seconds = calls * report["call_audio_s"]
+            runs.append({
+                "cpu_ms_per_call_s": round(cpu * 1000 / call_seconds, 3),
+                "server_cores": round(cpu / wall, 3),
+                "idle_cpu_ms_per_s": round(idle_rate * 1000, 3),
+                "redis_cpu_ms_per_call_s": round(redis_cpu * 1000 / call_seconds, 3),
+                "update_latency_ms": report["update_latency_ms"],
+                "windows_scored": report["windows_scored"],
+                "windows_dropped": report["windows_dropped"],
+                "errors": report["errors"],
+                "call_audio_s": report["call_audio_s"],
+                "wall_s": round(wall, 2),
+            })
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    call_seconds = calls * report["call_audio_s"]
-    return {
-        "calls": calls,
-        "call_audio_s": report["call_audio_s"],
-        "wall_s": round(wall, 2),
-        "errors": report["errors"],
-        "server_cpu_s": round(cpu, 3),
-        "cpu_ms_per_call_s": round(cpu * 1000 / call_seconds, 3),
-        "server_cores": round(cpu / wall, 3),
-        "idle_cpu_ms_per_s": round(idle_rate * 1000, 3),
-        "redis_cpu_ms_per_call_s": round(redis_cpu * 1000 / call_seconds, 3),
-        "update_latency_ms": report["update_latency_ms"],
-        "windows_scored": report["windows_scored"],
-        "windows_dropped": report["windows_dropped"],
-        "client_cpu_s": report["client_cpu_s"],
-    }
+    median = sorted(runs, key=lambda r: r["cpu_ms_per_call_s"])[len(runs) // 2]
+    return {"calls": calls, "repeats": repeats, "without_pipeline": without_pipeline,
+            "runs_cpu_ms_per_call_s": [r["cpu_ms_per_call_s"] for r in runs], **median}
 
 
 def print_table(result: dict) -> None:
-    """The stage table (Markdown) of one run's JSON."""
-    a = result.get("in_process")
+    """The stage tables (Markdown) of one run's JSON."""
     m = result["machine"]
     print(f"\n`python -m clients.bench_cpu` on {m['date']} (commit {m.get('commit')}): {m['cpu']}, {m['cores']} cores, "
-          f"Python {m['python']}\n")
-    if a:
-        print(f"(a) in process: {a['calls']} concurrent replays of the {a['call_s']:g} s stereo call, median of {a['repeats']}\n")
+          f"Python {m['python']}")
+    for key, title in (("in_process", "(a) in process, replays"), ("in_process_paced", "(a') in process, paced live calls")):
+        a = result.get(key)
+        if not a:
+            continue
+        how = "pushed in real time" if a.get("paced") else "replayed as fast as they go"
+        print(f"\n{title}: {a['calls']} concurrent calls of the {a['call_s']:g} s stereo call, {how}; median of {a['repeats']}\n")
         print("| stage | CPU ms per call-second |")
         print("| --- | --- |")
         for stage, value in a["stages_ms_per_call_s"].items():
             print(f"| {stage} | {value:.2f} |")
         print(f"| **total, timed runs (less the clock's own cost)** | **{a['timed_cpu_ms_per_call_s']:.2f}** |")
-        print(f"| **total, plain run (process CPU)** | **{a['cpu_ms_per_call_s']:.2f}** |")
-    b = result.get("end_to_end")
+        print(f"| **total, plain runs (process CPU)** | **{a['cpu_ms_per_call_s']:.2f}** |")
+    b, floor = result.get("end_to_end"), result.get("end_to_end_without_pipeline")
     if b:
-        print(f"\n(b) end to end: {b['calls']} live gRPC calls x {b['call_audio_s']:g} s, `python -m service serve --model builtin:constant`\n")
+        print(f"\n(b) end to end: {b['calls']} live gRPC calls x {b['call_audio_s']:g} s, `python -m service serve --model "
+              f"builtin:constant`, median of {b['repeats']} ({', '.join(f'{x:.2f}' for x in b['runs_cpu_ms_per_call_s'])})\n")
         print("| measure | result |")
         print("| --- | --- |")
         print(f"| server CPU per call-second (process tree) | **{b['cpu_ms_per_call_s']:.2f} ms** |")
+        if floor:
+            print(f"| the same with the pipeline skipped (transport, session bookkeeping, event loop) | {floor['cpu_ms_per_call_s']:.2f} ms |")
         print(f"| server cores in use | {b['server_cores']} |")
         print(f"| server idle CPU | {b['idle_cpu_ms_per_s']:.2f} ms per s |")
         print(f"| redis-server CPU per call-second | {b['redis_cpu_ms_per_call_s']:.2f} ms |")
@@ -435,15 +497,22 @@ def _commit() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == [WITHOUT_PIPELINE]:
+        return _serve_without_pipeline(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m clients.bench_cpu", description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=10, help="concurrent in-process replays of the whole call")
-    parser.add_argument("--repeats", type=int, default=5, help="in-process runs of each kind (the median is reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="in-process replay runs of each kind (the median is reported)")
+    parser.add_argument("--paced-calls", type=int, default=20, help="concurrent in-process live calls pushed in real time")
+    parser.add_argument("--paced-repeats", type=int, default=2, help="paced runs of each kind (0: none)")
     parser.add_argument("--live-calls", type=int, default=20, help="live gRPC calls end to end")
     parser.add_argument("--live-s", type=float, default=30.0, help="seconds of audio per live call")
+    parser.add_argument("--live-repeats", type=int, default=3, help="end-to-end runs (the median is reported)")
     parser.add_argument("--skip-live", action="store_true", help="only the in-process part")
     parser.add_argument("--skip-in-process", action="store_true", help="only the end-to-end part")
+    parser.add_argument("--skip-floor", action="store_true", help="no end-to-end run with the pipeline skipped")
     parser.add_argument("--out", default=str(ROOT / ".bench" / "cpu.json"))
-    parser.add_argument("--table", metavar="JSON", help="only print the table of an earlier run")
+    parser.add_argument("--table", metavar="JSON", help="only print the tables of an earlier run")
     args = parser.parse_args(argv)
     if args.table:
         print_table(json.loads(Path(args.table).read_text()))
@@ -452,18 +521,28 @@ def main(argv: list[str] | None = None) -> int:
 
     result: dict[str, Any] = {"machine": {**machine(), "commit": _commit()}}
     if not args.skip_in_process:
-        print("[bench_cpu] in process ...", file=sys.stderr, flush=True)
+        say(f"in process: {args.calls} replays x {args.repeats}")
         result["in_process"] = measure_in_process(args.calls, args.repeats)
+        if args.paced_repeats:
+            say(f"in process: {args.paced_calls} paced live calls x {args.paced_repeats}")
+            result["in_process_paced"] = measure_in_process(args.paced_calls, args.paced_repeats, paced=True)
     if not args.skip_live:
         if shutil.which("redis-server") is None:
             raise SystemExit("the end-to-end part needs redis-server (or --skip-live)")
-        print(f"[bench_cpu] end to end: {args.live_calls} live calls x {args.live_s:g} s ...", file=sys.stderr, flush=True)
-        result["end_to_end"] = measure_end_to_end(args.live_calls, args.live_s)
+        say(f"end to end: {args.live_calls} live calls x {args.live_s:g} s x {args.live_repeats}")
+        result["end_to_end"] = measure_end_to_end(args.live_calls, args.live_s, args.live_repeats)
+        if not args.skip_floor:
+            say("end to end with the pipeline skipped")
+            result["end_to_end_without_pipeline"] = measure_end_to_end(args.live_calls, args.live_s, 1, without_pipeline=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print_table(result)
     print(f"\nwritten to {args.out}")
     return 0
+
+
+def say(text: str) -> None:
+    print(f"[bench_cpu] {text}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
