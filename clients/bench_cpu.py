@@ -1,6 +1,7 @@
 """Per-call CPU cost of the server: CPU ms per second of call, in process stage by stage, and end to end.
 
-    python -m clients.bench_cpu [--calls 10] [--repeats 3] [--live-calls 20] [--live-s 30] [--skip-live]
+    python -m clients.bench_cpu [--calls 10] [--repeats 5] [--paced-calls 20] [--paced-repeats 2]
+        [--live-calls 20] [--live-s 30] [--live-repeats 3] [--skip-live] [--skip-in-process] [--skip-floor]
         [--out .bench/cpu.json] [--table .bench/cpu.json]
 
 Both parts use the bundled stereo call (clients/samples/call_stereo_8k.wav, 8 kHz, customer and agent
@@ -21,11 +22,16 @@ InferenceBatcher, so what is measured is the pipeline's own cost.
     (time.thread_time), so time lost waiting for a core or for the GIL is spread over the stages as it
     happened. What no hooked function covers (the event loop itself, tasks, futures, awaiting) is the
     `event loop` row, and the rest of the process's CPU the inference worker thread's.
+(a') The same with `--paced-calls` live calls (realtime=True) whose chunks are pushed when they are due
+    in real time: the process waits between chunks as a server does. The `event loop` row then includes
+    the benchmark's own pacing timers.
 (b) End to end: `python -m service serve --model builtin:constant` as its own process (with its own
     redis-server) and `--live-calls` live calls over gRPC from clients.loadgen for `--live-s` seconds
     of audio each; the server's CPU time (the process and its children, from /proc via psutil) over
-    the load divided by the seconds of call audio. The server's idle CPU rate and Redis's CPU are
-    reported beside it.
+    the load divided by the seconds of call audio, median of `--live-repeats` runs. The server's idle CPU
+    rate and Redis's CPU are reported beside it, and (unless --skip-floor) one more run with the per-call
+    pipeline skipped (CallSession._process only counts frames): the transport, the session's bookkeeping
+    and the event loop on their own.
 """
 
 from __future__ import annotations
