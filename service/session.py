@@ -6,8 +6,8 @@ for audio that will never come, `touch` for other signs of life, then `finish` (
 bridge goes away, `fail` when its input was bad) and forwards what `events()` yields. The server
 ends calls too (`shut_down`, `end_for_limit`, and the session's own idle watchdog): the call
 finishes as at EndOfCall, later input is dropped, and the event stream ends with the reason right
-after the summary. Audio is processed on the event loop a slice at a time (decoding, VAD, prosody
-and turn-taking are cheap per slice; holes cost nothing); scoring happens on the inference worker, and
+after the summary. Audio is processed on the event loop a slice at a time (decoding and VAD as it
+arrives, prosody and turn-taking on blocks of the decided frames; holes cost nothing); scoring happens on the inference worker, and
 results are handled in window order by one task per call. Each window carries what was measured over
 it when it was cut (prosody, the conversation at that moment), so rule outcomes do not depend on how
 fast the model answers; conversation rules run on the call clock (ticks of the turn-taking tracker).
@@ -398,7 +398,8 @@ class CallSession:
             raise CallLimitExceeded(f"the call passed its maximum duration of {limit_s:g} s", reason="max_duration")
 
     def _process(self, frames: np.ndarray, arrival: float) -> None:
-        """VAD and windows over the next samples of every channel; prosody and turn-taking when needed (see `_held`)."""
+        """VAD and windows over the next samples of every channel; prosody and turn-taking once the decided
+        frames are needed (HELD_FRAMES_MAX, `_plan_analysis`)."""
         self._audio_frames += len(frames)
         self._unreported_frames += len(frames)
         cut: list[AnalysisWindow] = []
