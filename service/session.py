@@ -7,8 +7,8 @@ bridge goes away, `fail` when its input was bad) and forwards what `events()` yi
 ends calls too (`shut_down`, `end_for_limit`, and the session's own idle watchdog): the call
 finishes as at EndOfCall, later input is dropped, and the event stream ends with the reason right
 after the summary. Audio is processed on the event loop a slice at a time (decoding and VAD as it
-arrives, prosody and turn-taking on blocks of the decided frames; holes cost nothing); scoring happens on the inference worker, and
-results are handled in window order by one task per call. Each window carries what was measured over
+arrives, prosody and turn-taking on blocks of the decided frames; holes cost nothing); scoring happens
+on the inference worker, and results are handled in window order by one task per call. Each window carries what was measured over
 it when it was cut (prosody, the conversation at that moment), so rule outcomes do not depend on how
 fast the model answers; conversation rules run on the call clock (ticks of the turn-taking tracker).
 Windows of speakers who are not scored skip the model and go to the rules with their prosody.
