@@ -246,6 +246,7 @@ class App:
         engine still loading its model, say) stops at once."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_rules)

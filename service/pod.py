@@ -143,7 +143,6 @@ def _run(main) -> None:
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        log.info("event loop: uvloop %s", uvloop.__version__)
         runner.run(main)
 
 
@@ -154,6 +153,7 @@ def run_engine(config: ServiceConfig, endpoint: str, state: PodState, events) ->
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
+        log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
         _exit_with_parent(loop)
         stop = asyncio.Event()
         install_stop_signals(stop)

@@ -6,9 +6,9 @@ for audio that will never come, `touch` for other signs of life, then `finish` (
 bridge goes away, `fail` when its input was bad) and forwards what `events()` yields. The server
 ends calls too (`shut_down`, `end_for_limit`, and the session's own idle watchdog): the call
 finishes as at EndOfCall, later input is dropped, and the event stream ends with the reason right
-after the summary. Audio is processed on the event loop a slice at a time (decoding, VAD, prosody
-and turn-taking are cheap per slice; holes cost nothing); scoring happens on the inference worker, and
-results are handled in window order by one task per call. Each window carries what was measured over
+after the summary. Audio is processed on the event loop a slice at a time (decoding and VAD as it
+arrives, prosody and turn-taking on blocks of the decided frames; holes cost nothing); scoring happens
+on the inference worker, and results are handled in window order by one task per call. Each window carries what was measured over
 it when it was cut (prosody, the conversation at that moment), so rule outcomes do not depend on how
 fast the model answers; conversation rules run on the call clock (ticks of the turn-taking tracker).
 Windows of speakers who are not scored skip the model and go to the rules with their prosody.
@@ -73,6 +73,15 @@ SUMMARY_SCHEMA_VERSION = 2
 MAX_SUMMARY_ALERTS = 1000  # the summary lists at most this many (the newest); the count is exact
 WARNING_INTERVAL_MS = 5000  # at most one warning of a kind per this much call time
 SLICE_MS = 500  # audio worked through between yields to the event loop (a few ms of CPU)
+# Prosody and turn-taking run on the frames the VAD decided when a window is cut (its figures and the
+# conversation must include them), when the frames reach a conversation tick the rules look at (so tick
+# alerts fire with the chunk that completes the tick), and at least every this many frames; results do
+# not depend on how frames are grouped (tests/test_session_blocks.py).
+HELD_FRAMES_MAX = 50
+# A call's ingest metrics (audio ingested, time per push) are updated after this much audio or this many
+# pushes, whichever comes first, and at its end.
+METRICS_EVERY_MS = 1000
+METRICS_EVERY_PUSHES = 50
 
 
 @dataclass(frozen=True)
@@ -172,7 +181,7 @@ class CallSession:
         self._ctx = ctx
         fmt = config.audio
         self._pipelines = [
-            ChannelPipeline(role, fmt.sample_rate, ctx.vad, ctx.windows, scored=role in config.score_roles)
+            ChannelPipeline(role, fmt.sample_rate, ctx.vad, ctx.windows, scored=role in config.score_roles, keep_frames=True)
             for role in fmt.channel_roles
         ]
         self._timelines = {role: ChannelTimeline(role) for role in fmt.channel_roles}
@@ -184,8 +193,11 @@ class CallSession:
             role: ProsodyTrack(fmt.sample_rate, frame_ms, history_ms=history_ms, warmup_ms=analytics.baseline_warmup_ms)
             for role in fmt.channel_roles
         }
-        self._voiced_frames = {role: 0 for role in fmt.channel_roles}
-        self._crosstalk_frames = {role: 0 for role in fmt.channel_roles}
+        # Per channel, in channel order: the prosody tracks again, and the frames each channel spoke and lost as crosstalk.
+        self._channel_of = {role: index for index, role in enumerate(fmt.channel_roles)}
+        self._channel_prosody = [self._prosody[role] for role in fmt.channel_roles]
+        self._voiced_frames = [0] * len(fmt.channel_roles)
+        self._crosstalk_frames = [0] * len(fmt.channel_roles)
         self._skipped_windows = {role: 0 for role in fmt.channel_roles}
         self._transcripts = {role: TranscriptRate() for role in fmt.channel_roles}
         # Frame ranges of the new audio of recently skipped windows (enough to cover one window).
@@ -200,8 +212,16 @@ class CallSession:
         )
         self._rule_state = CallRuleState()
         self._segments_seen = [0] * len(self._pipelines)
+        # Added to their metrics about once a second of audio (_report_ingested): audio frames ingested, and
+        # how long each push took.
+        self._unreported_frames = 0
+        self._ingest_seconds: list[float] = []
+        self._analyse_at = 1  # frames held before prosody and turn-taking run (see _plan_analysis)
+        self._report_every = METRICS_EVERY_MS * fmt.sample_rate // 1000
         self._intake = CallIntake(fmt, ctx.ingest)
         self._slice = SLICE_MS * fmt.sample_rate // 1000
+        self._rate = fmt.sample_rate
+        self._max_duration_s = ctx.ingest.max_call_duration_s
         self._pending: asyncio.Queue[tuple[AnalysisWindow, asyncio.Future] | None] = asyncio.Queue()
         self._ready: deque[AnalysisWindow] = deque()
         self._waiting: dict[Role, tuple[AnalysisWindow, concurrent.futures.Future]] = {}
@@ -262,12 +282,16 @@ class CallSession:
         if not self._accepts(f"audio chunk seq={seq}"):
             return
         arrival = time.monotonic() if arrival is None else arrival
-        self._report_all(self._intake.interleaved(seq, data, arrival))
+        notices = self._intake.interleaved(seq, data, arrival)
+        if notices:
+            self._report_all(notices)
         self._last_input = arrival
         if self._first_audio_at is None:
             self._first_audio_at = arrival
         self._work(self._slice)
-        metrics.stage("ingest", time.perf_counter() - began)
+        self._ingest_seconds.append(time.perf_counter() - began)
+        if len(self._ingest_seconds) >= METRICS_EVERY_PUSHES or self._unreported_frames >= self._report_every:
+            self._report_ingested()
 
     def push_track(self, track: int, seq: int, data: bytes, arrival: float | None = None, start_ms: int | None = None) -> None:
         """Ingest one chunk of one mono track (track i is channel i). `start_ms`, when the bridge gives
@@ -281,7 +305,9 @@ class CallSession:
         if self._first_audio_at is None:
             self._first_audio_at = arrival
         self._work(self._slice)
-        metrics.stage("ingest", time.perf_counter() - began)
+        self._ingest_seconds.append(time.perf_counter() - began)
+        if len(self._ingest_seconds) >= METRICS_EVERY_PUSHES or self._unreported_frames >= self._report_every:
+            self._report_ingested()
 
     def skip_audio(self, duration_ms: int, arrival: float | None = None) -> None:
         """Advance the call clock over audio that will never arrive (a pause whose audio was discarded):
@@ -356,41 +382,56 @@ class CallSession:
 
     def _work(self, budget: int) -> None:
         """Work through queued input: at most `budget` frames of samples (holes cost nothing)."""
-        rate = self.config.audio.sample_rate
+        take = self._intake.take
         while budget > 0:
-            item = self._intake.take(budget)
+            item = take(budget)
             if item is None:
                 break
             block, arrival = item
-            if isinstance(block, Silence):
+            if type(block) is Silence:
                 self._step_over(block.frames, arrival)
             else:
                 self._process(block, arrival)
                 budget -= len(block)
-        self._submit_ready()
-        limit_s = self._ctx.ingest.max_call_duration_s
-        if self._audio_frames / rate > limit_s:
+        if self._ready:
+            self._submit_ready()
+        limit_s = self._max_duration_s
+        if self._audio_frames / self._rate > limit_s:
             raise CallLimitExceeded(f"the call passed its maximum duration of {limit_s:g} s", reason="max_duration")
 
     def _process(self, frames: np.ndarray, arrival: float) -> None:
-        """VAD, windows, prosody and turn-taking over the next samples of every channel."""
-        rate = self.config.audio.sample_rate
+        """VAD and windows over the next samples of every channel; prosody and turn-taking once the decided
+        frames are needed (HELD_FRAMES_MAX, `_plan_analysis`)."""
         self._audio_frames += len(frames)
+        self._unreported_frames += len(frames)
         cut: list[AnalysisWindow] = []
-        blocks, voiced_columns = [], []
         for index, pipeline in enumerate(self._pipelines):
-            metrics.audio_ingested(pipeline.role.value, len(frames) / rate)
-            cut.extend(pipeline.push(np.ascontiguousarray(frames[:, index]), arrival))
-            block, voiced = pipeline.take_frames()
-            blocks.append(block)
-            voiced_columns.append(voiced)
-            self._count_segments(index)
-        ticks = self._analyse_frames(blocks, np.stack(voiced_columns, axis=1)) if len(voiced_columns[0]) else []
-        self._take_windows(cut)
-        self._on_ticks(ticks, arrival)
+            windows = pipeline.push(frames[:, index], arrival)
+            if windows:
+                cut.extend(windows)
+            if pipeline.segments != self._segments_seen[index]:
+                self._count_segments(index)
+        ticks = None
+        held = self._pipelines[0].kept_frames  # every channel has decided the same frames
+        if held and (cut or held >= self._analyse_at):
+            ticks = self._analyse_held()
+        if cut:
+            self._take_windows(cut)
+        if ticks:
+            self._on_ticks(ticks, arrival)
+
+    def _plan_analysis(self) -> None:
+        """After an analysis: how many frames may be held before the next one (up to the next conversation
+        tick if the rules look at ticks, so that tick alerts fire with the chunk that completes the tick)."""
+        limit = HELD_FRAMES_MAX
+        if self._ctx.rules().needs_ticks:
+            conversation = self._conversation
+            limit = min(limit, max(1, -(-(conversation.next_tick_ms - conversation.now_ms) // self._frame_ms)))
+        self._analyse_at = limit
 
     def _step_over(self, samples: int, arrival: float) -> None:
         """A stretch with no audio: open segments end, the clocks advance; no sample is made."""
+        self._on_ticks(self._analyse_held(), arrival)
         cut: list[AnalysisWindow] = []
         for index, pipeline in enumerate(self._pipelines):
             cut.extend(pipeline.skip(samples, arrival))
@@ -400,17 +441,41 @@ class CallSession:
             track.skip(frames)
         self._take_windows(cut)
         self._on_ticks(self._conversation.skip(frames), arrival)
+        self._plan_analysis()
         self._audio_frames += samples
+
+    def _analyse_held(self) -> list[ConversationSnapshot]:
+        """Prosody and turn-taking for the frames the VAD decided that were not analysed yet (the channels
+        kept the same frames)."""
+        held = self._pipelines[0].kept_frames
+        if not held:
+            return []
+        blocks, flags = zip(*(pipeline.take_frames() for pipeline in self._pipelines))
+        vad = np.frombuffer(b"".join(flags), dtype=np.bool_).reshape(len(blocks), held).T
+        ticks = self._analyse_frames(list(blocks), vad)
+        self._plan_analysis()
+        return ticks
 
     def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
         """Prosody and turn-taking for the next whole VAD frames of every channel (near silence and crosstalk removed)."""
         speaking, crosstalk = speaking_frames(blocks, vad, self._frame_samples, self._ctx.analytics.crosstalk_margin_db)
-        for index, pipeline in enumerate(self._pipelines):
-            role = pipeline.role
-            self._prosody[role].push(blocks[index], speaking[:, index])
-            self._voiced_frames[role] += int(np.count_nonzero(speaking[:, index]))
-            self._crosstalk_frames[role] += int(np.count_nonzero(crosstalk[:, index]))
+        for index, track in enumerate(self._channel_prosody):
+            column = speaking[:, index]
+            track.push(blocks[index], column)
+            self._voiced_frames[index] += int(np.count_nonzero(column))
+            self._crosstalk_frames[index] += int(np.count_nonzero(crosstalk[:, index]))
         return self._conversation.push(speaking)
+
+    def _report_ingested(self) -> None:
+        """Add the audio ingested and the time each push took since the last report to their metrics."""
+        rate = self.config.audio.sample_rate
+        if self._unreported_frames:
+            for pipeline in self._pipelines:
+                metrics.audio_ingested(pipeline.role.value, self._unreported_frames / rate)
+            self._unreported_frames = 0
+        if self._ingest_seconds:
+            metrics.stage_times("ingest", self._ingest_seconds)
+            self._ingest_seconds.clear()
 
     def _report_all(self, notices: list[Notice]) -> None:
         for notice in notices:
@@ -503,6 +568,8 @@ class CallSession:
                 await asyncio.sleep(0)
         except CallLimitExceeded:
             pass  # the call is ending anyway
+        self._on_ticks(self._analyse_held(), arrival)
+        self._report_ingested()
         self._state = "ending"
         for index, pipeline in enumerate(self._pipelines):
             self._take_windows(pipeline.flush(arrival))
@@ -540,6 +607,7 @@ class CallSession:
             self._events.close()
             return
         self._state = "closed"
+        self._report_ingested()
         for task in (self._scorer, self._watchdog):
             if task is not None:
                 task.cancel()
@@ -597,7 +665,7 @@ class CallSession:
             cpm = self._transcripts[window.role].rate(window.end_ms)
             if cpm is not None:
                 figures = dataclasses.replace(figures, speech_rate_cpm=cpm)
-            speech_ms = self._voiced_frames[window.role] * self._frame_ms
+            speech_ms = self._voiced_frames[self._channel_of[window.role]] * self._frame_ms
             window = dataclasses.replace(window, analytics=WindowAnalytics(figures, snapshot, speech_ms))
             if window.scored and figures.voiced_ms == 0:
                 # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
@@ -629,8 +697,10 @@ class CallSession:
             self._raise(match, window.arrival)
 
     def _on_ticks(self, ticks: list[ConversationSnapshot], arrival: float) -> None:
+        if not ticks:
+            return
         engine = self._ctx.rules()
-        if not ticks or not engine.needs_ticks:
+        if not engine.needs_ticks:
             return
         for snapshot in ticks:
             for match in engine.evaluate_tick(self._rule_state, snapshot):
@@ -852,7 +922,7 @@ class CallSession:
                 "windows_skipped": self._skipped_windows[s.speaker],
                 "top_labels": dict(s.top_labels),
                 "prosody": {**self._prosody[s.speaker].totals(), **self._transcripts[s.speaker].totals()},
-                "crosstalk_ms": self._crosstalk_frames[s.speaker] * self._frame_ms,
+                "crosstalk_ms": self._crosstalk_frames[self._channel_of[s.speaker]] * self._frame_ms,
                 "trajectory": {
                     "resolution_ms": 1000,
                     "points": [{"t_ms": t_ms, "scores": [round(float(x), 4) for x in scores]} for t_ms, scores in timeline.trajectory()],

@@ -152,3 +152,56 @@ def test_memory_is_bounded_for_long_audio(customer):
         pipeline.push(looped, 0.0)
     assert pipeline.buffered_samples <= early + rate * 20 // 1000  # a partial frame may wait
     assert pipeline.position >= 10 * 60 * rate
+
+
+def generated_speech(rate: int, seconds: float, seed: int) -> np.ndarray:
+    """Voiced bursts (a glottal-like pulse train with syllable envelopes) of random lengths between random
+    silences, some short enough to be bridged, some long enough to close a segment."""
+    rng = np.random.default_rng(seed)
+    out = []
+    total = int(seconds * rate)
+    while sum(len(x) for x in out) < total:
+        burst = int(rng.uniform(0.1, 4.0) * rate)
+        t = np.arange(burst) / rate
+        f0 = rng.uniform(90, 250)
+        source = np.sign(np.sin(2 * np.pi * f0 * t)) * np.exp(-((t * f0) % 1.0) * 6)
+        envelope = 0.6 + 0.4 * np.sin(2 * np.pi * rng.uniform(3, 6) * t) ** 2
+        out.append((source * envelope * rng.uniform(2000, 12000)).astype(np.int16))
+        out.append((rng.normal(0, 20, int(rng.choice([0.1, 0.25, 0.5, 1.5]) * rate))).astype(np.int16))
+    return np.concatenate(out)[:total]
+
+
+def _window_fields(w):
+    return (w.role, w.segment_index, w.sample_rate, w.start_sample, w.end_sample, w.encode_from_sample, w.new_from_sample,
+            w.final, w.cut_sample, w.scored, w.samples.dtype, w.samples.tobytes())
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+@pytest.mark.parametrize("windows", [WindowConfig(), FULL])
+def test_pushing_20_ms_at_a_time_or_one_block_gives_the_same_segments_and_windows(rate, windows):
+    """The same generated audio pushed 20 ms at a time, in 7 ms pieces or in one block gives identical windows
+    (spans, cut points, audio), VAD decisions, segments and speech time, with segments also cut at their maximum length
+    and a skipped stretch in the middle."""
+    samples = generated_speech(rate, 40, seed=rate)
+    halves = (samples[: len(samples) // 2], samples[len(samples) // 2:])
+    vad = VadConfig(max_segment_ms=2000)
+    results = []
+    for chunk in (rate * 20 // 1000, rate * 7 // 1000, len(samples)):
+        pipeline = ChannelPipeline(Role.CUSTOMER, rate, vad, windows, keep_frames=True)
+        cut, flags = [], []
+        for part, half in enumerate(halves):
+            if part:
+                cut.extend(pipeline.skip(rate * 3 // 2, arrival=0.0))
+            for i in range(0, len(half), chunk):
+                cut.extend(pipeline.push(half[i:i + chunk], arrival=0.0))
+                block, voiced = pipeline.take_frames()
+                assert len(block) == len(voiced) * pipeline._frame
+                flags.append(voiced)
+        cut.extend(pipeline.flush(arrival=0.0))
+        results.append(([_window_fields(w) for w in cut], b"".join(flags), pipeline.segments, pipeline.speech_samples,
+                         pipeline.position))
+    assert results[0] == results[1] == results[2]
+    windows_cut, flags, segments, _, position = results[0]
+    assert segments >= 8 and len(windows_cut) > segments and position >= len(samples) + rate * 3 // 2 - 2 * rate // 50
+    assert sum(flags) > len(flags) // 3
+    assert any(w[4] - w[3] >= 19 * rate // 10 for w in windows_cut)  # segments ran into max_segment_ms

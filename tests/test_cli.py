@@ -50,6 +50,21 @@ def served(redis_server, test_models):
         proc.wait(30)
 
 
+def test_served_process_runs_on_uvloop(redis_server):
+    """`python -m service serve` runs the event loops of its engine and its worker on uvloop and says so in its log."""
+    env = dict(os.environ, CALLPULSE_REDIS_URL=redis_server.url, CALLPULSE_REDIS_PREFIX="cli-loop", CALLPULSE_LOG_LEVEL="INFO")
+    proc = start_process(["-m", "service", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--ws-port", "-1",
+                          "--metrics-port", "-1", "--model", "builtin:constant"], env=env)
+    try:
+        wait_ready(proc)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    loop_lines = [line for line in proc.stderr.read().splitlines() if "event loop:" in line]
+    assert len(loop_lines) == 2 and all("event loop: uvloop.Loop" in line for line in loop_lines), loop_lines
+    assert any("[engine]" in line for line in loop_lines) and any("[worker-1]" in line for line in loop_lines)
+
+
 def test_serve_bridge_and_subscribers_end_to_end(served, redis_server):
     """serve (configured by environment and flags) + bridge + two subscribers: both subscribers print the alert."""
     base = ["-m", "clients.subscribe", "--redis-url", redis_server.url, "--prefix", "cli", "--count", "1", "--timeout", "60"]

@@ -159,7 +159,7 @@ def test_a_pod_of_two_workers_raises_every_alert_and_sums_its_metrics(pod):
     assert after["callpulse_pod_processes{kind=\"worker\"}"] == 2 and after["callpulse_pod_cpu_seconds_total"] > 0
     assert pod.engine() is not None and not any(_has_torch(pid) for pid in workers)
     log = open(pod.log.name).read()
-    assert log.count("event loop: uvloop") == 3  # the engine and both workers
+    assert log.count("event loop: uvloop.Loop") == 3  # the engine and both workers
 
 
 def test_a_killed_worker_is_restarted_while_the_other_workers_calls_go_on_then_sigterm_drains_every_worker(

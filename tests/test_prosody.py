@@ -212,6 +212,38 @@ def test_pitch_jumps_flags_isolated_octave_errors_and_accepts_a_sustained_change
     assert not pitch_jumps(np.array([120.0] * 9), np.array([180.0])).any()  # 7 semitones is within the 9 allowed
 
 
+def _pitch_jumps_frame_by_frame(previous, f0, max_jump_st=9.0, reference_frames=9, min_reference=3):
+    """The jump test one frame at a time: median of the pitched values before each frame (NaN = no pitch)."""
+    history = [float(v) for v in previous if not np.isnan(v)]
+    flags = []
+    for value in f0:
+        if np.isnan(value):
+            flags.append(False)
+            continue
+        reference = history[-reference_frames:]
+        flags.append(len(reference) >= min_reference and abs(12.0 * np.log2(value / np.median(reference))) > max_jump_st)
+        history.append(float(value))
+    return np.array(flags, dtype=bool)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pitch_jumps_over_a_block_equals_the_frame_by_frame_test(seed):
+    """Flagging a whole block of F0 values at once gives exactly the frame-by-frame answer, with no, a short or a full
+    history before it, unpitched frames among them, octave errors and sustained moves, and with an uneven reference."""
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        previous = rng.uniform(90, 250, int(rng.integers(0, 14)))
+        level = rng.uniform(90, 250)
+        f0 = level * np.exp2(rng.normal(0, 0.05, int(rng.integers(0, 80))))
+        f0[rng.random(len(f0)) < 0.1] *= 2.0  # octave errors
+        f0[int(len(f0) * 0.6):] *= rng.choice([1.0, 1.9])  # a sustained move
+        f0[rng.random(len(f0)) < 0.3] = np.nan
+        for reference_frames, min_reference in ((9, 3), (8, 2)):
+            expected = _pitch_jumps_frame_by_frame(previous, f0, reference_frames=reference_frames, min_reference=min_reference)
+            got = pitch_jumps(previous, f0, reference_frames=reference_frames, min_reference=min_reference)
+            assert got.tolist() == expected.tolist()
+
+
 def test_octave_up_bursts_inside_a_steady_voice_do_not_widen_the_pitch_range():
     """Short bursts at twice the F0 in a steady 120 Hz voice are dropped from the pitch figures and counted as jumps."""
     rate = 8000
@@ -378,3 +410,31 @@ def test_espeak_speech_has_plausible_pitch_and_speech_rate(name, channel):
     assert figures.voiced_ms >= 3000
     totals = track.totals()
     assert 70 <= totals["pitch_hz"] <= 300 and 150 <= totals["speech_rate_spm"] <= 400
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_low_passing_only_what_yin_reads_gives_the_samples_of_low_passing_everything(rate):
+    """The pitch low-pass computed over scattered stretches (the windows of voiced frames) gives exactly the samples
+    that filtering the whole block gives, at 8 kHz and through the 16 kHz polyphase decimation."""
+    from service.analytics.prosody import _lowpass, _lowpass_spans, _pitch_taps
+
+    rng = np.random.default_rng(rate)
+    taps = _pitch_taps(rate)
+    decimation = rate // 8000
+    for _ in range(30):
+        count = int(rng.integers(1, 60)) * 160
+        ext = rng.normal(0, 3000, len(taps) - 1 + count * decimation)
+        whole = _lowpass(ext, taps, decimation, 0, count)
+        if decimation == 2:  # the filter as one pass over the block, polyphase at 16 kHz
+            reference = np.convolve(ext[1::2], taps[0::2], mode="valid")
+            reference += np.convolve(ext[0::2], taps[1::2], mode="valid")[1:]
+        else:
+            reference = np.convolve(ext, taps, mode="valid")
+        assert np.array_equal(whole, reference)
+        starts = np.sort(rng.integers(0, count, 4))
+        spans = [(int(a), int(min(count, a + rng.integers(1, 800)))) for a in starts]
+        y = _lowpass_spans(ext, taps, decimation, count, spans)
+        inside = np.zeros(count, bool)
+        for a, b in spans:
+            inside[a:b] = True
+        assert np.array_equal(y[inside], whole[inside]) and not y[~inside].any()

@@ -142,6 +142,11 @@ class ConversationTracker:
         """Call offset of the end of the frames processed so far."""
         return self._frame * self.frame_ms
 
+    @property
+    def next_tick_ms(self) -> int:
+        """Call offset of the next tick boundary: frames that reach it make `push` return a snapshot."""
+        return self._next_tick
+
     def push(self, voiced: np.ndarray) -> list[ConversationSnapshot]:
         """Process the next frames: `voiced` has shape (n_frames, len(roles)) (or (n_frames,) for one
         channel), one VAD flag per frame and channel. Returns a snapshot for every tick boundary

@@ -43,7 +43,7 @@ def speaking_frames(
     voiced = np.asarray(voiced, dtype=bool)
     if voiced.ndim != 2 or voiced.shape[1] != len(blocks):
         raise ValueError(f"voiced must have shape (frames, {len(blocks)}), got {voiced.shape}")
-    if not voiced.any():
+    if not np.count_nonzero(voiced):
         return voiced, np.zeros_like(voiced)
     frames, channels = voiced.shape
     floor = _FLOOR_POWER * frame_samples * FULL_SCALE * FULL_SCALE
@@ -51,14 +51,14 @@ def speaking_frames(
     if frames == 1:
         return _one_frame(blocks, voiced[0], frame_samples, floor, ratio if margin_db > 0 else 0.0)
     # Compared as mean-square powers (no logarithms): this runs on every chunk of every call.
-    x = np.stack([np.asarray(b)[: frames * frame_samples] for b in blocks]).reshape(channels, frames, frame_samples)
+    x = np.concatenate([np.asarray(b)[: frames * frame_samples] for b in blocks]).reshape(channels, frames, frame_samples)
     x = x.astype(np.float64)
     power = np.einsum("cfs,cfs->fc", x, x)  # frame_samples * 32768^2 times the power relative to full scale
     speaking = voiced & (power > floor)
     crosstalk = np.zeros_like(voiced)
     if margin_db > 0 and channels > 1:
         overlap = np.count_nonzero(speaking, axis=1) >= 2
-        if overlap.any():
+        if np.count_nonzero(overlap):
             loudest = np.where(speaking, power, 0.0).max(axis=1, keepdims=True)
             crosstalk = speaking & overlap[:, None] & (power <= loudest * ratio)
             speaking = speaking & ~crosstalk

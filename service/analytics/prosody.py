@@ -78,6 +78,19 @@ def _power_db(power: np.ndarray) -> np.ndarray:
         return np.maximum(10.0 * np.log10(power), SILENCE_DBFS)
 
 
+def _positive_power_db(power: np.ndarray) -> np.ndarray:
+    """_power_db of powers known to be > 0 (no division-by-zero warning to silence)."""
+    return np.maximum(10.0 * np.log10(power), SILENCE_DBFS)
+
+
+def _strided_rows(signal: np.ndarray, width: int, step: int) -> np.ndarray:
+    """Read-only view of the windows signal[k*step : k*step + width] for every whole window
+    (sliding_window_view(signal, width)[::step] without its overhead)."""
+    count = (len(signal) - width) // step + 1
+    stride = signal.strides[0]
+    return np.lib.stride_tricks.as_strided(signal, shape=(max(count, 0), width), strides=(step * stride, stride), writeable=False)
+
+
 def _frame_power(frames: np.ndarray) -> np.ndarray:
     """Mean-square power of each row relative to full scale (float64)."""
     x = frames.astype(np.float64, copy=False)
@@ -102,6 +115,7 @@ def yin_min_samples(sample_rate: int, fmin: float = PITCH_FMIN_HZ) -> int:
     return 2 * int(math.ceil(sample_rate / fmin)) + 2
 
 
+@functools.lru_cache(maxsize=64)
 def _fft_size(n: int) -> int:
     """Smallest 2^a * 3^b * 5^c >= n (fast sizes for numpy's FFT)."""
     best = 1 << max(0, (n - 1).bit_length())
@@ -158,20 +172,19 @@ def yin_f0(
     head = np.fft.rfft(x[:, :width], nfft, axis=1)
     corr = np.fft.irfft(spectrum * np.conj(head), nfft, axis=1)[:, :lags]
     energy = np.zeros((n, length + 1))
-    np.cumsum(x * x, axis=1, out=energy[:, 1:])
-    tau = np.arange(lags)
+    (x * x).cumsum(axis=1, out=energy[:, 1:])
+    tau = _lags(lags)
     # d(tau) = sum_{j<W} x_j^2 + sum_{j<W} x_{j+tau}^2 - 2 sum_{j<W} x_j x_{j+tau}
-    diff = energy[:, width : width + 1] + (energy[:, tau + width] - energy[:, tau]) - 2.0 * corr
+    diff = energy[:, width : width + 1] + (energy[:, width : width + lags] - energy[:, :lags]) - 2.0 * corr
     np.maximum(diff, 0.0, out=diff)
     diff[:, 0] = 0.0
-    running = np.cumsum(diff[:, 1:], axis=1)
+    running = diff[:, 1:].cumsum(axis=1)
     cmnd = np.ones_like(diff)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        np.divide(diff[:, 1:] * tau[1:], running, out=cmnd[:, 1:], where=running > 0)
+    np.divide(diff[:, 1:] * tau[1:], running, out=cmnd[:, 1:], where=running > 0)  # only where defined: no warning
     search = cmnd[:, tau_min : tau_max + 1]
     below = search < threshold
     found = below.any(axis=1)
-    if not found.any():
+    if not np.count_nonzero(found):
         return f0
     rows = np.flatnonzero(found)
     first = below[rows].argmax(axis=1) + tau_min
@@ -185,11 +198,19 @@ def yin_f0(
     curve = left - 2.0 * mid + right
     shift = np.zeros(len(rows))
     np.divide(0.5 * (left - right), curve, out=shift, where=curve > 0)
-    period = best + np.clip(shift, -1.0, 1.0)
+    period = best + np.minimum(np.maximum(shift, -1.0), 1.0)  # np.clip without its wrapper
     estimate = sample_rate / period
     estimate[(estimate < fmin) | (estimate > fmax)] = np.nan
     f0[rows] = estimate
     return f0
+
+
+@functools.lru_cache(maxsize=8)
+def _lags(count: int) -> np.ndarray:
+    """0 .. count-1 as float-free int64 (read-only, shared)."""
+    lags = np.arange(count)
+    lags.setflags(write=False)
+    return lags
 
 
 def pitch_jumps(previous: np.ndarray, f0: np.ndarray, max_jump_st: float = PITCH_JUMP_ST,
@@ -205,8 +226,33 @@ def pitch_jumps(previous: np.ndarray, f0: np.ndarray, max_jump_st: float = PITCH
     if not len(rows):
         return jumps
     previous = np.asarray(previous, dtype=np.float64)[-reference_frames:]
+    if np.isnan(previous).any():
+        return _pitch_jumps_nan(previous, f0, rows, jumps, max_jump_st, reference_frames, min_reference)
+    # Row j: the reference_frames values before the j-th new pitched value; the first rows reach back
+    # before the call's first pitched frame and hold only the last len(previous) + j of them.
+    values = np.concatenate((previous, f0[rows]))
+    held = np.minimum(len(previous) + np.arange(len(rows)), reference_frames)
+    enough = held >= min_reference
+    if not enough.any():
+        return jumps
+    median = np.empty(len(rows))
+    full = np.flatnonzero(held == reference_frames)
+    if len(full):
+        # np.median over whole rows is nanmedian's answer when no value is missing (the middle value, or
+        # the halved sum of the two middle ones), at a fraction of its cost.
+        reference = _strided_rows(values, reference_frames, 1)[full + len(previous) - reference_frames]
+        median[full] = np.median(reference, axis=1)
+    for j in np.flatnonzero(enough & (held < reference_frames)).tolist():
+        median[j] = np.median(values[len(previous) + j - held[j]: len(previous) + j])
+    distance = np.abs(12.0 * np.log2(f0[rows[enough]] / median[enough]))
+    jumps[rows[enough]] = distance > max_jump_st
+    return jumps
+
+
+def _pitch_jumps_nan(previous: np.ndarray, f0: np.ndarray, rows: np.ndarray, jumps: np.ndarray, max_jump_st: float,
+                     reference_frames: int, min_reference: int) -> np.ndarray:
+    """pitch_jumps when `previous` itself has missing (NaN) values."""
     sequence = np.concatenate((np.full(reference_frames - len(previous), np.nan), previous, f0[rows]))
-    # Row j: the reference_frames values before the j-th new pitched value.
     reference = np.lib.stride_tricks.sliding_window_view(sequence, reference_frames)[: len(rows)]
     enough = np.count_nonzero(~np.isnan(reference), axis=1) >= min_reference
     if not enough.any():
@@ -215,6 +261,13 @@ def pitch_jumps(previous: np.ndarray, f0: np.ndarray, max_jump_st: float = PITCH
     distance = np.abs(12.0 * np.log2(f0[rows[enough]] / median))
     jumps[rows[enough]] = distance > max_jump_st
     return jumps
+
+
+@functools.lru_cache(maxsize=8)
+def _ones(count: int) -> np.ndarray:
+    ones = np.ones(count)
+    ones.setflags(write=False)
+    return ones
 
 
 @functools.lru_cache(maxsize=None)
@@ -230,13 +283,41 @@ def _pitch_taps(sample_rate: int) -> np.ndarray:
     return h
 
 
+def _lowpass(ext: np.ndarray, taps: np.ndarray, decimation: int, start: int, end: int) -> np.ndarray:
+    """Samples [start, end) of the pitch low-pass at 8 kHz of `ext` (the input with the filter's
+    len(taps) - 1 samples of history in front). At 16 kHz (decimation 2) output m is the filter ending at
+    input sample 2m + 1, as two polyphase branches at 8 kHz. Each output is its own dot product with the
+    taps, so a stretch computed alone equals the same stretch of the whole."""
+    if decimation == 2:
+        y = np.convolve(ext[1 + 2 * start : 2 * end + len(taps) - 1 : 2], taps[0::2], mode="valid")
+        y += np.convolve(ext[2 + 2 * start : 2 * end + len(taps) - 1 : 2], taps[1::2], mode="valid")
+        return y
+    return np.convolve(ext[start : end + len(taps) - 1], taps, mode="valid")
+
+
+def _lowpass_spans(ext: np.ndarray, taps: np.ndarray, decimation: int, count: int, spans: list[tuple[int, int]]) -> np.ndarray:
+    """The `count` low-pass output samples of `ext`, computed only inside `spans` ((start, end) pairs,
+    possibly overlapping); the others are left 0."""
+    spans = sorted(spans)
+    if spans[0][0] <= 0 and spans[-1][1] >= count and all(a[1] >= b[0] for a, b in zip(spans, spans[1:])):
+        return _lowpass(ext, taps, decimation, 0, count)  # one stretch covers everything
+    y = np.zeros(count)
+    done = 0
+    for start, end in spans:
+        start = max(start, done)
+        if end > start:
+            y[start:end] = _lowpass(ext, taps, decimation, start, end)
+            done = end
+    return y
+
+
 def _level_bins(levels: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((levels - SILENCE_DBFS) / LEVEL_BIN_DB), 0, _LEVEL_BINS - 1).astype(np.intp)
+    return np.minimum(np.maximum(np.rint((levels - SILENCE_DBFS) / LEVEL_BIN_DB), 0), _LEVEL_BINS - 1).astype(np.intp)
 
 
 def _hist_quantile(hist: np.ndarray, q: float) -> int:
     """Bin index of the q-quantile of a histogram with at least one count."""
-    cumulative = np.cumsum(hist)
+    cumulative = hist.cumsum()
     return int(np.searchsorted(cumulative, q * cumulative[-1], side="left"))
 
 
@@ -431,6 +512,7 @@ class ProsodyTrack:
         self._voiced_frames = 0
         self._voiced_power = 0.0
         self._level_hist = np.zeros(_LEVEL_BINS, np.int64)
+        self._baseline: float | None = None  # the histogram's median level, until a new block comes in
         self._block_frames = max(1, BASELINE_BLOCK_MS // frame_ms)
         self._block_power: list[float] = []  # voiced frame powers of the block being filled
         self._pitch_hist = np.zeros(_PITCH_BINS, np.int64)
@@ -491,16 +573,18 @@ class ProsodyTrack:
         first = self._next
         x = samples.astype(np.float64)
         power = np.maximum(_frame_power(x.reshape(n, self.frame_samples)), _FLOOR_POWER)
-        level = _power_db(power)
+        level = _positive_power_db(power)
         f0 = self._pitch(x, voiced)
         contour = self._contour(power)
-        nuclei = self._detector.push(first, contour, ~np.isnan(f0))
-        raw = f0[~np.isnan(f0)]
-        jumps = pitch_jumps(self._recent_f0, f0)
+        has_f0 = ~np.isnan(f0)
+        nuclei = self._detector.push(first, contour, has_f0)
+        raw = f0[has_f0]
+        jumps = pitch_jumps(self._recent_f0, f0) if len(raw) else None
         if len(raw):
             self._recent_f0 = np.concatenate((self._recent_f0, raw))[-PITCH_REFERENCE_FRAMES:]
-        f0[jumps] = np.nan
-        self._pitch_jumps += int(np.count_nonzero(jumps))
+        if jumps is not None and np.count_nonzero(jumps):
+            f0[jumps] = np.nan
+            self._pitch_jumps += int(np.count_nonzero(jumps))
         self._next = first + n
         self._store(first, level, f0, voiced)
         if len(nuclei):
@@ -511,11 +595,12 @@ class ProsodyTrack:
         count = int(np.count_nonzero(voiced))
         if count:
             self._voiced_frames += count
-            self._voiced_power += float(power[voiced].sum())
-            self._add_to_baseline(power[voiced])
-            pitched = f0[~np.isnan(f0)]
+            voiced_power = power[voiced]
+            self._voiced_power += float(voiced_power.sum())
+            self._add_to_baseline(voiced_power)
+            pitched = f0[~np.isnan(f0)] if len(raw) else raw
             if len(pitched):
-                bins = np.clip(np.rint(12.0 * np.log2(pitched / PITCH_FMIN_HZ) / PITCH_BIN_ST), 0, _PITCH_BINS - 1)
+                bins = np.minimum(np.maximum(np.rint(12.0 * np.log2(pitched / PITCH_FMIN_HZ) / PITCH_BIN_ST), 0), _PITCH_BINS - 1)
                 self._pitch_hist += np.bincount(bins.astype(np.intp), minlength=_PITCH_BINS)
 
     def skip(self, frames: int) -> None:
@@ -530,24 +615,30 @@ class ProsodyTrack:
 
     def _pitch(self, x: np.ndarray, voiced: np.ndarray) -> np.ndarray:
         """F0 per frame (NaN where the VAD says unvoiced or YIN finds no period) over the PITCH_WINDOW_MS of
-        audio low-passed to PITCH_LOWPASS_HZ at 8 kHz ending at each frame end (the FIR delays it by ~2 ms)."""
+        audio low-passed to PITCH_LOWPASS_HZ at 8 kHz ending at each frame end (the FIR delays it by ~2 ms).
+        Only the low-passed samples YIN reads are computed: the windows of voiced frames, and the block's
+        last samples that the next block's first window reaches back to."""
         n = len(voiced)
         taps = _pitch_taps(self.sample_rate)
         ext = np.concatenate((self._fir_tail, x))
         self._fir_tail = ext[len(ext) - (len(taps) - 1) :].copy()
-        if self._decimation == 2:
-            # Output m is the filter ending at native sample 2m + 1 (so 8 kHz frames stay aligned),
-            # computed as two polyphase branches at 8 kHz.
-            y = np.convolve(ext[1::2], taps[0::2], mode="valid")
-            y += np.convolve(ext[0::2], taps[1::2], mode="valid")[1:]
-        else:
-            y = np.convolve(ext, taps, mode="valid")
-        signal = np.concatenate((self._pitch_tail, y))
-        self._pitch_tail = signal[len(signal) - len(self._pitch_tail) :].copy()
-        f0 = np.full(n, np.nan)
+        step, tail = self._pitch_frame, len(self._pitch_tail)
+        count = n * step
         rows = np.flatnonzero(voiced)
+        # Sample m of this block's low-passed signal y is read by the windows of frames m // step and the
+        # following (tail // step) ones: a run of voiced frames k0..k1 reads y[k0*step - tail, (k1+1)*step).
+        spans = [(max(0, count - tail), count)]
         if len(rows):
-            windows = np.lib.stride_tricks.sliding_window_view(signal, self._pitch_window)[:: self._pitch_frame]
+            breaks = np.flatnonzero(np.diff(rows) > 1).tolist()
+            firsts = [rows[0]] + [rows[i + 1] for i in breaks]
+            lasts = [rows[i] for i in breaks] + [rows[-1]]
+            spans = [(max(0, int(k0) * step - tail), (int(k1) + 1) * step) for k0, k1 in zip(firsts, lasts)] + spans
+        y = _lowpass_spans(ext, taps, self._decimation, count, spans)
+        signal = np.concatenate((self._pitch_tail, y))
+        self._pitch_tail = signal[len(signal) - tail :].copy()
+        f0 = np.full(n, np.nan)
+        if len(rows):
+            windows = _strided_rows(signal, self._pitch_window, step)
             f0[rows] = yin_f0(windows[rows], PITCH_RATE, PITCH_FMIN_HZ, PITCH_FMAX_HZ)
         return f0
 
@@ -555,11 +646,11 @@ class ProsodyTrack:
         """Intensity contour: level over the last CONTOUR_WINDOW_MS (whole frames) ending at each frame end."""
         m = self._contour_frames
         if m == 1:
-            return _power_db(power)
+            return _positive_power_db(power)
         ext = np.concatenate((self._power_tail, power))
         self._power_tail = ext[len(ext) - (m - 1) :].copy()
-        sums = np.convolve(ext, np.ones(m), mode="valid")
-        return _power_db(sums / m)
+        sums = np.convolve(ext, _ones(m), mode="valid")
+        return _positive_power_db(sums / m)
 
     def _store(self, first: int, level: np.ndarray, f0: np.ndarray, voiced: np.ndarray) -> None:
         n = len(level)
@@ -579,9 +670,11 @@ class ProsodyTrack:
         self._flush()
         if self._voiced_frames == 0 or self._voiced_frames * self.frame_ms < self.warmup_ms:
             return None
-        if not self._level_hist.any():
-            return None
-        return SILENCE_DBFS + LEVEL_BIN_DB * _hist_quantile(self._level_hist, 0.5)
+        if self._baseline is None:
+            if not self._level_hist.any():
+                return None
+            self._baseline = SILENCE_DBFS + LEVEL_BIN_DB * _hist_quantile(self._level_hist, 0.5)
+        return self._baseline
 
     def _add_to_baseline(self, voiced_power: np.ndarray) -> None:
         self._block_power.extend(voiced_power.tolist())
@@ -589,7 +682,8 @@ class ProsodyTrack:
         while len(self._block_power) >= size:
             block = np.array(self._block_power[:size])
             del self._block_power[:size]
-            self._level_hist += np.bincount(_level_bins(_power_db(np.array([block.mean()]))), minlength=_LEVEL_BINS)
+            self._level_hist[_level_bins(_positive_power_db(np.array([block.mean()])))[0]] += 1
+            self._baseline = None
 
     def figures(self, start_sample: int, end_sample: int, new_from_sample: int) -> ProsodyFigures:
         """Figures for the span [start_sample, end_sample) of this channel (native samples from the call

@@ -1,7 +1,8 @@
 """One speaker's channel: 20 ms VAD frames at the native rate -> speech segments -> analysis windows.
 
 Segments are never merged: a segment closes after `trailing_silence_ms` of unvoiced audio or at
-`max_segment_ms`. While a segment is open, a window of the last `window_ms` of that segment is cut
+`max_segment_ms`. The VAD decides every frame as it arrives; the samples go into the ring in pieces of
+about a hop (and up to the frame a window is cut at, before it is cut), not frame by frame. While a segment is open, a window of the last `window_ms` of that segment is cut
 every `hop_ms` of speech so that a long utterance is scored while it happens; one more window is cut
 when the segment closes if enough new speech came since the last one.
 
@@ -17,10 +18,14 @@ from typing import Any
 
 import numpy as np
 import webrtcvad
+from webrtcvad import _webrtcvad
 
 from service.audio.ring import SampleRing
 from service.config import VadConfig, WindowConfig
 from service.domain import Role
+
+_EMPTY = np.zeros(0, dtype=np.int16)
+_EMPTY.setflags(write=False)
 
 # The closing window of a segment is cut only if at least this much speech is new since the
 # previous window; shorter tails are already represented by the previous window.
@@ -75,9 +80,11 @@ class AnalysisWindow:
 class ChannelPipeline:
     """Per-channel VAD segmentation and window scheduling; memory is bounded by the window length."""
 
-    def __init__(self, role: Role, sample_rate: int, vad: VadConfig, windows: WindowConfig, scored: bool = True) -> None:
+    def __init__(self, role: Role, sample_rate: int, vad: VadConfig, windows: WindowConfig, scored: bool = True,
+                 keep_frames: bool = False) -> None:
         """`scored`: windows carry their audio for the emotion model; unscored windows are cut on the
-        same schedule without audio (for prosody rules)."""
+        same schedule without audio (for prosody rules). `keep_frames`: keep the decided frames and their
+        VAD decisions until `take_frames` (the caller must take them regularly)."""
         self.role = role
         self.sample_rate = sample_rate
         self.scored = scored
@@ -95,8 +102,13 @@ class ChannelPipeline:
         self._context = windows.context_ms * ms
         capacity = self._window + self._hop + (vad.trailing_silence_ms + vad.start_speech_ms) * ms + 2 * self._frame
         self._ring = SampleRing(capacity)
-        self._carry = np.zeros(0, dtype=np.int16)
-        self._block = np.zeros(0, dtype=np.int16)
+        self._carry = _EMPTY
+        self._position = 0  # samples consumed (whole frames): the ring's end plus what waits to go into it
+        self._unfilled: list[bytes] = []  # consumed samples not yet in the ring, in order
+        self._unfilled_samples = 0
+        self._fill_every = max(self._hop, self._frame)
+        self._keep = keep_frames
+        self._kept: list[bytes] = []  # frames decided since the last take_frames (keep_frames)
         self._voiced = bytearray()
         # segmentation state
         self._in_segment = False
@@ -114,12 +126,17 @@ class ChannelPipeline:
     @property
     def position(self) -> int:
         """Samples of this channel consumed by the VAD (whole frames)."""
-        return self._ring.end
+        return self._position
 
     @property
     def buffered_samples(self) -> int:
         """Samples held in memory for this channel (bounded, independent of call length)."""
-        return self._ring.capacity + len(self._carry)
+        return self._ring.capacity + len(self._carry) + self._unfilled_samples
+
+    @property
+    def kept_frames(self) -> int:
+        """Frames decided since the last `take_frames` (with keep_frames)."""
+        return len(self._voiced)
 
     @property
     def speech_ms(self) -> int:
@@ -129,43 +146,80 @@ class ChannelPipeline:
         """Feed int16 samples; returns the windows that became ready."""
         if len(self._carry):
             samples = np.concatenate([self._carry, samples])
-        whole = len(samples) - len(samples) % self._frame
-        self._carry = samples[whole:].copy()
-        self._block = samples[:whole]
+        frame = self._frame
+        whole = len(samples) - len(samples) % frame
+        self._carry = samples[whole:].copy() if whole < len(samples) else _EMPTY
         out: list[AnalysisWindow] = []
-        for offset in range(0, whole, self._frame):
-            self._frame_step(samples[offset : offset + self._frame], arrival, out)
+        if not whole:
+            return out
+        # The samples travel as bytes (native-endian int16) until they are needed as an array.
+        data = (samples if whole == len(samples) else samples[:whole]).tobytes()
+        start = self._position
+        self._position = start + whole
+        self._unfilled.append(data)
+        self._unfilled_samples += whole
+        keep = self._keep
+        if keep:
+            self._kept.append(data)
+        width = 2 * frame
+        vad, rate, flags, step = self._vad._vad, self.sample_rate, self._voiced, self._step
+        for offset in range(0, whole, frame):
+            # webrtcvad.Vad.is_speech without its Python wrapper (which only fills in the length).
+            voiced = _webrtcvad.process(vad, rate, data if whole == frame else data[offset * 2 : offset * 2 + width], frame)
+            if keep:
+                flags.append(voiced)
+            if voiced or self._in_segment:
+                step(voiced, start + offset, start + offset + frame, arrival, out)
+            else:  # the common case of the state machine: silence outside speech
+                self._voiced_run = 0
+                self._resume = False
+        if self._unfilled_samples >= self._fill_every or whole >= self._fill_every:
+            self._fill_ring(self._position)
         return out
 
-    def take_frames(self) -> tuple[np.ndarray, np.ndarray]:
-        """The whole VAD frames consumed by the last `push` and the VAD decision of each (bool array);
-        call it after every push."""
-        voiced = np.frombuffer(bytes(self._voiced), dtype=np.uint8).astype(bool)
+    def take_frames(self) -> tuple[np.ndarray, bytes]:
+        """The whole VAD frames decided since the last call (int16 samples) and the VAD decision of each
+        (one byte per frame, 1 voiced, 0 not); empty unless the pipeline keeps frames."""
+        kept = self._kept
+        samples = np.frombuffer(kept[0] if len(kept) == 1 else b"".join(kept), dtype=np.int16) if kept else _EMPTY
+        kept.clear()
+        voiced = bytes(self._voiced)
         self._voiced.clear()
-        return self._block, voiced
+        return samples, voiced
 
     def flush(self, arrival: float) -> list[AnalysisWindow]:
         """End of audio: close an open segment (a partial trailing frame is ignored)."""
         out: list[AnalysisWindow] = []
         if self._in_segment:
-            self._close(arrival, out)
-        self._carry = np.zeros(0, dtype=np.int16)
+            self._close(self._position, arrival, out)
+        self._carry = _EMPTY
         return out
 
     def skip(self, samples: int, arrival: float) -> list[AnalysisWindow]:
         """Audio that will never come (a paused or discarded stretch): close any open segment, advance the clock."""
         out = self.flush(arrival)
+        self._fill_ring(self._position)
         self._ring.skip(samples)
+        self._position = self._ring.end
         self._voiced_run = 0
         self._resume = False
         return out
 
-    def _frame_step(self, frame: np.ndarray, arrival: float, out: list[AnalysisWindow]) -> None:
-        voiced = self._vad.is_speech(frame.tobytes(), self.sample_rate)
-        self._voiced.append(voiced)
-        frame_start = self._ring.end
-        self._ring.append(frame)
-        frame_end = self._ring.end
+    def _fill_ring(self, end: int) -> None:
+        """Put the consumed samples up to channel position `end` into the ring."""
+        count = end - self._ring.end
+        if count <= 0:
+            return
+        unfilled = self._unfilled
+        data = np.frombuffer(unfilled[0] if len(unfilled) == 1 else b"".join(unfilled), dtype=np.int16)
+        self._ring.append(data[:count])
+        unfilled.clear()
+        if count < len(data):
+            unfilled.append(data[count:].tobytes())
+        self._unfilled_samples = len(data) - count
+
+    def _step(self, voiced: bool, frame_start: int, frame_end: int, arrival: float, out: list[AnalysisWindow]) -> None:
+        """The segmentation state machine for one frame [frame_start, frame_end) of the channel."""
         if not self._in_segment:
             if not voiced:
                 self._voiced_run = 0
@@ -181,39 +235,41 @@ class ChannelPipeline:
                 self._last_window_end = self._seg_start
                 self._last_voiced_end = frame_end
                 self._unvoiced_run = 0
-                self._maybe_window(arrival, out)
+                self._maybe_window(frame_end, arrival, out)
             return
         if voiced:
             self._last_voiced_end = frame_end
             self._unvoiced_run = 0
-            self._maybe_window(arrival, out)
+            self._maybe_window(frame_end, arrival, out)
         else:
             self._unvoiced_run += 1
             if self._unvoiced_run >= self._trailing_frames:
-                self._close(arrival, out)
+                self._close(frame_end, arrival, out)
                 return
         if frame_end - self._seg_start >= self._max_segment:
-            self._close(arrival, out)
+            self._close(frame_end, arrival, out)
             self._resume = True  # speech that goes on opens the next segment at its first voiced frame
 
-    def _maybe_window(self, arrival: float, out: list[AnalysisWindow]) -> None:
+    def _maybe_window(self, position: int, arrival: float, out: list[AnalysisWindow]) -> None:
         end = self._last_voiced_end
         if end - self._last_window_end >= self._hop and end - self._seg_start >= self._min_window:
-            out.append(self._cut(end, final=False, arrival=arrival))
+            out.append(self._cut(end, position, final=False, arrival=arrival))
 
-    def _close(self, arrival: float, out: list[AnalysisWindow]) -> None:
+    def _close(self, position: int, arrival: float, out: list[AnalysisWindow]) -> None:
         end = self._last_voiced_end
         length = end - self._seg_start
         new = end - self._last_window_end
         if length >= self._min_window and (new >= self._min_tail or self._last_window_end == self._seg_start):
-            out.append(self._cut(end, final=True, arrival=arrival))
+            out.append(self._cut(end, position, final=True, arrival=arrival))
         self.segments += 1
         self.speech_samples += length
         self._in_segment = False
         self._voiced_run = 0
         self._unvoiced_run = 0
 
-    def _cut(self, end: int, final: bool, arrival: float) -> AnalysisWindow:
+    def _cut(self, end: int, position: int, final: bool, arrival: float) -> AnalysisWindow:
+        """The window ending at sample `end`, cut when the channel has consumed `position` samples."""
+        self._fill_ring(position)
         start = max(self._seg_start, end - self._window)
         new_from = max(start, self._last_window_end)
         encode_from = max(self._seg_start, new_from - self._context) if self._incremental else start
@@ -226,7 +282,7 @@ class ChannelPipeline:
             encode_from_sample=encode_from,
             new_from_sample=new_from,
             final=final,
-            cut_sample=self._ring.end,
+            cut_sample=position,
             arrival=arrival,
             samples=self._ring.slice(encode_from, end) if self.scored else np.zeros(0, dtype=np.int16),
             scored=self.scored,

@@ -90,6 +90,10 @@ class SeqReorderBuffer(Generic[T]):
             self._deliver_ready(out)
             self._declare_lost(out)
             return out, "accepted"
+        if seq == self._next and not self._pending:  # the usual case: the next chunk, nothing waiting
+            self._recent.append(seq)
+            self._next = seq + 1
+            return [(seq, item)], "accepted"
         if seq < self._next:
             if self._next - seq > self._window + len(self._recent):
                 raise InvalidArgument(f"seq={seq} is far behind the stream (next expected seq={self._next}); seq must increase")
@@ -157,6 +161,8 @@ class InterleavedIngest:
     def push(self, seq: int, frames: np.ndarray) -> tuple[list, list[Notice]]:
         """Add one decoded chunk; returns what is now in order (sample arrays and Silence) and what to report."""
         deliveries, status = self._buffer.push(seq, frames)
+        if len(deliveries) == 1 and status == "accepted" and not isinstance(deliveries[0], Gap):
+            return [deliveries[0][1]], []
         out, notices = self._expand(deliveries)
         if status != "accepted":
             notices.append(Notice(status, seq))

@@ -224,10 +224,12 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
         """Feed requests into the session; bad input fails the session's event stream. (The session's own
         watchdog ends a call whose bridge goes quiet.)"""
         try:
+            monotonic = time.monotonic
             async for request in request_iterator:
                 kind = request.WhichOneof("payload")
                 if kind == "audio":
-                    session.push_audio(request.audio.seq, request.audio.data, time.monotonic())
+                    audio = request.audio
+                    session.push_audio(audio.seq, audio.data, monotonic())
                     await session.flow_control()
                 elif kind == "transcript":
                     _push_transcript(session, request.transcript)

@@ -1,0 +1,136 @@
+"""A CallSession analyses prosody and turn-taking on blocks of held frames with the same outputs as analysing every push."""
+
+import asyncio
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from service.batch import MemorySink
+from service.config import DEFAULT_RULES_PATH, AnalyticsConfig, IngestConfig, VadConfig, WindowConfig
+from service.domain import Alert, AudioFormat, CallConfig, CallSummary, EmotionUpdate, Encoding, Role
+from service.inference.batcher import InferenceBatcher
+from service.inference.scoring import LocalScoringClient
+from service.rules import RuleEngine, load_rules
+from service import session as session_module
+from service.session import CallSession, SessionContext
+from tests.fakes import FakeEmotionModel, one_hot
+
+RATE = 8000
+
+
+def voice(seconds: float, f0: float, level: float, rng: np.random.Generator) -> np.ndarray:
+    """A glottal-like pulse train with syllable-rate loudness changes (the VAD takes it for speech)."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    source = np.sign(np.sin(2 * np.pi * f0 * t)) * np.exp(-((t * f0) % 1.0) * 6)
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3.5, 5.5) * t) ** 2
+    return source * envelope * level
+
+
+def generated_call(seed: int) -> np.ndarray:
+    """Stereo int16 (customer, agent): turns, pauses that the hangover bridges and ones it does not, the agent
+    talking over the customer three times, six seconds of dead air and a customer getting louder."""
+    rng = np.random.default_rng(seed)
+    customer, agent = [], []
+
+    def add(c: np.ndarray | None, a: np.ndarray | None, seconds: float) -> None:
+        n = int(seconds * RATE)
+        customer.append(np.zeros(n) if c is None else np.pad(c, (0, n - len(c))))
+        agent.append(np.zeros(n) if a is None else np.pad(a, (0, n - len(a))))
+
+    for level in (3000, 3000, 9000):
+        add(voice(3.0, 180, level, rng), None, 3.4)
+        add(None, voice(2.0, 110, 4000, rng), 2.15)
+    for _ in range(3):  # interruptions: the agent starts while the customer speaks, both go on for 0.8 s
+        both = np.zeros(int(3.0 * RATE))
+        add(voice(3.0, 190, 6000, rng), np.concatenate([both[: int(2.2 * RATE)], voice(0.8, 105, 6000, rng)]), 3.0)
+        add(None, voice(1.0, 105, 6000, rng), 1.2)
+    add(None, None, 6.0)
+    add(voice(4.0, 200, 12000, rng), None, 4.5)
+    noise = rng.normal(0, 4, (sum(len(x) for x in customer), 2))
+    return np.clip(np.stack([np.concatenate(customer), np.concatenate(agent)], axis=1) + noise, -32768, 32767).astype(np.int16)
+
+
+def loudness_model() -> FakeEmotionModel:
+    """FAKE model: loud windows are angry, others neutral."""
+    def script(audio: np.ndarray) -> np.ndarray:
+        return one_hot("angry" if len(audio) and float(np.sqrt(np.mean(np.square(audio)))) > 0.15 else "neutral")
+    return FakeEmotionModel(script)
+
+
+TICK_RULES = ("dead-air", "agent-talks-over-customer")
+
+
+class PushCountingSink(MemorySink):
+    """Notes, for each alert of a rule on conversation ticks, how many chunks had been pushed when it was published."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pushed = 0
+        self.tick_alerts: list[tuple[str, int]] = []
+
+    def publish_alert(self, alert, call, arrival) -> None:
+        super().publish_alert(alert, call, arrival)
+        if alert.rule_id in TICK_RULES:
+            self.tick_alerts.append((alert.rule_id, self.pushed))
+
+
+async def replay(audio: np.ndarray, chunk_frames: int) -> dict:
+    """Replay the call through a CallSession in chunks of `chunk_frames`; what it produced, in comparable form."""
+    model = loudness_model()
+    batcher = InferenceBatcher(model, max_batch=4, max_wait_ms=1, queue_size=1024)
+    batcher.start()
+    engine = RuleEngine(load_rules(DEFAULT_RULES_PATH))
+    sink = PushCountingSink()
+    ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(max_chunk_bytes=4 << 20), scorer=LocalScoringClient(model, batcher),
+                         rules=lambda: engine, publisher=sink, model_name=model.name, labels=model.labels, analytics=AnalyticsConfig())
+    call = CallConfig("blocks", "agent-1", "team-1", "", AudioFormat(Encoding.PCM16LE, RATE, (Role.CUSTOMER, Role.AGENT)),
+                      score_roles=(Role.CUSTOMER,), realtime=False)
+    session = CallSession(call, ctx)
+    session.start()
+    updates, alerts, summaries = [], [], []
+
+    async def consume() -> None:
+        async for event in session.events():
+            if isinstance(event, EmotionUpdate):
+                updates.append({k: v for k, v in asdict(event).items() if k != "latency_ms"})
+            elif isinstance(event, Alert):
+                alerts.append((event.rule_id, event.speaker, event.start_ms, event.fired_ms, event.document["evidence"]["reason"]))
+            elif isinstance(event, CallSummary):
+                summaries.append(event)
+
+    consumer = asyncio.create_task(consume())
+    try:
+        for seq, offset in enumerate(range(0, len(audio), chunk_frames), start=1):
+            sink.pushed = seq
+            session.push_audio(seq, audio[offset:offset + chunk_frames].astype("<i2").tobytes())
+            await session.flow_control()
+        await session.finish()
+        await consumer
+    finally:
+        batcher.stop()
+    document = dict(summaries[0].document)
+    document.pop("wall_time")
+    for alert in document["alerts"]:
+        alert.pop("alert_id")
+    return {"updates": updates, "alerts": sorted(alerts), "summary": document, "stats": session.stats,
+            "tick_alerts_at_push": sink.tick_alerts}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("chunk_ms", [20, 130])
+async def test_holding_frames_for_block_analysis_gives_what_analysing_every_push_gives(seed, chunk_ms, monkeypatch):
+    """With prosody and turn-taking run on held blocks of frames (at window cuts, conversation ticks and every second),
+    a call gives the same emotion updates (prosody figures included), alerts (dead air and interruptions: rules on
+    conversation ticks, raised while the same chunk is pushed) and call summary as when they run after every push of 20
+    or 130 ms."""
+    audio = generated_call(seed)
+    chunk = RATE * chunk_ms // 1000
+    held = await replay(audio, chunk)
+    monkeypatch.setattr(session_module, "HELD_FRAMES_MAX", 1)
+    every_push = await replay(audio, chunk)
+    assert held == every_push
+    assert len(held["updates"]) >= 20 and any(u["pitch_hz"] for u in held["updates"])
+    assert {rule for rule, _ in held["tick_alerts_at_push"]} == set(TICK_RULES)
+    conversation = held["summary"]["conversation"]
+    assert conversation["interruptions"]["count"] == 3 and conversation["dead_air_ms"] >= 6000
