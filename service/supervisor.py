@@ -104,6 +104,7 @@ class Supervisor:
         self._model = ""
         self.restarts = {"engine": 0, "worker": 0}
         self._last_cpu: dict[int, float] = {}
+        self._next_sample = 0.0
         self.exited_cpu_s = 0.0
         """CPU time of the pod's processes that have exited (the counter must not go back when one is replaced)."""
 
@@ -212,8 +213,10 @@ class Supervisor:
                 return failed
             self._check_heartbeats()
             self._restart_due()
-            self._state.rss_mb = sum(_resident_mb(p.pid) for p in self._processes.values() if p.pid) + _resident_mb(os.getpid())
-            self._last_cpu = {i: _cpu_seconds(p.pid) for i, p in self._processes.items() if p.pid}
+            if time.monotonic() >= self._next_sample:  # the pod's memory and CPU, once a second
+                self._next_sample = time.monotonic() + 1.0
+                self._state.rss_mb = sum(_resident_mb(p.pid) for p in self._processes.values() if p.pid) + _resident_mb(os.getpid())
+                self._last_cpu = {i: _cpu_seconds(p.pid) for i, p in self._processes.items() if p.pid}
 
     def _on_event(self, event: tuple) -> None:
         kind, index, pid, info = event
