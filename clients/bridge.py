@@ -511,14 +511,17 @@ def run_call(
     plan: CallPlan,
     on_event: Callable[[dict[str, Any]], None] | None = None,
     hangup_after_s: float | None = None,
+    channel: grpc.Channel | None = None,
 ) -> CallResult:
     """Stream one WAV as a call to grpc://HOST:PORT or ws://HOST:PORT[/path] and collect what comes back.
 
-    `hangup_after_s` drops the connection like a bridge that disconnects mid-call.
+    `hangup_after_s` drops the connection like a bridge that disconnects mid-call; `channel`, for a gRPC
+    target, is an open channel (connection) to use and leave open instead of one of the call's own.
     """
     if target.startswith(("grpc://", "grpcs://")):
         address = target.split("://", 1)[1]
-        return _run_grpc(address, plan, load_audio(wav_path, plan), on_event, hangup_after_s, secure=target.startswith("grpcs://"))
+        return _run_grpc(address, plan, load_audio(wav_path, plan), on_event, hangup_after_s, secure=target.startswith("grpcs://"),
+                         channel=channel)
     if not target.startswith(("ws://", "wss://")):
         raise ValueError(f"unsupported target {target!r}; expected grpc[s]://HOST:PORT or ws[s]://HOST:PORT")
     base = target.rstrip("/")

@@ -209,3 +209,13 @@ def test_bench_search_runs_a_noisy_failure_again():
     assert trials.runs == [16, 32, 64, 128, 96, 112, 104]
     assert search(trials, 16, 512, lambda r: r["p99"] < 500) == 48  # 16 failed under 500 ms where 32 passed: run again
     assert trials.runs[7:] == [16, 48, 56, 52]
+
+
+def test_the_transport_floor_is_measured_from_a_bare_server_process():
+    """bench_transport runs a bare server per transport in its own process and reports a positive CPU cost per
+    call-second of the calls it was sent."""
+    from clients.bench_transport import measure
+
+    for transport in ("websocket", "grpc-aio"):
+        result = measure(transport, calls=2, seconds=1.0, chunk_ms=20)
+        assert result["transport"] == transport and result["calls"] == 2 and result["cpu_ms_per_call_s"] > 0

@@ -1,6 +1,7 @@
 """The served pod: a supervisor, a model engine and two ingest workers as real processes on shared ports, with real
 Redis - alerts over gRPC and WebSocket, one /metrics for all processes, a worker or the engine killed mid-call, SIGTERM."""
 
+import itertools
 import json
 import os
 import signal
@@ -14,9 +15,10 @@ import urllib.request
 
 import numpy as np
 import psutil
+import grpc
 import pytest
 
-from clients.bridge import CallPlan, run_call
+from clients.bridge import CallPlan, grpc_channel, run_call
 from clients.wavfile import read_wav, write_wav
 from tests.conftest import CALL_WAV, PINNED_RULES, ROOT
 
@@ -99,6 +101,9 @@ class Pod:
                 self.proc.kill()
 
 
+_CONNECTIONS = itertools.count(10_000)
+
+
 def _has_torch(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/maps") as fh:
@@ -107,12 +112,30 @@ def _has_torch(pid: int) -> bool:
         return False
 
 
-def _calls(target_of, plans, wav, results, on_event=None):
-    threads = [threading.Thread(target=lambda p=p: results.update({p.call_id: run_call(target_of(p), wav, p, on_event=on_event)}))
-               for p in plans]
+def _calls(target_of, plans, wav, results, on_event=None, channels=None):
+    channel_of = dict(zip((p.call_id for p in plans), channels or ()))
+    threads = [threading.Thread(target=lambda p=p: results.update(
+        {p.call_id: run_call(target_of(p), wav, p, on_event=on_event, channel=channel_of.get(p.call_id))})) for p in plans]
     for t in threads:
         t.start()
     return threads
+
+
+def _channels_on_both_workers(pod, count, attempts=20):
+    """`count` connected gRPC channels (a TCP connection each) of which each worker holds at least one.
+
+    The kernel spreads connections over the workers' SO_REUSEPORT sockets by a hash of the addresses, so
+    any one set may all land on one worker (1 in 512 for ten): such a set is closed and made again.
+    """
+    for _ in range(attempts):
+        channels = [grpc_channel(pod.grpc.split("://", 1)[1], _plan("connect"), index=next(_CONNECTIONS)) for _ in range(count)]
+        for channel in channels:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        if _wait(lambda: sum(pod.calls_on(pid) > 0 for pid in pod.workers()) == 2, timeout=2):
+            return channels
+        for channel in channels:
+            channel.close()
+    raise AssertionError(f"{attempts} sets of {count} connections all landed on one worker")
 
 
 def _plan(call_id, protocol="native", speed=1.0):
@@ -169,10 +192,12 @@ def test_a_killed_worker_is_restarted_while_the_other_workers_calls_go_on_then_s
     SIGTERM with calls on every worker: each call gets its summary (reason server_shutdown), and every process of the
     pod exits within the grace period."""
     pod = Pod(redis_server.url, test_models["angry"], f"podkill{os.getpid()}")
+    channels = []
     try:
         plans = [_plan(f"k-{i}") for i in range(10)]
         results = {}
-        threads = _calls(lambda p: pod.grpc, plans, str(CALL_WAV), results)
+        channels += _channels_on_both_workers(pod, len(plans))
+        threads = _calls(lambda p: pod.grpc, plans, str(CALL_WAV), results, channels=channels)
         time.sleep(4.0)
         victim, survivor = sorted(pod.workers(), key=pod.calls_on, reverse=True)
         on_victim = pod.calls_on(victim)
@@ -191,7 +216,8 @@ def test_a_killed_worker_is_restarted_while_the_other_workers_calls_go_on_then_s
         sub = subscribe([f"{pod.prefix}:calls"])
         plans = [_plan(f"t-{i}") for i in range(6)]
         results = {}
-        threads = _calls(lambda p: pod.grpc, plans, str(CALL_WAV), results)
+        channels += _channels_on_both_workers(pod, len(plans))
+        threads = _calls(lambda p: pod.grpc, plans, str(CALL_WAV), results, channels=channels[-len(plans):])
         time.sleep(6.0)
         spread = [pod.calls_on(pid) for pid in pod.workers()]
         processes = [psutil.Process(pod.proc.pid), *psutil.Process(pod.proc.pid).children()]
@@ -213,6 +239,8 @@ def test_a_killed_worker_is_restarted_while_the_other_workers_calls_go_on_then_s
         published = sub.wait_for(lambda m: m[1].get("type") == "call_summary" and m[1]["call_id"].startswith("t-"), timeout=5)
         assert sorted(m[1]["call_id"] for m in published) == sorted(p.call_id for p in plans)
     finally:
+        for channel in channels:
+            channel.close()
         pod.stop()
 
 
