@@ -300,8 +300,14 @@ class AnalyticsConfig:
     hangover_ms: int = 200
     """A speaker still counts as speaking this long after their last voiced frame (bridges gaps inside words)."""
     interruption_min_overlap_ms: int = 500
-    """Talking into the other speaker's speech counts as an interruption once both spoke this long
-    at once (shorter overlaps are back-channels such as "mm-hm")."""
+    """A speaker who starts while the other speaks and takes the floor (the other stops first) has
+    interrupted if both spoke at least this long at once; a shorter overlap is an ordinary change of turn."""
+    interruption_contest_ms: int = 1500
+    """Both speaking this long at once is an interruption whoever then stops first (a contested floor);
+    a speaker who starts while the other speaks and stops first before this is a back-channel ("mm-hm",
+    "right"), counted apart from interruptions."""
+    min_speech_ms: int = 300
+    """Voiced bursts with less voiced time than this (clicks, breaths, line noise) do not end dead air."""
     min_silence_ms: int = 2000
     """Dead air at least this long is listed in the call summary."""
     crosstalk_margin_db: float = 20.0
@@ -320,6 +326,10 @@ class AnalyticsConfig:
         _check(0 <= self.baseline_warmup_ms <= 600000, f"baseline_warmup_ms must be 0..600000, got {self.baseline_warmup_ms}")
         _check(0 <= self.hangover_ms <= 2000, f"hangover_ms must be 0..2000, got {self.hangover_ms}")
         _check(0 < self.interruption_min_overlap_ms <= 10000, f"interruption_min_overlap_ms must be 1..10000, got {self.interruption_min_overlap_ms}")
+        _check(self.interruption_min_overlap_ms <= self.interruption_contest_ms <= 60000,
+               f"interruption_contest_ms must be interruption_min_overlap_ms ({self.interruption_min_overlap_ms})..60000, "
+               f"got {self.interruption_contest_ms}")
+        _check(0 <= self.min_speech_ms <= 2000, f"min_speech_ms must be 0..2000, got {self.min_speech_ms}")
         _check(self.min_silence_ms >= 100, f"min_silence_ms must be >= 100, got {self.min_silence_ms}")
         _check(0 <= self.crosstalk_margin_db <= 80, f"crosstalk_margin_db must be 0..80, got {self.crosstalk_margin_db}")
         _check(20 <= self.tick_ms <= 1000, f"tick_ms must be 20..1000, got {self.tick_ms}")
@@ -429,6 +439,8 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_REPORTS_DIR": ("analytics", "reports_dir", str),
     "CALLPULSE_BASELINE_WARMUP_MS": ("analytics", "baseline_warmup_ms", int),
     "CALLPULSE_INTERRUPTION_MIN_OVERLAP_MS": ("analytics", "interruption_min_overlap_ms", int),
+    "CALLPULSE_INTERRUPTION_CONTEST_MS": ("analytics", "interruption_contest_ms", int),
+    "CALLPULSE_MIN_SPEECH_MS": ("analytics", "min_speech_ms", int),
     "CALLPULSE_MIN_SILENCE_MS": ("analytics", "min_silence_ms", int),
     "CALLPULSE_CROSSTALK_MARGIN_DB": ("analytics", "crosstalk_margin_db", float),
     "CALLPULSE_LOG_LEVEL": ("", "log_level", str),

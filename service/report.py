@@ -45,6 +45,8 @@ CSV_COLUMNS = (
     "overtalk_s",
     "interruptions_by_agent",
     "interruptions_by_customer",
+    "backchannels_by_agent",
+    "backchannels_by_customer",
     "alerts",
     "customer_top_label",
     "customer_peak_negative",
@@ -236,6 +238,9 @@ def _key_figures(doc: Mapping, conversation: Mapping, alerts: list[dict]) -> str
         overtalk = _seconds(conversation.get("overtalk_ms"))
         interrupt_text = f'{_int(interruptions.get("count"))}'
         interrupt_sub = f"by agent {_int(by.get('agent'))} · by customer {_int(by.get('customer'))}"
+        backchannels = _dict(conversation.get("backchannels"))
+        if backchannels:
+            interrupt_sub += f" · back-channels {_int(backchannels.get('count'))} (not counted)"
     else:
         overtalk = "n/a"
         interrupt_text = "n/a"
@@ -806,6 +811,10 @@ def _summary_row(summary: Mapping, labels: list[str]) -> dict[str, str]:
         if value is None and interruptions:
             value = 0.0
         row[f"interruptions_by_{role}"] = _csv_number(value, 0)
+    backchannels = _dict(conversation.get("backchannels"))
+    for role in ("agent", "customer"):
+        value = _num(_dict(backchannels.get("by")).get(role))
+        row[f"backchannels_by_{role}"] = _csv_number(0.0 if value is None and backchannels else value, 0)
     alerts = _num(summary.get("alert_count"))
     if alerts is None and isinstance(summary.get("alerts"), list):
         alerts = float(len(summary["alerts"]))

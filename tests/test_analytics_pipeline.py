@@ -130,6 +130,24 @@ async def test_dead_air_fires_at_five_seconds_of_mutual_silence():
     assert any(abs(s["start_ms"] - silence_start) <= 20 and s["duration_ms"] >= 5500 for s in listed)
 
 
+async def test_a_click_in_a_silence_leaves_one_silence_and_dead_air_still_fires():
+    """A mono call with a 6.7 s silence and a 200 ms noise burst 2.4 s into it (voiced to webrtcvad): dead-air fires once
+    and the summary lists one silence of the whole length; with min_speech_ms 0 the burst splits the silence and the
+    rule misses it."""
+    speech = _int16(speech_8k())
+    rng = np.random.default_rng(3)
+    click = np.clip(rng.normal(0, 6000, int(0.2 * RATE)), -32768, 32767).astype(np.int16)
+    silence = np.concatenate([np.zeros(int(2.4 * RATE), np.int16), click, np.zeros(int(4.1 * RATE), np.int16)])
+    mono = np.concatenate([speech, silence, speech])[:, None]
+    alerts, _, summary = await run_session(mono)
+    dead = [a for a in alerts if a.rule_id == "dead-air"]
+    listed = summary.document["conversation"]["silences"]
+    assert len(dead) == 1 and any(s["duration_ms"] >= 6500 for s in listed), listed
+    alerts, _, summary = await run_session(mono, analytics=AnalyticsConfig(min_speech_ms=0))
+    assert not [a for a in alerts if a.rule_id == "dead-air"]
+    assert all(s["duration_ms"] < 5000 for s in summary.document["conversation"]["silences"])
+
+
 async def test_agent_talking_over_the_customer_three_times_alerts_the_supervisor():
     """Three times the agent starts talking 1 s into the customer's speech and both go on: one supervisor alert, with who
     interrupted whom in the evidence and the summary."""

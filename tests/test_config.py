@@ -98,3 +98,16 @@ def test_spill_after_ms_comes_from_the_environment_and_is_validated():
     assert load_config({}, environ={"CALLPULSE_SPILL_AFTER_MS": "50"}).redis.spill_after_ms == 50
     with pytest.raises(ConfigError, match="spill_after_ms must be 10..60000, got 0"):
         load_config({}, environ={"CALLPULSE_SPILL_AFTER_MS": "0"})
+
+
+def test_turn_taking_thresholds_come_from_the_environment_and_are_validated():
+    """CALLPULSE_INTERRUPTION_CONTEST_MS and CALLPULSE_MIN_SPEECH_MS set the back-channel and blip thresholds (defaults
+    1500 and 300 ms); a contest shorter than the minimum overlap is refused naming both."""
+    analytics = load_config({}, environ={}).analytics
+    assert (analytics.interruption_contest_ms, analytics.min_speech_ms) == (1500, 300)
+    analytics = load_config({}, environ={"CALLPULSE_INTERRUPTION_CONTEST_MS": "2000", "CALLPULSE_MIN_SPEECH_MS": "0"}).analytics
+    assert (analytics.interruption_contest_ms, analytics.min_speech_ms) == (2000, 0)
+    with pytest.raises(ConfigError, match=r"interruption_contest_ms must be interruption_min_overlap_ms \(500\)..60000, got 400"):
+        load_config({}, environ={"CALLPULSE_INTERRUPTION_CONTEST_MS": "400"})
+    with pytest.raises(ConfigError, match="min_speech_ms must be 0..2000, got 5000"):
+        load_config({}, environ={"CALLPULSE_MIN_SPEECH_MS": "5000"})

@@ -31,48 +31,105 @@ def at(snapshots, now_ms):
 
 
 def test_dead_air_run_reaches_the_silence_length_and_resets_when_someone_speaks():
-    """A 6 s mutual silence shows as a dead-air run reaching 6000 ms, is listed with its start and length, and resets to 0 on speech."""
+    """A 6 s mutual silence shows as a dead-air run reaching 6000 ms, is listed with its start and length, holds while the
+    next voice is shorter than min_speech_ms and resets to 0 once that voice is speech."""
     tracker = ConversationTracker((C, A))
     snaps = tracker.push(flags(8000, customer=[(0, 1000)], agent=[(7000, 8000)]))
     assert at(snaps, 1100).dead_air_ms == 0  # within the hangover
     assert at(snaps, 1300).dead_air_ms == 300  # dated from the end of the voice
     assert at(snaps, 7000).dead_air_ms == 6000
     assert max(s.dead_air_ms for s in snaps) == 6000
-    assert at(snaps, 7100).dead_air_ms == 0
+    assert at(snaps, 7200).dead_air_ms == 6000 and at(snaps, 7300).dead_air_ms == 0
     summary = tracker.summary()
     assert summary["silences"] == [{"start_ms": 1000, "duration_ms": 6000}]
     assert summary["silences_total"] == 1 and summary["dead_air_ms"] == 6000
 
 
-def test_agent_talking_over_the_customer_for_800_ms_is_one_interruption():
-    """The agent starting 1 s into the customer's speech and overlapping 800 ms is one interruption by the agent, dated at its start."""
+def test_the_agent_taking_the_floor_after_800_ms_of_overlap_is_one_interruption():
+    """The agent starting 1 s into the customer's speech, the customer stopping 800 ms later while the agent goes on: one
+    interruption by the agent, dated at its start, confirmed once the customer's hangover ran out."""
     tracker = ConversationTracker((C, A))
-    snaps = tracker.push(flags(4000, customer=[(0, 3000)], agent=[(1000, 1800)]))
-    assert at(snaps, 1400).recent_interruptions == ()  # 400 ms of overlap: not yet
-    confirmed = at(snaps, 1500).recent_interruptions
-    assert confirmed == (Interruption(1000, A, C, 500),)
+    snaps = tracker.push(flags(4000, customer=[(0, 1800)], agent=[(1000, 4000)]))
     assert at(snaps, 1600).overtalk_ms == 600 and at(snaps, 1600).overtalk_by is A
-    final = tracker.snapshot().recent_interruptions
-    assert final == (Interruption(at_ms=1000, by=A, of=C, overlap_ms=800),)
-    assert tracker.snapshot().interruptions_by(A, 10_000) == final
+    assert at(snaps, 1900).recent_interruptions == ()  # the customer may still go on
+    final = Interruption(at_ms=1000, by=A, of=C, overlap_ms=800)
+    assert at(snaps, 2100).recent_interruptions == (final,)
+    assert tracker.snapshot().interruptions_by(A, 10_000) == (final,)
     assert tracker.snapshot().interruptions_by(C, 10_000) == ()
     summary = tracker.summary()
     assert summary["interruptions"] == {
         "count": 1, "by": {"customer": 0, "agent": 1},
         "events": [{"at_ms": 1000, "by": "agent", "of": "customer", "overlap_ms": 800}],
     }
+    assert summary["backchannels"] == {"count": 0, "by": {"customer": 0, "agent": 0}}
     assert summary["overtalk_ms"] == 800
 
 
-def test_a_300_ms_overlap_is_overtalk_but_no_interruption():
-    """A 300 ms back-channel counts as over-talk but not as an interruption."""
+@pytest.mark.parametrize("agent_ms", [300, 800, 1200])
+def test_a_short_utterance_while_the_customer_keeps_talking_is_a_back_channel(agent_ms):
+    """The agent saying something short (300 ms to 1.2 s) inside the customer's speech, the customer going on: a
+    back-channel by the agent, over-talk for its length, and no interruption."""
     tracker = ConversationTracker((C, A))
-    snaps = tracker.push(flags(4000, customer=[(0, 3000)], agent=[(1000, 1300)]))
+    snaps = tracker.push(flags(5000, customer=[(0, 4000)], agent=[(1000, 1000 + agent_ms)]))
     assert all(s.recent_interruptions == () for s in snaps)
     assert at(snaps, 1200).overtalk_ms == 200 and at(snaps, 1200).overtalk_by is A
-    assert at(snaps, 1600).overtalk_ms == 0 and at(snaps, 1600).overtalk_by is None
     summary = tracker.summary()
-    assert summary["overtalk_ms"] == 300 and summary["interruptions"]["count"] == 0
+    assert summary["overtalk_ms"] == agent_ms and summary["interruptions"]["count"] == 0
+    assert summary["backchannels"] == {"count": 1, "by": {"customer": 0, "agent": 1}}
+
+
+def test_two_seconds_of_both_talking_is_a_contested_interruption_whoever_stops_first():
+    """The agent talking 2 s into the customer's speech and stopping first is still an interruption: the overlap
+    reached contest_ms (1.5 s), when it is confirmed; it is no back-channel."""
+    tracker = ConversationTracker((C, A))
+    snaps = tracker.push(flags(5000, customer=[(0, 4000)], agent=[(1000, 3000)]))
+    assert at(snaps, 2400).recent_interruptions == ()
+    assert at(snaps, 2500).recent_interruptions == (Interruption(1000, A, C, 1500),)
+    summary = tracker.summary()
+    assert summary["interruptions"]["events"] == [{"at_ms": 1000, "by": "agent", "of": "customer", "overlap_ms": 2000}]
+    assert summary["backchannels"]["count"] == 0
+
+
+def test_a_take_over_after_a_short_overlap_is_a_change_of_turn():
+    """The customer trailing off 300 ms into the agent's answer is neither an interruption nor a back-channel."""
+    tracker = ConversationTracker((C, A))
+    tracker.push(flags(4000, customer=[(0, 1300)], agent=[(1000, 3000)]))
+    summary = tracker.summary()
+    assert summary["overtalk_ms"] == 300
+    assert summary["interruptions"]["count"] == 0 and summary["backchannels"]["count"] == 0
+
+
+def test_a_click_inside_a_silence_leaves_it_one_silence():
+    """A 200 ms click in the middle of a 7 s silence (mono and stereo) does not split it: one 7 s silence, a dead-air run
+    that holds while the click might be speech and then goes on from its full length, and a longer burst (real speech)
+    still ends the silence."""
+    for stereo in (False, True):
+        roles = (C, A) if stereo else (C,)
+        tracker = ConversationTracker(roles, min_silence_ms=2000)
+        snaps = tracker.push(flags(10000, customer=[(0, 1000), (4400, 4600), (8000, 9000)], agent=[], stereo=stereo))
+        assert tracker.summary()["silences"] == [{"start_ms": 1000, "duration_ms": 7000}], stereo
+        assert at(snaps, 4400).dead_air_ms == 3400 and at(snaps, 4700).dead_air_ms == 3400
+        assert at(snaps, 4900).dead_air_ms == 3900 and at(snaps, 7900).dead_air_ms == 6900
+        assert at(snaps, 8400).dead_air_ms == 0
+    tracker = ConversationTracker((C,), min_silence_ms=2000)
+    tracker.push(flags(10000, customer=[(0, 1000), (4400, 4800), (8000, 9000)], stereo=False))
+    assert tracker.summary()["silences"] == [{"start_ms": 1000, "duration_ms": 3400}, {"start_ms": 4800, "duration_ms": 3200}]
+
+
+def test_a_silence_just_under_the_alert_followed_by_speech_never_reads_longer():
+    """A 4.8 s silence ending in speech: the dead-air run never passes 4.8 s while the speech's first 300 ms could still
+    be a blip, so a 5 s dead-air rule cannot fire on it."""
+    tracker = ConversationTracker((C, A))
+    snaps = tracker.push(flags(9000, customer=[(0, 1000)], agent=[(5800, 9000)]))
+    assert max(s.dead_air_ms for s in snaps) == 4800
+    assert tracker.summary()["silences"] == [{"start_ms": 1000, "duration_ms": 4800}]
+
+
+def test_min_speech_zero_lets_every_voiced_frame_end_dead_air():
+    """With min_speech_ms 0 a single voiced frame ends dead air, as before the blip tolerance."""
+    tracker = ConversationTracker((C,), min_silence_ms=2000, min_speech_ms=0)
+    tracker.push(flags(10000, customer=[(0, 1000), (4400, 4420), (8000, 9000)], stereo=False))
+    assert tracker.summary()["silences"] == [{"start_ms": 1000, "duration_ms": 3400}, {"start_ms": 4420, "duration_ms": 3580}]
 
 
 @pytest.mark.parametrize("gap_ms, bridged", [(100, True), (400, False)])
@@ -92,9 +149,9 @@ def test_hangover_bridges_a_short_gap_but_not_a_long_one(gap_ms, bridged):
 
 
 def test_hangover_bridges_the_interrupted_speakers_short_pause():
-    """An agent starting in a 100 ms pause of the customer, who then goes on, still interrupts the customer."""
+    """An agent starting in a 100 ms pause of the customer, who goes on and then yields, still interrupts the customer."""
     tracker = ConversationTracker((C, A))
-    tracker.push(flags(3000, customer=[(0, 1000), (1100, 3000)], agent=[(1040, 1800)]))
+    tracker.push(flags(4000, customer=[(0, 1000), (1100, 1800)], agent=[(1040, 4000)]))
     assert tracker.summary()["interruptions"]["events"] == [{"at_ms": 1040, "by": "agent", "of": "customer", "overlap_ms": 760}]
 
 
@@ -179,18 +236,20 @@ def test_summary_talk_ratio_counts_and_bounded_lists():
     """summary() gives talk shares, counts every interruption and long silence, and lists at most max_listed of each."""
     tracker = ConversationTracker((C, A), max_listed=2, min_silence_ms=1000)
     spans_c = [(0, 3000), (5000, 8000), (11500, 14500), (17000, 20000)]
-    spans_a = [(1000, 2000), (6000, 7000), (12500, 13500)]
+    spans_a = [(1000, 2800), (6000, 7800), (12500, 14300), (17500, 17800)]  # three contested overlaps, one back-channel
     tracker.push(flags(22000, customer=spans_c, agent=spans_a))
     summary = tracker.summary()
-    assert summary["talk_ms"] == {"customer": 12000, "agent": 3000}
-    assert summary["talk_ratio"] == {"customer": 0.8, "agent": 0.2}
+    assert summary["talk_ms"] == {"customer": 12000, "agent": 5700}
+    assert summary["talk_ratio"] == {"customer": 0.678, "agent": 0.322}
     assert summary["interruptions"]["count"] == 3 and summary["interruptions"]["by"] == {"customer": 0, "agent": 3}
+    assert summary["backchannels"] == {"count": 1, "by": {"customer": 0, "agent": 1}}
     assert [e["at_ms"] for e in summary["interruptions"]["events"]] == [6000, 12500]  # the latest two
     # Silences: 2000 ms at 3000, 3500 ms at 8000, 2500 ms at 14500, 2000 ms (still running) at 20000.
     assert summary["silences_total"] == 4
     assert summary["silences"] == [{"start_ms": 8000, "duration_ms": 3500}, {"start_ms": 14500, "duration_ms": 2500}]
     assert summary["dead_air_ms"] == 10000
-    assert set(summary) == {"stereo", "talk_ms", "talk_ratio", "dead_air_ms", "silences", "silences_total", "overtalk_ms", "interruptions"}
+    assert set(summary) == {"stereo", "talk_ms", "talk_ratio", "dead_air_ms", "silences", "silences_total", "overtalk_ms", "interruptions",
+                            "backchannels"}
     silent = ConversationTracker((C, A))
     silent.push(np.zeros((10, 2), bool))
     assert silent.summary()["talk_ratio"] == {"customer": 0.0, "agent": 0.0}
@@ -199,7 +258,7 @@ def test_summary_talk_ratio_counts_and_bounded_lists():
 def test_recent_interruptions_age_out_after_history_ms():
     """Interruptions older than history_ms leave the snapshots but stay in the summary; interruptions_by filters by role and age."""
     tracker = ConversationTracker((C, A), history_ms=5000)
-    snaps = tracker.push(flags(8000, customer=[(0, 3000)], agent=[(1000, 2000)]))
+    snaps = tracker.push(flags(8000, customer=[(0, 1800)], agent=[(1000, 2800)]))
     snapshot = at(snaps, 3000)
     assert len(snapshot.recent_interruptions) == 1
     assert snapshot.interruptions_by(A, 2500) == snapshot.recent_interruptions

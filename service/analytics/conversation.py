@@ -1,4 +1,5 @@
-"""Call-level turn-taking from the per-frame VAD flags of every channel: dead air, over-talk and interruptions.
+"""Call-level turn-taking from the per-frame VAD flags of every channel: dead air, over-talk, interruptions
+and back-channels.
 
 Definitions (per channel, in VAD frames of `frame_ms` from the call start):
   * A channel *speaks* in a frame if the VAD marks it voiced or it is within `hangover_ms` after the
@@ -6,15 +7,27 @@ Definitions (per channel, in VAD frames of `frame_ms` from the call start):
   * A *talk spurt* is a run of voiced frames whose gaps are at most `hangover_ms`. It ends at its last
     voiced frame: a hangover that runs out without new voice is not talk, so talk time, dead air and
     over-talk are measured up to the last voiced frame, never over the trailing hangover.
-  * *Dead air* is mutual silence: no channel speaks. A stretch is dated from the last voiced frame of
-    any channel (or from the start of the call, or the end of a pause), so a 6 s silence reads 6000 ms,
-    but it only shows once the hangover has run out: pauses up to `hangover_ms` are not dead air.
+  * *Dead air* is mutual silence: nobody says anything. A spurt with fewer than `min_speech_ms` of voiced
+    frames (a click, a breath, a burst of line noise) does not end it: dead air ends at the start of the
+    first spurt that reaches `min_speech_ms`, so a 6.7 s silence with a 240 ms noise burst inside is one
+    6.7 s stretch. A stretch is dated from the last voiced frame of such speech (or from the start of the
+    call, or the end of a pause), so a 6 s silence reads 6000 ms, but it only shows once the hangover has
+    run out: pauses up to `hangover_ms` are not dead air. While a spurt is still shorter than
+    `min_speech_ms` the current run holds at its length where the spurt started (it may be speech, so a
+    4.8 s silence followed by speech never reads 5 s); if it proves a blip the run goes on from the full
+    length, blip included, and if it proves speech the stretch ends at its start.
   * *Over-talk* (stereo) is two talk spurts overlapping; the current run is the overlap confirmed so
     far (both spurts reached it), reported while both channels speak.
-  * An *interruption*: a channel starts a talk spurt while the other channel speaks, and the two
-    spurts then overlap for at least `min_interruption_ms`; shorter overlaps are back-channels
-    ("mm-hm"). It is confirmed when the overlap reaches that length, dated at the interrupter's start;
-    its overlap_ms keeps growing while the overlap lasts and is final when one of the spurts ends.
+  * A spurt that starts while the other channel speaks is a *newcomer*; the two spurts are then either:
+      - an *interruption*: the newcomer takes the floor (the other speaker's spurt ends while the
+        newcomer still speaks) after an overlap of at least `min_interruption_ms`, or the overlap reaches
+        `contest_ms` whoever goes on (a contested floor). It is confirmed at that moment, dated at the
+        newcomer's start; its overlap_ms keeps growing while the overlap lasts.
+      - a *back-channel* ("mm-hm", "right"): the newcomer's spurt ends while the other speaker goes on,
+        before the overlap reached `contest_ms`, after at least `min_speech_ms` of voice (shorter is a
+        blip: a cough, a click). Counted separately, never as an interruption.
+      - neither: both stop (or the audio pauses) before either happens, or the other speaker yields
+        after a shorter overlap than `min_interruption_ms` (an ordinary change of turn).
 
 Everything depends only on the sequence of frames, never on how the bridge splits it into pushes; the
 snapshots at every `tick_ms` boundary of call time let call-level rules be evaluated on that clock.
@@ -95,6 +108,8 @@ class ConversationTracker:
         tick_ms: int = 100,
         history_ms: int = 600_000,
         max_listed: int = 200,
+        contest_ms: int = 1500,
+        min_speech_ms: int = 300,
     ) -> None:
         roles = tuple(roles)
         if len(roles) not in (1, 2) or len(set(roles)) != len(roles):
@@ -103,6 +118,8 @@ class ConversationTracker:
             raise ValueError("frame_ms, min_interruption_ms and min_silence_ms must be > 0 and hangover_ms >= 0")
         if tick_ms <= 0 or history_ms <= 0 or max_listed < 1:
             raise ValueError("tick_ms and history_ms must be > 0 and max_listed >= 1")
+        if contest_ms < min_interruption_ms or min_speech_ms < 0:
+            raise ValueError(f"contest_ms ({contest_ms}) must be >= min_interruption_ms ({min_interruption_ms}) and min_speech_ms >= 0")
         self.roles = roles
         self.frame_ms = frame_ms
         self.hangover_ms = hangover_ms
@@ -111,27 +128,35 @@ class ConversationTracker:
         self.tick_ms = tick_ms
         self.history_ms = history_ms
         self.max_listed = max_listed
+        self.contest_ms = contest_ms
+        self.min_speech_ms = min_speech_ms
         self._stereo = len(roles) == 2
         self._hang = hangover_ms // frame_ms  # frames after the last voiced one that still speak
         self._min_overlap = -(-min_interruption_ms // frame_ms)
+        self._contest = -(-contest_ms // frame_ms)
+        self._min_speech = max(1, -(-min_speech_ms // frame_ms))  # voiced frames that make a spurt speech
         self._frame = 0  # frames processed (pushed or skipped)
         self._origin = 0  # first frame after the call start or the last pause
         self._next_tick = tick_ms
         self._last = [_NEVER] * len(roles)  # last voiced frame per channel
         self._start = [_NEVER] * len(roles)  # first frame of each channel's latest talk spurt
         self._talk = [0] * len(roles)  # talk frames per channel
-        self._last_any = _NEVER
+        self._voiced = [0] * len(roles)  # voiced frames in each channel's latest talk spurt
+        self._last_any = _NEVER  # last voiced frame of a spurt that proved to be speech (any channel)
         self._dead_frames = 0
         self._silences: list[tuple[int, int, Silence]] = []  # min-heap of the longest listed silences
         self._silences_total = 0
         self._overtalk_frames = 0
-        # The latest pair of talk spurts (one per channel): overlap counted so far, and whether it began
-        # as an interruption (index of the interrupter) and has been confirmed as one.
+        # The latest pair of talk spurts (one per channel): overlap counted so far, the newcomer (index of
+        # the channel whose spurt started while the other spoke, if one did), and whether the pair has been
+        # confirmed as an interruption or counted as a back-channel.
         self._pair_counted = 0
         self._pair_by: int | None = None
         self._pair_confirmed = False
+        self._pair_resolved = False
         self._count = 0
         self._by_count = [0] * len(roles)
+        self._backchannels = [0] * len(roles)
         self._events: deque[Interruption] = deque(maxlen=max_listed)
         # Confirmed interruptions start at least min_interruption_ms apart, which bounds this deque.
         self._recent: deque[Interruption] = deque(maxlen=history_ms // min_interruption_ms + 2)
@@ -170,8 +195,8 @@ class ConversationTracker:
             for (v0,) in flags.tolist():
                 if v0:
                     k = self._frame
-                    self._voice_any(k)
                     self._voice(0, k)
+                    self._speech(0, k)
                 self._frame += 1
                 if self._frame * frame_ms >= self._next_tick:
                     self._ticks(out)
@@ -192,6 +217,7 @@ class ConversationTracker:
             self._record_silence(self._frame - gap, gap)
         self._last = [_NEVER] * len(self.roles)
         self._start = [_NEVER] * len(self.roles)
+        self._voiced = [0] * len(self.roles)
         self._last_any = _NEVER
         self._new_pair(None)
         self._frame += frames
@@ -249,6 +275,10 @@ class ConversationTracker:
                     {"at_ms": e.at_ms, "by": e.by.value, "of": e.of.value, "overlap_ms": e.overlap_ms} for e in self._events
                 ],
             },
+            "backchannels": {
+                "count": sum(self._backchannels),
+                "by": {role.value: count for role, count in zip(self.roles, self._backchannels)},
+            },
         }
 
     # -- per-frame work ---------------------------------------------------------------------------
@@ -259,27 +289,41 @@ class ConversationTracker:
         self._last[c] = k
         if gap <= self._hang:  # the hangover bridged the gap: it was talk
             self._talk[c] += gap + 1
+            self._voiced[c] += 1
             return False
         self._talk[c] += 1
         self._start[c] = k
+        self._voiced[c] = 1
         return True
 
-    def _voice_any(self, k: int) -> None:
-        """Someone is voiced in frame k: a dead-air stretch before it ends."""
-        start = max(self._last_any + 1, self._origin)
-        if k - start > self._hang:
-            self._record_silence(start, k - start)
-        self._last_any = k
+    def _speech(self, c: int, k: int) -> None:
+        """After _voice(c, k): once channel c's spurt has min_speech voiced frames it is speech, and the
+        dead-air stretch before it ends at its start (a shorter spurt, a blip, leaves the stretch running)."""
+        voiced = self._voiced[c]
+        if voiced < self._min_speech:
+            return
+        if voiced == self._min_speech:
+            start = max(self._last_any + 1, self._origin)
+            if self._start[c] - start > self._hang:
+                self._record_silence(start, self._start[c] - start)
+        if k > self._last_any:
+            self._last_any = k
 
     def _voice_pair(self, k: int, v0: bool, v1: bool) -> None:
         """Stereo frame k with at least one channel voiced."""
-        self._voice_any(k)
+        by = self._pair_by
+        if by is not None and not self._pair_resolved and self._pair_counted:
+            self._settle(k, by, v0 if by == 0 else v1, v1 if by == 0 else v0)
         new0 = self._voice(0, k) if v0 else False
         new1 = self._voice(1, k) if v1 else False
+        if v0:
+            self._speech(0, k)
+        if v1:
+            self._speech(1, k)
         if new0 or new1:
-            # A new pair of spurts. A spurt that starts alone is an interruption candidate: its overlap
-            # with the other channel's latest spurt can only become positive if that spurt still runs,
-            # i.e. the other channel was already speaking (voiced or within its hangover).
+            # A new pair of spurts. A spurt that starts alone is a newcomer: its overlap with the other
+            # channel's latest spurt can only become positive if that spurt still runs, i.e. the other
+            # channel was already speaking (voiced or within its hangover).
             self._new_pair(None if new0 == new1 else (0 if new0 else 1))
         last0, last1 = self._last
         start0, start1 = self._start
@@ -287,20 +331,38 @@ class ConversationTracker:
         if overlap > self._pair_counted:
             self._overtalk_frames += overlap - self._pair_counted
             self._pair_counted = overlap
-            if self._pair_by is not None and overlap >= self._min_overlap:
-                self._interruption(overlap)
+            if self._pair_by is not None and (self._pair_confirmed or (overlap >= self._contest and not self._pair_resolved)):
+                self._interruption(overlap)  # a contested floor, or a confirmed interruption's overlap growing
+
+    def _settle(self, k: int, by: int, newcomer_voiced: bool, other_voiced: bool) -> None:
+        """Frame k of an overlapping pair not yet settled (before k's flags are taken in): whoever stopped
+        first decides it. The other speaker stopped (their hangover ran out) while the newcomer goes on:
+        the newcomer took the floor, an interruption if the overlap reached min_interruption_ms. The
+        newcomer stopped while the other goes on: a back-channel."""
+        other = 1 - by
+        other_stopped = k - self._last[other] - 1 > self._hang
+        newcomer_stopped = k - self._last[by] - 1 > self._hang
+        if newcomer_voiced and not newcomer_stopped and other_stopped:
+            if self._pair_counted >= self._min_overlap:
+                self._interruption(self._pair_counted)
+            self._pair_resolved = True
+        elif other_voiced and not other_stopped and newcomer_stopped:
+            if self._voiced[by] >= self._min_speech:  # shorter: a blip (a cough, a click), not a back-channel
+                self._backchannels[by] += 1
+            self._pair_resolved = True
 
     def _new_pair(self, by: int | None) -> None:
         self._pair_counted = 0
         self._pair_by = by
         self._pair_confirmed = False
+        self._pair_resolved = False
 
     def _interruption(self, overlap: int) -> None:
         """The current pair's overlap reached (or grew past) the confirmation length."""
         by = self._pair_by
         event = Interruption(self._start[by] * self.frame_ms, self.roles[by], self.roles[1 - by], overlap * self.frame_ms)
         if not self._pair_confirmed:
-            self._pair_confirmed = True
+            self._pair_confirmed = self._pair_resolved = True
             self._count += 1
             self._by_count[by] += 1
             self._events.append(event)
@@ -324,9 +386,15 @@ class ConversationTracker:
             else:
                 heapq.heappushpop(self._silences, item)
 
-    def _dead_run(self) -> int:
-        """Frames of the dead-air stretch running at the end of the processed frames (0 if none)."""
-        gap = self._frame - max(self._last_any + 1, self._origin)
+    def _dead_run(self, held: bool = False) -> int:
+        """Frames of the dead-air stretch running at the end of the processed frames (0 if none); `held`:
+        up to the start of a spurt still too short to tell from a blip (what the live snapshots report)."""
+        end = self._frame
+        if held:
+            for c in range(len(self.roles)):
+                if 0 < self._voiced[c] < self._min_speech and self._frame - 1 - self._last[c] <= self._hang:
+                    end = min(end, self._start[c])
+        gap = end - max(self._last_any + 1, self._origin)
         return gap if gap > self._hang else 0
 
     def _ticks(self, out: list[ConversationSnapshot]) -> None:
@@ -336,7 +404,7 @@ class ConversationTracker:
             self._next_tick += self.tick_ms
 
     def _snapshot(self, now_ms: int) -> ConversationSnapshot:
-        dead_ms = self._dead_run() * self.frame_ms
+        dead_ms = self._dead_run(held=True) * self.frame_ms
         overtalk_ms, by = 0, None
         if self._stereo:
             k = self._frame - 1
