@@ -310,6 +310,11 @@ class AnalyticsConfig:
     """Voiced bursts with less voiced time than this (clicks, breaths, line noise) do not end dead air."""
     min_silence_ms: int = 2000
     """Dead air at least this long is listed in the call summary."""
+    steady_gate: bool = True
+    """Tones (ringback, busy, DTMF, fax) and steady music are not speech (service/analytics/gate.py):
+    they count as no one's talk, their windows are not scored, and dead air does not run while they play."""
+    hold_min_ms: int = 5000
+    """A channel playing steady sound (music) this long is on hold: hold time and count in the summary."""
     crosstalk_margin_db: float = 20.0
     """Stereo calls: where both channels are voiced, a channel this many dB or more below the other is
     the other side's voice leaking in (echo, bleed) and does not count as speaking; 0 turns this off."""
@@ -330,6 +335,8 @@ class AnalyticsConfig:
                f"interruption_contest_ms must be interruption_min_overlap_ms ({self.interruption_min_overlap_ms})..60000, "
                f"got {self.interruption_contest_ms}")
         _check(0 <= self.min_speech_ms <= 2000, f"min_speech_ms must be 0..2000, got {self.min_speech_ms}")
+        _check(isinstance(self.steady_gate, bool), f"steady_gate must be true or false, got {self.steady_gate!r}")
+        _check(1000 <= self.hold_min_ms <= 600000, f"hold_min_ms must be 1000..600000, got {self.hold_min_ms}")
         _check(self.min_silence_ms >= 100, f"min_silence_ms must be >= 100, got {self.min_silence_ms}")
         _check(0 <= self.crosstalk_margin_db <= 80, f"crosstalk_margin_db must be 0..80, got {self.crosstalk_margin_db}")
         _check(20 <= self.tick_ms <= 1000, f"tick_ms must be 20..1000, got {self.tick_ms}")
@@ -441,6 +448,8 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_INTERRUPTION_MIN_OVERLAP_MS": ("analytics", "interruption_min_overlap_ms", int),
     "CALLPULSE_INTERRUPTION_CONTEST_MS": ("analytics", "interruption_contest_ms", int),
     "CALLPULSE_MIN_SPEECH_MS": ("analytics", "min_speech_ms", int),
+    "CALLPULSE_STEADY_GATE": ("analytics", "steady_gate", _parse_bool),
+    "CALLPULSE_HOLD_MIN_MS": ("analytics", "hold_min_ms", int),
     "CALLPULSE_MIN_SILENCE_MS": ("analytics", "min_silence_ms", int),
     "CALLPULSE_CROSSTALK_MARGIN_DB": ("analytics", "crosstalk_margin_db", float),
     "CALLPULSE_LOG_LEVEL": ("", "log_level", str),

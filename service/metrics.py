@@ -64,7 +64,7 @@ def handshake_ended(outcome: str, waiting: int) -> None:
     HANDSHAKES_WAITING.set(waiting)
 
 
-WINDOW_OUTCOMES = ("scored", "merged", "skipped_no_speech", "failed", "dropped_superseded", "dropped_stale", "dropped_queue_full",
+WINDOW_OUTCOMES = ("scored", "merged", "skipped_no_speech", "skipped_steady_sound", "failed", "dropped_superseded", "dropped_stale", "dropped_queue_full",
                    "dropped_call_backlog", "dropped_engine_unavailable")
 ERROR_KINDS = ("invalid_argument", "already_exists", "resource_exhausted", "unavailable", "deadline_exceeded", "unauthenticated",
                "permission_denied", "internal", "inference_item", "publish_queue_full")

@@ -42,6 +42,7 @@ CSV_COLUMNS = (
     "customer_talk_ratio",
     "dead_air_s",
     "silences",
+    "hold_s",
     "overtalk_s",
     "interruptions_by_agent",
     "interruptions_by_customer",
@@ -232,6 +233,13 @@ def _key_figures(doc: Mapping, conversation: Mapping, alerts: list[dict]) -> str
         f'<div class="card"><h3>Dead air</h3><p class="big">{_seconds(conversation.get("dead_air_ms"))}</p>'
         f'<p class="sub">{_int(silences_total)} long silence{"" if _int(silences_total) == 1 else "s"}</p></div>'
     )
+    hold = _dict(conversation.get("hold"))
+    if hold:
+        count = _int(hold.get("count"))
+        cards.append(
+            f'<div class="card"><h3>On hold</h3><p class="big">{_seconds(hold.get("ms"))}</p>'
+            f'<p class="sub">{count} hold{"" if count == 1 else "s"} (music or tones)</p></div>'
+        )
     interruptions = _dict(conversation.get("interruptions"))
     by = _dict(interruptions.get("by"))
     if stereo:
@@ -804,6 +812,7 @@ def _summary_row(summary: Mapping, labels: list[str]) -> dict[str, str]:
     if silences is None and isinstance(conversation.get("silences"), list):
         silences = float(len(_dicts(conversation.get("silences"))))
     row["silences"] = _csv_number(silences, 0)
+    row["hold_s"] = _ms_to_s(_dict(conversation.get("hold")).get("ms"))
     interruptions = _dict(conversation.get("interruptions"))
     by = _dict(interruptions.get("by"))
     for role in ("agent", "customer"):

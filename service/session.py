@@ -39,6 +39,7 @@ from service import metrics
 from service.alerts import EventSink, build_alert, wall_time_iso
 from service.analytics.conversation import ConversationSnapshot, ConversationTracker
 from service.analytics.crosstalk import speaking_frames
+from service.analytics.gate import BLOCK_FRAMES, FrameMarks, SteadyGate
 from service.analytics.frames import FrameTrack
 from service.analytics.prosody import ProsodyFigures, ProsodyTrack
 from service.analytics.timeline import ChannelTimeline
@@ -206,6 +207,15 @@ class CallSession:
         }
         self._frame_ms = frame_ms
         self._frame_samples = fmt.sample_rate * frame_ms // 1000
+        # Tones and steady music are not speech (service/analytics/gate.py); the marks let a window tell
+        # speech from steady sound in its new audio.
+        self._gates = [SteadyGate(self._frame_samples, frame_ms, analytics.hold_min_ms) for _ in fmt.channel_roles] \
+            if analytics.steady_gate else []
+        self._marks = [FrameMarks(history_ms // frame_ms) for _ in fmt.channel_roles] if self._gates else []
+        self._steady_frames = [0] * len(fmt.channel_roles)
+        # Scored windows of a channel whose gate is still deciding whether what it hears is steady sound wait
+        # here (in order) until it has decided; at most a few blocks of 80 ms.
+        self._deferred: list[deque[AnalysisWindow]] = [deque() for _ in fmt.channel_roles]
         self._conversation = ConversationTracker(
             fmt.channel_roles, frame_ms, hangover_ms=analytics.hangover_ms, min_interruption_ms=analytics.interruption_min_overlap_ms,
             contest_ms=analytics.interruption_contest_ms, min_speech_ms=analytics.min_speech_ms,
@@ -418,6 +428,8 @@ class CallSession:
             ticks = self._analyse_held()
         if cut:
             self._take_windows(cut)
+        if self._gates:
+            self._release_deferred()
         if ticks:
             self._on_ticks(ticks, arrival)
 
@@ -425,6 +437,8 @@ class CallSession:
         """After an analysis: how many frames may be held before the next one (up to the next conversation
         tick if the rules look at ticks, so that tick alerts fire with the chunk that completes the tick)."""
         limit = HELD_FRAMES_MAX
+        if any(self._deferred):
+            limit = min(limit, BLOCK_FRAMES)  # the gate decides a block at a time; the windows wait for it
         if self._ctx.rules().needs_ticks:
             conversation = self._conversation
             limit = min(limit, max(1, -(-(conversation.next_tick_ms - conversation.now_ms) // self._frame_ms)))
@@ -440,7 +454,12 @@ class CallSession:
         frames = samples // self._frame_samples
         for track in self._prosody.values():
             track.skip(frames)
+        for gate, marks in zip(self._gates, self._marks):
+            gate.skip(frames)
+            marks.skip(frames)
         self._take_windows(cut)
+        if self._gates:
+            self._release_deferred(final=True)  # nothing carries across a stretch with no audio
         self._on_ticks(self._conversation.skip(frames), arrival)
         self._plan_analysis()
         self._audio_frames += samples
@@ -458,14 +477,30 @@ class CallSession:
         return ticks
 
     def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
-        """Prosody and turn-taking for the next whole VAD frames of every channel (near silence and crosstalk removed)."""
+        """Prosody and turn-taking for the next whole VAD frames of every channel (steady sound, near silence and
+        crosstalk removed)."""
+        present = steady = None
+        if self._gates:
+            states = [gate.push(block, len(vad), vad[:, index]) for index, (gate, block) in enumerate(zip(self._gates, blocks))]
+            if any(state.any() for state in states):
+                steady = np.stack(states, axis=1) & vad
+                present = steady.any(axis=1)  # a tone or music sounding: the line is not dead
+                vad = vad & ~steady
+                for index in range(len(blocks)):
+                    self._steady_frames[index] += int(np.count_nonzero(steady[:, index]))
         speaking, crosstalk = speaking_frames(blocks, vad, self._frame_samples, self._ctx.analytics.crosstalk_margin_db)
         for index, track in enumerate(self._channel_prosody):
             column = speaking[:, index]
             track.push(blocks[index], column)
             self._voiced_frames[index] += int(np.count_nonzero(column))
             self._crosstalk_frames[index] += int(np.count_nonzero(crosstalk[:, index]))
-        return self._conversation.push(speaking)
+        if self._marks:
+            none = np.zeros(len(speaking), dtype=bool)
+            for index, marks in enumerate(self._marks):
+                marks.push(speaking[:, index], none if steady is None else steady[:, index])
+                for first, end in self._gates[index].take_entries():
+                    marks.mark_steady(first, end)  # the start of a tone or music, taken for speech until the gate knew
+        return self._conversation.push(speaking, present)
 
     def _report_ingested(self) -> None:
         """Add the audio ingested and the time each push took since the last report to their metrics."""
@@ -575,6 +610,8 @@ class CallSession:
         for index, pipeline in enumerate(self._pipelines):
             self._take_windows(pipeline.flush(arrival))
             self._count_segments(index)
+        if self._gates:
+            self._release_deferred(final=True)
         while self._ready:
             self._submit_ready()
             if self._ready:
@@ -668,18 +705,43 @@ class CallSession:
                 figures = dataclasses.replace(figures, speech_rate_cpm=cpm)
             speech_ms = self._voiced_frames[self._channel_of[window.role]] * self._frame_ms
             window = dataclasses.replace(window, analytics=WindowAnalytics(figures, snapshot, speech_ms))
-            if window.scored and figures.voiced_ms == 0:
-                # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
-                # in, or near silence): the model would score someone else's voice.
-                self._skipped_windows[window.role] += 1
-                step = window.frame_samples
-                self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
-                metrics.window("skipped_no_speech")
+            if not window.scored:
                 self._evaluate(window, None, degraded=False)
-            elif window.scored:
-                self._ready.append(window)
+                continue
+            index = self._channel_of[window.role]
+            if self._gates and (self._deferred[index] or self._gates[index].deciding):
+                self._deferred[index].append(window)
             else:
-                self._evaluate(window, None, degraded=False)
+                self._route(window)
+
+    def _route(self, window: AnalysisWindow) -> None:
+        """A scored window to the model, or to the rules alone when it holds no speech of the speaker's own."""
+        steady = self._mostly_steady(window)
+        if window.analytics.prosody.voiced_ms == 0 or steady:
+            # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
+            # in, or near silence), or its new audio is mostly a tone or music: the model would score
+            # someone else's voice or no voice at all.
+            self._skipped_windows[window.role] += 1
+            step = window.frame_samples
+            self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
+            metrics.window("skipped_steady_sound" if steady else "skipped_no_speech")
+            self._evaluate(window, None, degraded=False)
+        else:
+            self._ready.append(window)
+
+    def _release_deferred(self, final: bool = False) -> None:
+        """Route the deferred windows of every channel whose gate has decided (all of them when `final`)."""
+        for index, deferred in enumerate(self._deferred):
+            while deferred and (final or not self._gates[index].deciding):
+                self._route(deferred.popleft())
+
+    def _mostly_steady(self, window: AnalysisWindow) -> bool:
+        """At least as much of the window's new audio was steady sound (tone, music) as speech."""
+        if not self._marks:
+            return False
+        step = window.frame_samples
+        speech, steady = self._marks[self._channel_of[window.role]].count(window.new_from_sample // step, window.end_sample // step)
+        return steady > 0 and steady >= speech
 
     def _evaluate(self, window: AnalysisWindow, scores: dict[str, float] | None, degraded: bool) -> None:
         analytics: WindowAnalytics = window.analytics
@@ -901,6 +963,21 @@ class CallSession:
             **extra,
         }
 
+    def _conversation_summary(self) -> dict:
+        summary = self._conversation.summary()
+        if self._gates:
+            summary["hold"] = {"ms": sum(g.hold_frames for g in self._gates) * self._frame_ms,
+                               "count": sum(g.holds for g in self._gates)}
+        return summary
+
+    def _steady_summary(self, index: int) -> dict:
+        """A speaker's steady sound (tones, music) taken out of their speech, and their holds."""
+        if not self._gates:
+            return {}
+        gate = self._gates[index]
+        return {"steady_sound_ms": self._steady_frames[index] * self._frame_ms,
+                "hold": {"ms": gate.hold_frames * self._frame_ms, "count": gate.holds}}
+
     def _summary(self, reason: str) -> CallSummary:
         rate = self.config.audio.sample_rate
         duration_ms = self._audio_frames * 1000 // rate
@@ -924,6 +1001,7 @@ class CallSession:
                 "top_labels": dict(s.top_labels),
                 "prosody": {**self._prosody[s.speaker].totals(), **self._transcripts[s.speaker].totals()},
                 "crosstalk_ms": self._crosstalk_frames[self._channel_of[s.speaker]] * self._frame_ms,
+                **self._steady_summary(self._channel_of[s.speaker]),
                 "trajectory": {
                     "resolution_ms": 1000,
                     "points": [{"t_ms": t_ms, "scores": [round(float(x), 4) for x in scores]} for t_ms, scores in timeline.trajectory()],
@@ -938,7 +1016,7 @@ class CallSession:
             alert_count=self._alert_count,
             labels=list(labels),
             speakers=speaker_documents,
-            conversation=self._conversation.summary(),
+            conversation=self._conversation_summary(),
             alerts=[
                 {
                     "alert_id": a.alert_id,

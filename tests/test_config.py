@@ -111,3 +111,14 @@ def test_turn_taking_thresholds_come_from_the_environment_and_are_validated():
         load_config({}, environ={"CALLPULSE_INTERRUPTION_CONTEST_MS": "400"})
     with pytest.raises(ConfigError, match="min_speech_ms must be 0..2000, got 5000"):
         load_config({}, environ={"CALLPULSE_MIN_SPEECH_MS": "5000"})
+
+
+def test_steady_gate_and_hold_settings_come_from_the_environment_and_are_validated():
+    """CALLPULSE_STEADY_GATE turns the tone and music gate off and CALLPULSE_HOLD_MIN_MS sets when steady sound is a hold
+    (defaults on and 5000 ms); a hold shorter than a second is refused."""
+    analytics = load_config({}, environ={}).analytics
+    assert (analytics.steady_gate, analytics.hold_min_ms) == (True, 5000)
+    analytics = load_config({}, environ={"CALLPULSE_STEADY_GATE": "false", "CALLPULSE_HOLD_MIN_MS": "90000"}).analytics
+    assert (analytics.steady_gate, analytics.hold_min_ms) == (False, 90000)
+    with pytest.raises(ConfigError, match="hold_min_ms must be 1000..600000, got 10"):
+        load_config({}, environ={"CALLPULSE_HOLD_MIN_MS": "10"})

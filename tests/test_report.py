@@ -62,6 +62,7 @@ def make_summary() -> dict:
             "silences": [{"start_ms": 60000, "duration_ms": 6000}, {"start_ms": 185000, "duration_ms": 9500}],
             "silences_total": 2, "overtalk_ms": 4000,
             "backchannels": {"count": 4, "by": {"agent": 1, "customer": 3}},
+            "hold": {"ms": 95000, "count": 2},
             "interruptions": {"count": 3, "by": {"agent": 2, "customer": 1},
                               "events": [{"at_ms": 50000, "by": "agent", "of": "customer", "overlap_ms": 800}]},
         },
@@ -246,6 +247,7 @@ def test_key_figures_and_prosody_are_shown():
     assert "customer 57%" in text and "agent 43%" in text
     assert "30.0 s" in text and "2 long silences" in text and "4.0 s" in text
     assert "by agent 2 · by customer 1 · back-channels 4 (not counted)" in text
+    assert "On hold" in text and "95.0 s" in text and "2 holds (music or tones)" in text
     assert "-24.1 dBFS" in text and "180 Hz" in text and "6.1 st" in text and "190 syllables/min" in text
     # the agent's null loudness/pitch/rate are left out, its baseline is shown
     agent_card = re.search(r"<h3>agent</h3>.*?</div></div>", page, flags=re.S).group(0)
@@ -378,6 +380,7 @@ def test_batch_csv_columns_and_figures_match_the_document(tmp_path):
     assert float(row["dead_air_s"]) == 30.0 and row["silences"] == "2" and float(row["overtalk_s"]) == 4.0
     assert row["interruptions_by_agent"] == "2" and row["interruptions_by_customer"] == "1"
     assert row["backchannels_by_agent"] == "1" and row["backchannels_by_customer"] == "3"
+    assert row["hold_s"] == "95.0"
     assert row["alerts"] == "2"
     assert row["customer_top_label"] == "neutral"
     assert float(row["customer_peak_negative"]) == pytest.approx(0.8)  # angry 0.7 + sad 0.1 at 20-22 s

@@ -20,11 +20,24 @@ RATE = 8000
 
 
 def voice(seconds: float, f0: float, level: float, rng: np.random.Generator) -> np.ndarray:
-    """A glottal-like pulse train with syllable-rate loudness changes (the VAD takes it for speech)."""
-    t = np.arange(int(seconds * RATE)) / RATE
-    source = np.sign(np.sin(2 * np.pi * f0 * t)) * np.exp(-((t * f0) % 1.0) * 6)
+    """A glottal-like pulse train with syllable-rate loudness changes (the VAD takes it for speech), in syllables of
+    80-160 ms, each with its own gliding pitch and vowel colour (a steady buzz would be a steady sound, not speech)."""
+    n = int(seconds * RATE)
+    out = np.zeros(n)
+    pos, phase = 0, 0.0
+    taps = np.arange(40) / RATE
+    while pos < n:
+        m = min(n - pos, int(rng.uniform(0.08, 0.16) * RATE))
+        pitch = np.linspace(f0 * rng.uniform(0.85, 1.15), f0 * rng.uniform(0.85, 1.15), m)
+        cycles = phase + np.cumsum(pitch) / RATE
+        phase = cycles[-1]
+        source = np.sign(np.sin(2 * np.pi * cycles)) * np.exp(-(cycles % 1.0) * 6)
+        formant = np.cos(2 * np.pi * rng.uniform(300, 2500) * taps) * np.hanning(len(taps))
+        out[pos:pos + m] = np.convolve(source, formant)[:m]
+        pos += m
+    t = np.arange(n) / RATE
     envelope = 0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(3.5, 5.5) * t) ** 2
-    return source * envelope * level
+    return out / (np.abs(out).max() + 1e-9) * envelope * level
 
 
 def generated_call(seed: int) -> np.ndarray:

@@ -172,11 +172,12 @@ class ConversationTracker:
         """Call offset of the next tick boundary: frames that reach it make `push` return a snapshot."""
         return self._next_tick
 
-    def push(self, voiced: np.ndarray) -> list[ConversationSnapshot]:
+    def push(self, voiced: np.ndarray, present: np.ndarray | None = None) -> list[ConversationSnapshot]:
         """Process the next frames: `voiced` has shape (n_frames, len(roles)) (or (n_frames,) for one
-        channel), one VAD flag per frame and channel. Returns a snapshot for every tick boundary
-        (multiple of tick_ms of call time) crossed, in order; a boundary inside a frame is reported with
-        the state at the end of that frame."""
+        channel), one VAD flag per frame and channel; `present` (n_frames,), optional: frames in which
+        something that is not speech plays on the line (a tone, hold music), during which there is no
+        dead air. Returns a snapshot for every tick boundary (multiple of tick_ms of call time) crossed,
+        in order; a boundary inside a frame is reported with the state at the end of that frame."""
         flags = np.asarray(voiced, dtype=bool)
         if flags.ndim == 1 and not self._stereo:
             flags = flags[:, None]
@@ -184,6 +185,23 @@ class ConversationTracker:
             raise ValueError(f"voiced must have shape (n_frames, {len(self.roles)}), got {flags.shape}")
         out: list[ConversationSnapshot] = []
         frame_ms = self.frame_ms
+        if present is not None and np.count_nonzero(present):
+            if len(present) != len(flags):
+                raise ValueError(f"present must have one flag per frame ({len(flags)}), got {len(present)}")
+            for row, playing in zip(flags.tolist(), np.asarray(present, dtype=bool).tolist()):
+                k = self._frame
+                if playing:
+                    self._present(k)
+                if self._stereo:
+                    if row[0] or row[1]:
+                        self._voice_pair(k, row[0], row[1])
+                elif row[0]:
+                    self._voice(0, k)
+                    self._speech(0, k)
+                self._frame += 1
+                if self._frame * frame_ms >= self._next_tick:
+                    self._ticks(out)
+            return out
         if self._stereo:
             for v0, v1 in flags.tolist():
                 if v0 or v1:
@@ -306,6 +324,14 @@ class ConversationTracker:
             start = max(self._last_any + 1, self._origin)
             if self._start[c] - start > self._hang:
                 self._record_silence(start, self._start[c] - start)
+        if k > self._last_any:
+            self._last_any = k
+
+    def _present(self, k: int) -> None:
+        """A sound that is not speech plays in frame k: the line is not dead; a dead-air stretch before it ends."""
+        start = max(self._last_any + 1, self._origin)
+        if k - start > self._hang:
+            self._record_silence(start, k - start)
         if k > self._last_any:
             self._last_any = k
 

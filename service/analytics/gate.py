@@ -1,0 +1,256 @@
+"""Steady sounds are not speech: call-progress and signalling tones, and hold music, found per channel.
+
+webrtcvad marks a ringback, a DTMF digit, a fax tone or a bar of hold music as speech (about 95% of
+music frames), so without this gate they would count as someone talking, their windows would reach
+the emotion model and could raise alerts. What sets them apart from a voice is that their spectrum
+holds still: a tone is one or two fixed lines, a note or a chord keeps its partials for a beat or
+longer, while a voice's harmonics glide with its pitch and its formants move from sound to sound.
+
+The measure, per channel, on consecutive 80 ms blocks (4 VAD frames, Hann window, 12.5 Hz bins): the
+overlap of the two blocks' normalised power spectra (sum of the bin-wise minimum; 1 for the same
+sound, near 0 for unrelated ones). Measured (tests/test_gate.py, README "Tones and music are not
+speech"): tones about 1.0, generated music (chords, melody, drums) median 0.84, the speech of the bundled
+call and of the real call in ../shared/audio median 0.21-0.25 with 2% of blocks above 0.7. A channel
+enters the steady state when STEADY_ENTER_BLOCKS of its last STEADY_ENTER_OF blocks are at or above
+STEADY_ENTER (a tone after 320 ms, generated music after 400 ms: a melody note or a drum beat may
+break one comparison), and leaves it after STEADY_EXIT_BLOCKS loud blocks in a row below STEADY_EXIT
+(a beat of drums does not end it) or 2 s too quiet to compare (a pause between DTMF digits or notes
+does not). While steady, the channel's VAD-voiced frames are not speech. A channel steady for at
+least `hold_min_ms` is on hold.
+
+What it does not catch: music with singing (the voice glides like speech), and music under someone
+speaking on the same channel (the speech wins, which is right). A pretrained detector (silero-vad,
+which rejects these tones and the generated music entirely) would run in the model engine; see the
+README. Cost: one FFT of an 80 ms block (640 points at 8 kHz) per block with a voiced frame,
+vectorised over the blocks analysed together; about 1 ms of CPU per second of a stereo call.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+STEADY_ENTER = 0.7
+"""Spectral overlap of consecutive blocks at or above which a block is steady."""
+STEADY_EXIT = 0.5
+"""Spectral overlap below which a block counts towards leaving the steady state."""
+STEADY_ENTER_BLOCKS = 3
+"""Steady blocks among the last STEADY_ENTER_OF that make the channel steady."""
+STEADY_ENTER_OF = 4
+STEADY_EXIT_BLOCKS = 3
+"""Loud blocks in a row below STEADY_EXIT that end the steady state."""
+QUIET_EXIT_BLOCKS = 25
+"""Quiet blocks in a row (2 s) that end the steady state: the pause between DTMF digits, notes or the
+bursts of a busy signal does not."""
+BLOCK_FRAMES = 4
+"""VAD frames per compared block (80 ms of 20 ms frames)."""
+QUIET_DBFS = -55.0
+"""Blocks at or below this level are too quiet to compare (they count towards leaving)."""
+_FULL_SCALE = 32768.0
+
+
+class SteadyGate:
+    """One channel's steady-sound detector: feed it every decided frame in order."""
+
+    def __init__(self, frame_samples: int, frame_ms: int = 20, hold_min_ms: int = 3000) -> None:
+        if frame_samples <= 0 or frame_ms <= 0 or hold_min_ms < 0:
+            raise ValueError("frame_samples and frame_ms must be > 0 and hold_min_ms >= 0")
+        self.frame_samples = frame_samples
+        self.frame_ms = frame_ms
+        self.hold_min_ms = hold_min_ms
+        self._size = BLOCK_FRAMES * frame_samples
+        self._window = np.hanning(self._size)
+        self._quiet = (10.0 ** (QUIET_DBFS / 10.0)) * (_FULL_SCALE * _FULL_SCALE) * self._size
+        self._pending = np.zeros(0, dtype=np.int16)  # samples of the block being filled
+        self._pending_flags = np.zeros(0, dtype=bool)  # and the VAD flags of its frames
+        self._previous: np.ndarray | None = None  # normalised spectrum of the last loud block
+        self._steady = False
+        self._run = 0  # loud blocks in a row towards leaving the steady state
+        self._quiet_run = 0  # quiet blocks in a row towards leaving it
+        self._stretch = 0  # frames of the current steady stretch
+        self._block_first = 0  # channel frame where the block being filled starts
+        self._recent: deque[tuple[bool, int]] = deque(maxlen=STEADY_ENTER_OF)  # (steady?, first frame) of the last blocks
+        self._entries: list[tuple[int, int]] = []
+        self.steady_frames = 0
+        """Frames decided while steady (voiced or not)."""
+        self.hold_frames = 0
+        """Frames of steady stretches at least hold_min_ms long."""
+        self.holds = 0
+        """Steady stretches that reached hold_min_ms."""
+
+    @property
+    def steady(self) -> bool:
+        """The channel is in the steady state now."""
+        return self._steady
+
+    @property
+    def deciding(self) -> bool:
+        """The last blocks look steady but not yet long enough: the gate may still take them, and the frames
+        before them back to where the steady run began, as steady sound (see take_entries)."""
+        return not self._steady and any(flag for flag, _ in self._recent)
+
+    def take_entries(self) -> list[tuple[int, int]]:
+        """Channel frame ranges [first, end) of the steady sound that made the gate enter the steady state since the
+        last call: those frames were decided before the gate knew (as speech), and a caller may correct its records."""
+        entries, self._entries = self._entries, []
+        return entries
+
+    @property
+    def hold_ms(self) -> int:
+        """Length of the current steady stretch once it is a hold (0 otherwise)."""
+        return self._stretch * self.frame_ms if self._stretch * self.frame_ms >= self.hold_min_ms else 0
+
+    def push(self, samples: np.ndarray, frames: int, voiced: np.ndarray | None = None) -> np.ndarray:
+        """The next `frames` frames (int16 samples of whole frames) and, optionally, the VAD's flag of each (a block
+        with no voiced frame is not compared, like a quiet one: it cannot hold speech to take away, and this halves
+        the work on a call); returns per frame whether the channel was in the steady state (a steady sound is
+        playing), each frame with the state the block before its own left. The caller takes VAD-voiced frames in
+        that state as not speech."""
+        n = frames
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        samples = np.asarray(samples, dtype=np.int16)[: n * self.frame_samples]
+        flags = np.ones(n, dtype=bool) if voiced is None else np.asarray(voiced, dtype=bool)[:n]
+        fs = self.frame_samples
+        filled = len(self._pending) // fs
+        data = np.concatenate((self._pending, samples)) if filled else samples
+        data_flags = np.concatenate((self._pending_flags, flags)) if filled else flags
+        whole = len(data) // self._size
+        # Every frame takes the state as it stood when its block began (the state the previous block left), so
+        # the decisions do not depend on how the audio is split into pushes.
+        decided = np.empty(n, dtype=bool)
+        index = 0
+        if whole:
+            blocks = data[: whole * self._size].astype(np.float64).reshape(whole, self._size)
+            power = np.einsum("bs,bs->b", blocks, blocks)
+            loud = (power > self._quiet) & data_flags[: whole * BLOCK_FRAMES].reshape(whole, BLOCK_FRAMES).any(axis=1)
+            spectra = None
+            if np.count_nonzero(loud):
+                spectrum = np.fft.rfft(blocks[loud] * self._window, axis=1)
+                spectra = spectrum.real * spectrum.real + spectrum.imag * spectrum.imag
+                spectra /= np.maximum(spectra.sum(axis=1, keepdims=True), 1e-30)
+            row = 0
+            for b in range(whole):
+                count = BLOCK_FRAMES - filled if b == 0 else BLOCK_FRAMES
+                decided[index : index + count] = self._steady
+                index += count
+                if loud[b]:
+                    current = spectra[row]
+                    row += 1
+                    overlap = float(np.minimum(current, self._previous).sum()) if self._previous is not None else 0.0
+                    self._previous = current
+                else:
+                    overlap = 0.0
+                    self._previous = None
+                self._step(overlap, quiet=not loud[b])
+                self._block_first += BLOCK_FRAMES
+        decided[index:] = self._steady
+        self._pending = data[whole * self._size :].copy()
+        self._pending_flags = data_flags[whole * BLOCK_FRAMES :].copy()
+        self._account(decided)
+        return decided
+
+    def _step(self, overlap: float, quiet: bool) -> None:
+        """The state after the block starting at channel frame self._block_first, whose overlap with the block before
+        it is `overlap` (0 when either is `quiet`)."""
+        if not self._steady:
+            self._recent.append((overlap >= STEADY_ENTER, self._block_first))
+            if sum(flag for flag, _ in self._recent) >= STEADY_ENTER_BLOCKS:
+                self._steady, self._run = True, 0
+                # The steady sound began at the block before the first that matched its predecessor.
+                first = next(start for flag, start in self._recent if flag) - BLOCK_FRAMES
+                self._entries.append((max(0, first), self._block_first + BLOCK_FRAMES))
+                self._recent.clear()
+        elif quiet:
+            self._quiet_run += 1
+            if self._quiet_run >= QUIET_EXIT_BLOCKS:
+                self._steady, self._run, self._quiet_run = False, 0, 0
+        else:
+            self._quiet_run = 0
+            self._run = self._run + 1 if overlap < STEADY_EXIT else 0
+            if self._run >= STEADY_EXIT_BLOCKS:
+                self._steady, self._run = False, 0
+
+    def _account(self, decided: np.ndarray) -> None:
+        """Steady and hold time over the decided frames, in order."""
+        hold_min = max(1, -(-self.hold_min_ms // self.frame_ms))
+        if not self._stretch and not decided.any():
+            return
+        for state in decided.tolist():
+            if state:
+                self._stretch += 1
+                self.steady_frames += 1
+                if self._stretch == hold_min:
+                    self.holds += 1
+                    self.hold_frames += hold_min
+                elif self._stretch > hold_min:
+                    self.hold_frames += 1
+            else:
+                self._stretch = 0
+
+    def skip(self, frames: int) -> None:
+        """`frames` frames of audio that will never come: nothing carries across them."""
+        self._block_first += len(self._pending) // self.frame_samples + frames
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._pending_flags = np.zeros(0, dtype=bool)
+        self._previous = None
+        self._steady = False
+        self._run = self._quiet_run = 0
+        self._stretch = 0
+        self._recent.clear()
+
+
+class FrameMarks:
+    """Per-frame marks of one channel over its recent frames (a ring by absolute frame index): which frames
+    were speech and which were steady sound, for the windows cut over them."""
+
+    NONE, SPEECH, STEADY = 0, 1, 2
+
+    def __init__(self, capacity: int) -> None:
+        if capacity <= 0:
+            raise ValueError(f"capacity must be > 0, got {capacity}")
+        self._marks = np.zeros(capacity, dtype=np.uint8)
+        self._index = np.full(capacity, -1, dtype=np.int64)
+        self._next = 0
+
+    def push(self, speech: np.ndarray, steady: np.ndarray) -> None:
+        """The marks of the next frames (bool arrays of equal length)."""
+        n = len(speech)
+        if not n:
+            return
+        capacity = len(self._marks)
+        keep = min(n, capacity)
+        frames = np.arange(self._next + n - keep, self._next + n, dtype=np.int64)
+        slots = frames % capacity
+        marks = np.where(np.asarray(steady[n - keep :], dtype=bool), self.STEADY,
+                         np.where(np.asarray(speech[n - keep :], dtype=bool), self.SPEECH, self.NONE))
+        self._marks[slots] = marks
+        self._index[slots] = frames
+        self._next += n
+
+    def skip(self, frames: int) -> None:
+        """Frames that will never come carry no mark."""
+        self._next += frames
+
+    def mark_steady(self, first: int, end: int) -> None:
+        """Held frames of [first, end) marked as speech become steady sound (a decision the gate made late)."""
+        capacity = len(self._marks)
+        low, high = max(first, self._next - capacity, 0), min(end, self._next)
+        if high <= low:
+            return
+        frames = np.arange(low, high, dtype=np.int64)
+        slots = frames % capacity
+        slots = slots[(self._index[slots] == frames) & (self._marks[slots] == self.SPEECH)]
+        self._marks[slots] = self.STEADY
+
+    def count(self, first: int, end: int) -> tuple[int, int]:
+        """(speech frames, steady frames) among the held frames of [first, end)."""
+        capacity = len(self._marks)
+        low, high = max(first, self._next - capacity, 0), min(end, self._next)
+        if high <= low:
+            return 0, 0
+        frames = np.arange(low, high, dtype=np.int64)
+        slots = frames % capacity
+        marks = self._marks[slots][self._index[slots] == frames]
+        return int(np.count_nonzero(marks == self.SPEECH)), int(np.count_nonzero(marks == self.STEADY))

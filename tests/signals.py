@@ -1,0 +1,64 @@
+"""Generated non-speech signals with known answers: call-progress and DTMF tones, and music (chords, a melody, drums)."""
+
+import numpy as np
+
+RATE = 8000
+
+
+def tones(*hz: float, seconds: float, level: float = 8000.0, rate: int = RATE) -> np.ndarray:
+    """The sum of sinusoids at `hz` (float, peak `level` in int16 units)."""
+    t = np.arange(int(seconds * rate)) / rate
+    return level * sum(np.sin(2 * np.pi * f * t) for f in hz) / len(hz)
+
+
+def cadence(hz: tuple[float, ...], on_s: float, off_s: float, seconds: float, rate: int = RATE) -> np.ndarray:
+    """A tone switched on and off, as a ringback (US: 440+480 Hz, 2 s on, 4 s off) or a busy signal."""
+    period = np.concatenate([tones(*hz, seconds=on_s, rate=rate), np.zeros(int(off_s * rate))])
+    return np.resize(period, int(seconds * rate))
+
+
+DTMF = {"1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "4": (770, 1209), "5": (770, 1336), "6": (770, 1477),
+        "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "*": (941, 1209), "0": (941, 1336), "#": (941, 1477)}
+
+
+def dtmf(digits: str, on_s: float = 0.5, off_s: float = 0.3, rate: int = RATE) -> np.ndarray:
+    """DTMF digits as a caller holding each key (`on_s` each, `off_s` apart)."""
+    parts = []
+    for digit in digits:
+        parts += [tones(*DTMF[digit], seconds=on_s, rate=rate), np.zeros(int(off_s * rate))]
+    return np.concatenate(parts)
+
+
+def music(seconds: float, seed: int = 0, rate: int = RATE) -> np.ndarray:
+    """Hold music: a triad (three notes with two overtones each) per bar of 1 s, a decaying melody note every 250 ms,
+    a kick drum every 500 ms and a snare (noise burst) on the off-beats."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    out = np.zeros(n)
+    t = np.arange(n) / rate
+    roots = (220.0, 246.9, 261.6, 293.7, 329.6, 196.0)
+    for bar in range(int(np.ceil(seconds))):
+        part = slice(bar * rate, min(n, (bar + 1) * rate))
+        root = roots[rng.integers(len(roots))]
+        for ratio in (1.0, 1.26, 1.498):  # a major triad
+            for harmonic, weight in ((1, 1.0), (2, 0.5), (3, 0.25)):
+                out[part] += 1500 * weight * np.sin(2 * np.pi * root * ratio * harmonic * t[part])
+    step = rate // 4
+    for start in range(0, n, step):
+        end = min(n, start + step)
+        local = t[start:end] - t[start]
+        note = 440.0 * 2 ** (rng.integers(0, 12) / 12)
+        out[start:end] += (2500 * np.sin(2 * np.pi * note * local) + 800 * np.sin(4 * np.pi * note * local)) * np.exp(-3 * local)
+    for beat, start in enumerate(range(0, n, rate // 2)):
+        end = min(n, start + int(0.08 * rate))
+        local = t[start:end] - t[start]
+        out[start:end] += 6000 * np.sin(2 * np.pi * 60 * local) * np.exp(-30 * local)
+        if beat % 2:
+            out[start:end] += 3000 * rng.normal(0, 1, end - start) * np.exp(-40 * local)
+    return out
+
+
+def int16(x: np.ndarray, noise: float = 30.0, seed: int = 1) -> np.ndarray:
+    """`x` with a little line noise, as int16."""
+    noisy = x + np.random.default_rng(seed).normal(0, noise, len(x))
+    return np.clip(noisy, -32768, 32767).astype(np.int16)

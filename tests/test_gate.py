@@ -1,0 +1,168 @@
+"""The steady-sound gate: tones and music are not speech, on generated signals with known answers and real speech."""
+
+import numpy as np
+import pytest
+import webrtcvad
+
+from clients.wavfile import read_wav
+from service.analytics.crosstalk import speaking_frames
+from service.analytics.gate import FrameMarks, SteadyGate
+from service.config import AnalyticsConfig
+from service.domain import Role
+from tests import signals
+from tests.conftest import CALL_WAV, CUSTOMER_WAV
+from tests.test_analytics_pipeline import RATE, run_session, speech_8k
+
+FRAME = 160  # 20 ms at 8 kHz
+
+
+def vad(x: np.ndarray, rate: int = RATE) -> np.ndarray:
+    detector, step = webrtcvad.Vad(2), rate // 50
+    return np.array([detector.is_speech(x[i * step:(i + 1) * step].tobytes(), rate) for i in range(len(x) // step)])
+
+
+def steady_share(x: np.ndarray, voiced: np.ndarray | None = None, rate: int = RATE) -> float:
+    """Share of the VAD-voiced frames of `x` that the gate takes as steady sound."""
+    voiced = vad(x, rate) if voiced is None else voiced
+    state = SteadyGate(rate // 50).push(x, len(voiced))
+    return float(np.count_nonzero(state & voiced)) / max(1, int(np.count_nonzero(voiced)))
+
+
+TONES = {
+    "US ringback": signals.tones(440, 480, seconds=2.0),
+    "UK ringback": signals.tones(400, 450, seconds=2.0),
+    "busy": signals.tones(480, 620, seconds=2.0),
+    "dial tone": signals.tones(350, 440, seconds=2.0),
+    "fax CNG": signals.tones(1100, seconds=2.0),
+    "fax CED": signals.tones(2100, seconds=2.0),
+    "SIT": signals.tones(913.8, seconds=2.0),
+    "DTMF 5 held": signals.tones(*signals.DTMF["5"], seconds=2.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TONES))
+def test_a_tone_is_steady_sound_after_its_first_320_ms(name):
+    """Every call-progress, fax, SIT and held DTMF tone, which webrtcvad takes for speech, is steady sound from its fifth
+    80 ms block on (the first four decide it)."""
+    x = signals.int16(TONES[name])
+    voiced = vad(x)
+    assert voiced.mean() > 0.9
+    state = SteadyGate(FRAME).push(x, len(voiced))
+    assert not state[:16].any() and state[16:].all()
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_generated_music_with_chords_melody_and_drums_is_steady_sound(seed):
+    """Twenty seconds of chords, a melody and drums, voiced to webrtcvad in almost every frame, are steady sound in at
+    least 90% of those frames."""
+    x = signals.int16(signals.music(20.0, seed=seed))
+    voiced = vad(x)
+    assert voiced.mean() > 0.9
+    assert steady_share(x, voiced) >= 0.9
+
+
+def test_real_speech_is_almost_never_steady_sound():
+    """The speech of both channels of the bundled call and of the 16 kHz customer fixture: at most 1% of the frames
+    that speak (VAD, near silence and crosstalk removed) are taken as steady sound."""
+    call = read_wav(str(CALL_WAV)).samples.astype(np.int16)
+    n = len(call) // FRAME
+    voiced = np.stack([vad(call[:, c]) for c in range(2)], axis=1)[:n]
+    speaking, _ = speaking_frames([call[: n * FRAME, c] for c in range(2)], voiced, FRAME, 20.0)
+    for c in range(2):
+        assert speaking[:, c].sum() > 300
+        assert steady_share(call[: n * FRAME, c], speaking[:, c]) <= 0.01
+    customer = read_wav(str(CUSTOMER_WAV))
+    x = customer.samples[:, 0].astype(np.int16)
+    assert steady_share(x, rate=customer.sample_rate) <= 0.01
+
+
+def test_decisions_do_not_depend_on_how_the_audio_is_split():
+    """Music then speech pushed a frame at a time and in pushes of 7 frames give the same decisions and hold figures."""
+    x = np.concatenate([signals.int16(signals.music(8.0)), read_wav(str(CALL_WAV)).samples[:, 0].astype(np.int16)])
+    frames = len(x) // FRAME
+    one, seven = SteadyGate(FRAME), SteadyGate(FRAME)
+    a = np.concatenate([one.push(x[i * FRAME:(i + 1) * FRAME], 1) for i in range(frames)])
+    b = np.concatenate([seven.push(x[i * FRAME:min(i + 7, frames) * FRAME], min(7, frames - i)) for i in range(0, frames, 7)])
+    assert (a == b).all() and a[:400].mean() > 0.8 and a[500:].mean() < 0.05
+    assert (one.holds, one.hold_frames, one.steady_frames) == (seven.holds, seven.hold_frames, seven.steady_frames)
+
+
+def test_a_long_steady_stretch_is_a_hold_and_a_short_one_is_not():
+    """40 s of music is one hold of most of its length (the time to decide, and a bar where chords, melody and drums all
+    change at once, are not); a 2 s tone is steady but no hold."""
+    gate = SteadyGate(FRAME, hold_min_ms=5000)
+    x = signals.int16(signals.music(40.0))
+    gate.push(x, len(x) // FRAME)
+    assert gate.holds == 1 and 34_000 <= gate.hold_frames * 20 <= 40_000 and gate.steady
+    assert gate.hold_ms >= 20_000
+    tone = SteadyGate(FRAME, hold_min_ms=5000)
+    tone.push(signals.int16(TONES["US ringback"]), 100)
+    assert tone.holds == 0 and tone.steady_frames > 0 and tone.hold_ms == 0
+
+
+def test_frame_marks_count_speech_and_steady_frames_of_a_span():
+    """FrameMarks counts the speech and steady frames of any held span, and forgets frames older than its capacity."""
+    marks = FrameMarks(10)
+    marks.push(np.array([1, 1, 0, 0, 0, 1], bool), np.array([0, 0, 1, 1, 0, 0], bool))
+    assert marks.count(0, 6) == (3, 2) and marks.count(2, 4) == (0, 2)
+    marks.skip(3)
+    marks.push(np.ones(8, bool), np.zeros(8, bool))
+    assert marks.count(0, 17) == (8, 0)  # frames 0..6 are gone, 6..8 were skipped
+
+
+ANGRY_RULE = """rules:
+  - id: angry
+    speaker: customer
+    all:
+      - emotion: [angry]
+        min: 0.6
+        for: 1s
+    severity: high
+    notify: [agent]
+    cooldown: 10s
+    message: angry
+"""
+
+
+@pytest.mark.parametrize("name", ["music", "ringback", "dtmf"])
+async def test_tones_and_music_never_reach_the_model_count_as_talk_or_alert(name):
+    """Music, a ringing line or DTMF digits on the customer channel, loud enough that the scripted model would call them
+    angry: no window is scored, no talk time or speech, no alert; the customer's speech after them still alerts."""
+    sound = {"music": signals.music(12.0), "ringback": signals.cadence((440, 480), 2.0, 4.0, 12.0),
+             "dtmf": signals.dtmf("1234567890#")}[name]
+    gap = np.zeros(RATE)
+    alone = signals.int16(np.concatenate([sound, gap]))[:, None]
+    alerts, updates, summary = await run_session(alone, rules_text=ANGRY_RULE)
+    customer = summary.document["speakers"][0]
+    assert alerts == [] and updates == [] and customer["windows_scored"] == 0, customer
+    assert summary.document["conversation"]["talk_ms"]["customer"] <= 1000
+    assert customer["prosody"]["voiced_ms"] <= 1000 and customer["steady_sound_ms"] > 3000
+    then_speech = np.concatenate([alone[:, 0], np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)])[:, None]
+    alerts, updates, summary = await run_session(then_speech, rules_text=ANGRY_RULE)
+    assert [a.rule_id for a in alerts] == ["angry"] and updates
+    assert all(u.window_end_ms > len(alone) * 1000 // RATE for u in updates)
+
+
+async def test_forty_seconds_of_hold_music_is_hold_time_and_no_dead_air():
+    """Stereo: the customer speaks, the agent's channel plays music for 40 s while nobody speaks, the agent comes back:
+    the summary has one hold of about 40 s on the agent, no dead-air alert and no listed silence during the music; with
+    the gate off the same call reads as the agent talking for 40 s."""
+    speech = np.clip(speech_8k(), -32768, 32767).astype(np.int16)
+    hold = signals.int16(signals.music(40.0))
+    quiet = np.zeros(len(hold), np.int16)
+    customer = np.concatenate([speech, quiet, np.zeros(len(speech), np.int16)])
+    agent = np.concatenate([np.zeros(len(speech), np.int16), hold, speech])
+    audio = np.stack([customer, agent], axis=1)
+    roles = (Role.CUSTOMER, Role.AGENT)
+    alerts, _, summary = await run_session(audio, roles=roles)
+    conversation = summary.document["conversation"]
+    agent_doc = summary.document["speakers"][1]
+    assert agent_doc["hold"]["count"] == 1 and 34_000 <= agent_doc["hold"]["ms"] <= 40_000
+    assert conversation["hold"] == agent_doc["hold"]
+    assert not [a for a in alerts if a.rule_id == "dead-air"]
+    start_ms = len(speech) * 1000 // RATE
+    assert not [s for s in conversation["silences"] if s["start_ms"] + s["duration_ms"] > start_ms + 2000
+                and s["start_ms"] < start_ms + 38_000], conversation["silences"]
+    assert conversation["talk_ms"]["agent"] < 5000
+    _, _, off = await run_session(audio, roles=roles, analytics=AnalyticsConfig(steady_gate=False))
+    assert off.document["conversation"]["talk_ms"]["agent"] > 30_000 and "hold" not in off.document["conversation"]
