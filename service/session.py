@@ -479,11 +479,12 @@ class CallSession:
     def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
         """Prosody and turn-taking for the next whole VAD frames of every channel (steady sound, near silence and
         crosstalk removed)."""
-        present = steady = None
+        present = steady = state = None
         if self._gates:
             states = [gate.push(block, len(vad), vad[:, index]) for index, (gate, block) in enumerate(zip(self._gates, blocks))]
             if any(state.any() for state in states):
-                steady = np.stack(states, axis=1) & vad
+                state = np.stack(states, axis=1)
+                steady = state & vad
                 present = steady.any(axis=1)  # a tone or music sounding: the line is not dead
                 vad = vad & ~steady
                 for index in range(len(blocks)):
@@ -500,7 +501,7 @@ class CallSession:
                 marks.push(speaking[:, index], none if steady is None else steady[:, index])
                 for first, end in self._gates[index].take_entries():
                     marks.mark_steady(first, end)  # the start of a tone or music, taken for speech until the gate knew
-        return self._conversation.push(speaking, present)
+        return self._conversation.push(speaking, present, state)
 
     def _report_ingested(self) -> None:
         """Add the audio ingested and the time each push took since the last report to their metrics."""

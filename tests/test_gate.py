@@ -166,3 +166,19 @@ async def test_forty_seconds_of_hold_music_is_hold_time_and_no_dead_air():
     assert conversation["talk_ms"]["agent"] < 5000
     _, _, off = await run_session(audio, roles=roles, analytics=AnalyticsConfig(steady_gate=False))
     assert off.document["conversation"]["talk_ms"]["agent"] > 30_000 and "hold" not in off.document["conversation"]
+    rules = HOLD_RULES
+    alerts, _, _ = await run_session(audio, roles=roles, rules_text=rules)
+    assert [a.rule_id for a in alerts] == ["long-hold"]
+    assert start_ms + 20_000 <= alerts[0].fired_ms <= start_ms + 21_000 and alerts[0].start_ms <= start_ms + 1000
+
+
+HOLD_RULES = """rules:
+  - id: long-hold
+    hold: {ge: 20s, channel: agent}
+    notify: [agent]
+    message: the customer has been on hold for a while
+  - id: dead
+    silence: {ge: 5s}
+    notify: [agent]
+    message: dead air
+"""

@@ -333,6 +333,21 @@ def test_dead_air_fires_once_per_silence_on_the_call_clock():
     assert fired[0].speaker is None and fired[0].start_ms == 0 and fired[0].reason == "dead air 5.0 s"
 
 
+def test_a_hold_fires_once_it_lasts_long_enough_on_the_named_channel():
+    """`hold: {ge: 90s, channel: agent}` fires when the agent's channel has played steady sound for 90 s, with the hold's
+    start and channel as evidence; steady sound on the customer's channel does not count for it."""
+    engine = RuleEngine(parse_rules("rules:\n  - id: long-hold\n    hold: {ge: 90s, channel: agent}\n    notify: [agent]\n"))
+    state = engine.new_state()
+    on_customer = [ConversationSnapshot(t, 0, 0, None, (), hold_ms=t, hold_channel=Role.CUSTOMER) for t in range(1000, 120_001, 1000)]
+    assert ticks(engine, state, on_customer) == []
+    on_agent = [ConversationSnapshot(130_000 + t, 0, 0, None, (), hold_ms=t, hold_channel=Role.AGENT) for t in range(1000, 100_001, 1000)]
+    fired = ticks(engine, state, on_agent)
+    assert [m.fired_ms for m in fired] == [220_000] and fired[0].start_ms == 130_000
+    assert fired[0].reason == "on hold 90.0 s (music or tones on the agent's channel)"
+    with pytest.raises(RulesError, match=r"rule 'x'.hold.ge: required"):
+        parse_rules("rules:\n  - id: x\n    hold: {channel: agent}\n")
+
+
 def test_interruptions_count_by_speaker_within_the_period():
     """Three interruptions by the agent within 2 min fire; the customer's interruptions do not count for the agent rule."""
     engine = RuleEngine(parse_rules("rules:\n  - id: over\n    speaker: agent\n    interruptions: {by: agent, ge: 3, within: 2m}\n"))

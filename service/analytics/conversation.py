@@ -88,6 +88,10 @@ class ConversationSnapshot:
     """In the current over-talk, who started speaking second (None if no over-talk, or if both started in the same frame)."""
     recent_interruptions: tuple[Interruption, ...]
     """Confirmed interruptions in the last `history_ms`, oldest first."""
+    hold_ms: int = 0
+    """Current run in which a channel has been playing steady sound (hold music, tones); the longest if both."""
+    hold_channel: Role | None = None
+    """Whose channel plays it (None if none does)."""
 
     def interruptions_by(self, role: Role, within_ms: int) -> tuple[Interruption, ...]:
         """The recent interruptions by `role` with at_ms > now_ms - within_ms, oldest first."""
@@ -161,6 +165,7 @@ class ConversationTracker:
         # Confirmed interruptions start at least min_interruption_ms apart, which bounds this deque.
         self._recent: deque[Interruption] = deque(maxlen=history_ms // min_interruption_ms + 2)
         self._recent_tuple: tuple[Interruption, ...] | None = ()
+        self._steady_run = [0] * len(roles)  # frames in a row each channel has been in the steady state
 
     @property
     def now_ms(self) -> int:
@@ -172,12 +177,15 @@ class ConversationTracker:
         """Call offset of the next tick boundary: frames that reach it make `push` return a snapshot."""
         return self._next_tick
 
-    def push(self, voiced: np.ndarray, present: np.ndarray | None = None) -> list[ConversationSnapshot]:
+    def push(self, voiced: np.ndarray, present: np.ndarray | None = None,
+             steady: np.ndarray | None = None) -> list[ConversationSnapshot]:
         """Process the next frames: `voiced` has shape (n_frames, len(roles)) (or (n_frames,) for one
         channel), one VAD flag per frame and channel; `present` (n_frames,), optional: frames in which
         something that is not speech plays on the line (a tone, hold music), during which there is no
-        dead air. Returns a snapshot for every tick boundary (multiple of tick_ms of call time) crossed,
-        in order; a boundary inside a frame is reported with the state at the end of that frame."""
+        dead air; `steady` (n_frames, len(roles)), optional: frames in which a channel is in the steady
+        state (service/analytics/gate.py), whose runs the snapshots report as hold_ms. Returns a snapshot
+        for every tick boundary (multiple of tick_ms of call time) crossed, in order; a boundary inside a
+        frame is reported with the state at the end of that frame."""
         flags = np.asarray(voiced, dtype=bool)
         if flags.ndim == 1 and not self._stereo:
             flags = flags[:, None]
@@ -185,6 +193,11 @@ class ConversationTracker:
             raise ValueError(f"voiced must have shape (n_frames, {len(self.roles)}), got {flags.shape}")
         out: list[ConversationSnapshot] = []
         frame_ms = self.frame_ms
+        if steady is not None and np.count_nonzero(steady):
+            return self._push_steady(flags, np.asarray(present, dtype=bool) if present is not None else np.zeros(len(flags), bool),
+                                     np.asarray(steady, dtype=bool).reshape(len(flags), len(self.roles)))
+        if any(self._steady_run):
+            self._steady_run = [0] * len(self.roles)
         if present is not None and np.count_nonzero(present):
             if len(present) != len(flags):
                 raise ValueError(f"present must have one flag per frame ({len(flags)}), got {len(present)}")
@@ -220,6 +233,28 @@ class ConversationTracker:
                     self._ticks(out)
         return out
 
+    def _push_steady(self, flags: np.ndarray, present: np.ndarray, steady: np.ndarray) -> list[ConversationSnapshot]:
+        """push() for frames some of which a channel plays steady sound in, frame by frame."""
+        out: list[ConversationSnapshot] = []
+        frame_ms = self.frame_ms
+        runs = self._steady_run
+        for row, playing, states in zip(flags.tolist(), present.tolist(), steady.tolist()):
+            k = self._frame
+            for c, state in enumerate(states):
+                runs[c] = runs[c] + 1 if state else 0
+            if playing:
+                self._present(k)
+            if self._stereo:
+                if row[0] or row[1]:
+                    self._voice_pair(k, row[0], row[1])
+            elif row[0]:
+                self._voice(0, k)
+                self._speech(0, k)
+            self._frame += 1
+            if self._frame * frame_ms >= self._next_tick:
+                self._ticks(out)
+        return out
+
     def skip(self, frames: int) -> list[ConversationSnapshot]:
         """Advance the clock over `frames` frames of audio that will never come (a pause). The current
         runs end where the audio stopped (what happened before counts as usual; the pause itself is
@@ -238,6 +273,7 @@ class ConversationTracker:
         self._voiced = [0] * len(self.roles)
         self._last_any = _NEVER
         self._new_pair(None)
+        self._steady_run = [0] * len(self.roles)
         self._frame += frames
         self._origin = self._frame
         end_ms = self._frame * self.frame_ms
@@ -441,7 +477,11 @@ class ConversationTracker:
                 if overlap > 0:
                     overtalk_ms = overlap * self.frame_ms
                     by = None if start0 == start1 else self.roles[0 if start0 > start1 else 1]
-        return ConversationSnapshot(now_ms, dead_ms, overtalk_ms, by, self._recent_at(now_ms))
+        hold_ms, hold_channel = 0, None
+        if any(self._steady_run):
+            longest = max(range(len(self.roles)), key=self._steady_run.__getitem__)
+            hold_ms, hold_channel = self._steady_run[longest] * self.frame_ms, self.roles[longest]
+        return ConversationSnapshot(now_ms, dead_ms, overtalk_ms, by, self._recent_at(now_ms), hold_ms, hold_channel)
 
     def _recent_at(self, now_ms: int) -> tuple[Interruption, ...]:
         recent = self._recent

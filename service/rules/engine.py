@@ -27,6 +27,7 @@ from service.rules.model import (
     AnyOf,
     Condition,
     EmotionCondition,
+    HoldCondition,
     InterruptionsCondition,
     Leaf,
     MeasureCondition,
@@ -198,7 +199,7 @@ class RuleEngine:
 
     @property
     def needs_ticks(self) -> bool:
-        """Some rule watches the conversation's clock (dead air, over-talk, interruptions)."""
+        """Some rule watches the conversation's clock (dead air, over-talk, interruptions, holds)."""
         return bool(self._tick_rules)
 
     def new_state(self) -> CallRuleState:
@@ -329,6 +330,12 @@ def _observe_conversation(leaf: Leaf, run: _LeafRun, snapshot: ConversationSnaps
         run.start_ms = now - value
         if value and snapshot.overtalk_by is not None:
             run.details = {"by": snapshot.overtalk_by.value}
+    elif isinstance(leaf, HoldCondition):
+        value = snapshot.hold_ms if leaf.channel is None or snapshot.hold_channel is leaf.channel else 0
+        run.holds, run.still = value >= leaf.min_ms, value > 0
+        run.start_ms = now - value
+        if value and snapshot.hold_channel is not None:
+            run.details = {"channel": snapshot.hold_channel.value}
     elif isinstance(leaf, InterruptionsCondition):
         if leaf.by is None:
             events = tuple(e for e in snapshot.recent_interruptions if e.at_ms > now - leaf.within_ms)
@@ -382,6 +389,11 @@ def _evidence(leaf: Leaf, run: _LeafRun) -> ConditionEvidence:
         other = {"agent": "customer", "customer": "agent"}.get(by or "", "")
         text = f"over-talk {_seconds(value)}" + (f" ({by} talking over the {other})" if by else "")
         return ConditionEvidence("overtalk", "overtalk", "ge", leaf.min_ms, 0, int(value), value, text,
+                                 details={"start_ms": run.start_ms, **run.details})
+    if isinstance(leaf, HoldCondition):
+        channel = run.details.get("channel")
+        text = f"on hold {_seconds(value)}" + (f" (music or tones on the {channel}'s channel)" if channel else "")
+        return ConditionEvidence("hold", "hold", "ge", leaf.min_ms, 0, int(value), value, text,
                                  details={"start_ms": run.start_ms, **run.details})
     assert isinstance(leaf, InterruptionsCondition)
     who = leaf.by.value if leaf.by else "speakers"

@@ -32,7 +32,7 @@ SPEAKER_MEASURES: dict[str, tuple[str, int]] = {
     "speech_rate_spm": ("syllables/min", 0),
     "speech_rate_cpm": ("characters/min", 0),
 }
-CONVERSATION_CONDITIONS = ("silence", "overtalk", "interruptions")
+CONVERSATION_CONDITIONS = ("silence", "overtalk", "interruptions", "hold")
 COMBINATORS = ("all", "any", "not")
 
 
@@ -106,6 +106,16 @@ class InterruptionsCondition:
 
 
 @dataclass(frozen=True)
+class HoldCondition:
+    """A channel has been playing steady sound (hold music, tones: service/analytics/gate.py) for at least `min_ms`."""
+
+    min_ms: int
+    """Length of the current hold that makes the condition hold."""
+    channel: Role | None = None
+    """Only steady sound on this speaker's channel; None: either."""
+
+
+@dataclass(frozen=True)
 class AllOf:
     """Every child holds."""
 
@@ -126,7 +136,7 @@ class NotOf:
     child: "Condition"
 
 
-Leaf = Union[EmotionCondition, MeasureCondition, SilenceCondition, OvertalkCondition, InterruptionsCondition]
+Leaf = Union[EmotionCondition, MeasureCondition, SilenceCondition, OvertalkCondition, InterruptionsCondition, HoldCondition]
 Condition = Union[Leaf, AllOf, AnyOf, NotOf]
 SPEAKER_LEAVES = (EmotionCondition, MeasureCondition)
 
@@ -396,7 +406,8 @@ def _measure(name: str, body: Any, where: str, mark: yaml.Mark | None) -> Measur
 
 def _conversation(name: str, body: Any, where: str, mark: yaml.Mark | None) -> Leaf:
     if not isinstance(body, dict):
-        example = {"silence": "{ge: 5s}", "overtalk": "{ge: 2s, by: agent}", "interruptions": "{by: agent, ge: 3, within: 2m}"}[name]
+        example = {"silence": "{ge: 5s}", "overtalk": "{ge: 2s, by: agent}", "interruptions": "{by: agent, ge: 3, within: 2m}",
+                   "hold": "{ge: 90s, channel: agent}"}[name]
         raise _Invalid(mark, where, f"expected a mapping like {example}, got {_describe(body)}")
     if "for" in body:
         raise _Invalid(_key_mark(body, "for"), f"{where}.for", f"{name} is measured in time already; say how long with ge (e.g. ge: 5s)")
@@ -405,6 +416,11 @@ def _conversation(name: str, body: Any, where: str, mark: yaml.Mark | None) -> L
         if "ge" not in body:
             raise _Invalid(body.mark, f"{where}.ge", "required (how long nobody has spoken, e.g. ge: 5s)")
         return SilenceCondition(_duration(body, "ge", f"{where}.ge"))
+    if name == "hold":
+        _check_keys(body, ("ge", "channel"), where, "a hold condition")
+        if "ge" not in body:
+            raise _Invalid(body.mark, f"{where}.ge", "required (how long a channel has played music or tones, e.g. ge: 90s)")
+        return HoldCondition(_duration(body, "ge", f"{where}.ge"), _role(body, "channel", where))
     if name == "overtalk":
         _check_keys(body, ("ge", "by"), where, "an overtalk condition")
         if "ge" not in body:
