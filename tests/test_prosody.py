@@ -279,6 +279,24 @@ def test_speech_rate_of_a_modulated_voiced_tone(rate, syllables_per_s):
     assert abs(totals["pitch_hz"] - 140.0) < 2.0
 
 
+def test_speech_rate_over_baseline_is_the_rate_over_the_speakers_own_after_the_warm_up():
+    """12 s at 3 syllables/s then 3 s at 5: the last window's rate over the speaker's own rate so far is 5 / (the call's
+    mean rate), about 1.5; before the 10 s warm-up there is none, and at the steady pace it is about 1.0."""
+    rate = 8000
+    slow = syllable_train(3, rate, 12, sawtooth(140.0, rate, 12))
+    fast = syllable_train(5, rate, 3, sawtooth(140.0, rate, 3))
+    track = ProsodyTrack(rate, warmup_ms=10000)
+    track.push(to_int16(slow[: 6 * rate]), np.ones(300, bool))
+    assert track.figures(3 * rate, 6 * rate, 5 * rate).speech_rate_over_baseline is None  # 6 s of speech: warming up
+    track.push(to_int16(slow[6 * rate:]), np.ones(300, bool))
+    steady = track.figures(9 * rate, 12 * rate, 11 * rate)
+    assert abs(steady.speech_rate_over_baseline - 1.0) < 0.1
+    track.push(to_int16(fast), np.ones(150, bool))
+    quick = track.figures(12 * rate, 15 * rate, 14 * rate)
+    expected = 300.0 / (track.totals()["speech_rate_spm"])
+    assert abs(quick.speech_rate_over_baseline - expected) < 0.05 and 1.3 < quick.speech_rate_over_baseline < 1.7
+
+
 @pytest.mark.parametrize("separation_ms, per_pair", [(60, 1), (120, 2)])
 def test_intensity_peaks_need_a_dip_of_more_than_2_db_between_them(separation_ms, per_pair):
     """Two voiced bumps 60 ms apart (about 1 dB dip between) are one nucleus; 120 ms apart (about 9 dB dip) they are two."""
@@ -371,12 +389,14 @@ def test_push_rejects_samples_that_are_not_whole_frames():
 
 
 def test_totals_and_as_dict_round_to_one_decimal_and_keep_none():
-    """totals() and ProsodyFigures.as_dict() round floats to 1 decimal and keep None."""
+    """totals() and ProsodyFigures.as_dict() round floats to 1 decimal (the rate ratio to 2) and keep None."""
     figures = ProsodyFigures(-20.123, None, 151.26, None, 240.04, 1200, 4)
     assert figures.as_dict() == {
         "loudness_dbfs": -20.1, "loudness_over_baseline_db": None, "pitch_hz": 151.3, "pitch_range_st": None,
-        "speech_rate_spm": 240.0, "voiced_ms": 1200, "nuclei": 4, "speech_rate_cpm": None,
+        "speech_rate_spm": 240.0, "voiced_ms": 1200, "nuclei": 4, "speech_rate_cpm": None, "speech_rate_over_baseline": None,
     }
+    assert ProsodyFigures(-20.0, None, None, None, 240.0, 1200, 4, speech_rate_over_baseline=1.2345).as_dict()[
+        "speech_rate_over_baseline"] == 1.23
     assert ProsodyFigures(-20.0, None, None, None, None, 0, 0, speech_rate_cpm=812.46).as_dict()["speech_rate_cpm"] == 812.5
     empty = ProsodyTrack(8000).totals()
     assert empty == {"loudness_dbfs": None, "baseline_dbfs": None, "pitch_hz": None, "pitch_range_st": None,

@@ -28,9 +28,9 @@ rules:
 """
 
 
-def figures(loudness=-20.0, over=None, pitch=150.0, rate=200.0):
+def figures(loudness=-20.0, over=None, pitch=150.0, rate=200.0, relative=None):
     return ProsodyFigures(loudness_dbfs=loudness, loudness_over_baseline_db=over, pitch_hz=pitch, pitch_range_st=4.0,
-                          speech_rate_spm=rate, voiced_ms=2500, nuclei=10)
+                          speech_rate_spm=rate, voiced_ms=2500, nuclei=10, speech_rate_over_baseline=relative)
 
 
 def snap(now_ms, dead_air=0, overtalk=0, by=None, interruptions=()):
@@ -76,7 +76,8 @@ def test_default_rules_file_has_the_four_documented_rules():
     assert upset.speaker is Role.CUSTOMER and set(upset.notify) == {"agent", "supervisor"}
     emotion, rate = upset.leaves
     assert set(emotion.labels) == {"angry", "fearful"} and emotion.for_ms == 5000
-    assert rate.measure == "speech_rate_spm" and rate.op == "gt" and rate.threshold == 180
+    assert rate.measure == "speech_rate_over_baseline" and rate.op == "gt" and rate.threshold == 1.3 and rate.clear == 1.15
+    assert rate.warmup_ms == 10000
     assert by_id["dead-air"].leaves[0].min_ms == 5000 and by_id["dead-air"].notify == ("agent",)
     loud = by_id["customer-raised-voice"].leaves[0]
     assert loud.measure == "loudness_over_baseline_db" and loud.threshold == 10 and loud.for_ms == 3000
@@ -85,18 +86,22 @@ def test_default_rules_file_has_the_four_documented_rules():
     assert talk_over.conversation_only and by_id["dead-air"].conversation_only and not upset.conversation_only
 
 
-def test_default_upset_rule_needs_both_emotion_and_fast_speech():
-    """Angry customer speech fires the shipped rule only while the speech rate is over 180/min, with a readable reason."""
+def test_default_upset_rule_needs_both_emotion_and_speech_faster_than_the_speakers_own():
+    """Angry customer speech fires the shipped rule only while the customer speaks more than 1.3 times their own usual rate
+    (whatever the absolute count), with a readable reason; not before 10 s of their speech."""
     engine = RuleEngine(load_rules(DEFAULT_RULES_PATH))
     state = engine.new_state()
-    slow = [window(t, prosody=figures(rate=150.0)) for t in range(500, 8001, 500)]
-    assert [m.rule.id for m in feed(engine, state, slow)] == []
+    usual = [window(t, prosody=figures(rate=260.0, relative=1.05)) for t in range(500, 8001, 500)]
+    assert [m.rule.id for m in feed(engine, state, usual)] == []
     state = engine.new_state()
-    fast = [window(t, angry=0.5, fearful=0.24, prosody=figures(rate=212.0)) for t in range(500, 8001, 500)]
+    early = [window(t, prosody=figures(rate=212.0, relative=1.5), speech_ms=5000) for t in range(500, 8001, 500)]
+    assert [m.rule.id for m in feed(engine, state, early)] == []
+    state = engine.new_state()
+    fast = [window(t, angry=0.5, fearful=0.24, prosody=figures(rate=150.0, relative=1.42)) for t in range(500, 8001, 500)]
     fired = feed(engine, state, fast)
     assert [m.rule.id for m in fired] == ["customer-upset-fast"]
     assert fired[0].fired_ms == 5000
-    assert fired[0].reason == "angry+fearful 0.74 avg over 5.0 s; 212 syllables/min"
+    assert fired[0].reason == "angry+fearful 0.74 avg over 5.0 s; speaking 1.42x their usual rate"
 
 
 # -- parsing -----------------------------------------------------------------------------------

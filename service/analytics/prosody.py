@@ -446,6 +446,11 @@ class ProsodyFigures:
     speech_rate_cpm: float | None = None
     """Characters per minute of the speaker's transcribed speech when a transcript comes with the call
     (service/analytics/transcript.py); None without one."""
+    speech_rate_over_baseline: float | None = None
+    """speech_rate_spm over the speaker's own rate so far in the call (nuclei per minute of all their voiced
+    speech): 1.0 is their usual pace, 1.2 a fifth faster. A ratio to the speaker's own count, so a count that
+    runs low or high for a voice or a language cancels out. None before `warmup_ms` of voiced speech or
+    without a rate."""
 
     def as_dict(self) -> dict:
         """The figures as a dict, floats rounded to 1 decimal, None kept."""
@@ -458,6 +463,7 @@ class ProsodyFigures:
             "voiced_ms": int(self.voiced_ms),
             "nuclei": int(self.nuclei),
             "speech_rate_cpm": _round1(self.speech_rate_cpm),
+            "speech_rate_over_baseline": None if self.speech_rate_over_baseline is None else round(float(self.speech_rate_over_baseline), 2),
         }
 
 
@@ -723,7 +729,11 @@ class ProsodyTrack:
         voiced_ms = len(voiced) * self.frame_ms
         nuclei = int(np.count_nonzero(self._nucleus[span]))
         rate = nuclei * 60000.0 / voiced_ms if voiced_ms >= MIN_RATE_VOICED_MS else None
-        return ProsodyFigures(loudness, over, pitch, spread, rate, voiced_ms, nuclei)
+        relative = None
+        total_ms = self._voiced_frames * self.frame_ms
+        if rate is not None and self._nuclei and total_ms >= max(self.warmup_ms, MIN_RATE_VOICED_MS):
+            relative = rate / (self._nuclei * 60000.0 / total_ms)
+        return ProsodyFigures(loudness, over, pitch, spread, rate, voiced_ms, nuclei, speech_rate_over_baseline=relative)
 
     def totals(self) -> dict:
         """Whole-call figures for the summary, floats rounded to 1 decimal: power-mean loudness of voiced

@@ -371,6 +371,7 @@ def _evidence(leaf: Leaf, run: _LeafRun) -> ConditionEvidence:
         text = {
             "speech_rate_spm": f"{mean:.0f} syllables/min",
             "speech_rate_cpm": f"{mean:.0f} characters/min",
+            "speech_rate_over_baseline": f"speaking {mean:.2f}x their usual rate",
             "loudness_over_baseline_db": f"{mean:+.1f} dB over the speaker's baseline",
             "loudness_dbfs": f"loudness {mean:.1f} dBFS",
             "pitch_hz": f"pitch {mean:.0f} Hz",

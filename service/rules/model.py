@@ -31,6 +31,7 @@ SPEAKER_MEASURES: dict[str, tuple[str, int]] = {
     "pitch_range_st": ("semitones pitch range", 0),
     "speech_rate_spm": ("syllables/min", 0),
     "speech_rate_cpm": ("characters/min", 0),
+    "speech_rate_over_baseline": ("x the speaker's usual rate", DEFAULT_BASELINE_WARMUP_MS),
 }
 CONVERSATION_CONDITIONS = ("silence", "overtalk", "interruptions", "hold")
 COMBINATORS = ("all", "any", "not")
