@@ -12,8 +12,8 @@ sound, near 0 for unrelated ones). Measured (tests/test_gate.py, README "Tones a
 speech"): tones about 1.0, generated music (chords, melody, drums) median 0.84, the speech of the bundled
 call and of the real call in ../shared/audio median 0.21-0.25 with 2% of blocks above 0.7. A channel
 enters the steady state when STEADY_ENTER_BLOCKS of its last STEADY_ENTER_OF blocks are at or above
-STEADY_ENTER (a tone after 320 ms, generated music after 400 ms: a melody note or a drum beat may
-break one comparison), and leaves it after STEADY_EXIT_BLOCKS loud blocks in a row below STEADY_EXIT
+STEADY_ENTER (a tone after 400 ms: a melody note or a drum beat may break a comparison or two), and
+leaves it after STEADY_EXIT_BLOCKS loud blocks in a row below STEADY_EXIT
 (a beat of drums does not end it) or 2 s too quiet to compare (a pause between DTMF digits or notes
 does not). While steady, the channel's VAD-voiced frames are not speech. A channel steady for at
 least `hold_min_ms` is on hold.
@@ -31,13 +31,13 @@ from collections import deque
 
 import numpy as np
 
-STEADY_ENTER = 0.7
+STEADY_ENTER = 0.6
 """Spectral overlap of consecutive blocks at or above which a block is steady."""
-STEADY_EXIT = 0.5
+STEADY_EXIT = 0.4
 """Spectral overlap below which a block counts towards leaving the steady state."""
-STEADY_ENTER_BLOCKS = 3
+STEADY_ENTER_BLOCKS = 4
 """Steady blocks among the last STEADY_ENTER_OF that make the channel steady."""
-STEADY_ENTER_OF = 4
+STEADY_ENTER_OF = 6
 STEADY_EXIT_BLOCKS = 3
 """Loud blocks in a row below STEADY_EXIT that end the steady state."""
 QUIET_EXIT_BLOCKS = 25

@@ -1,4 +1,5 @@
-"""Generated non-speech signals with known answers: call-progress and DTMF tones, and music (chords, a melody, drums)."""
+"""Generated non-speech signals with known answers: call-progress and DTMF tones, and music (chords, a melody, drums),
+for the tests and clients.eval_signal."""
 
 import numpy as np
 
