@@ -22,6 +22,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "clients" / "samples" / "call_stereo_8k.wav"
 TRANSCRIPT = ROOT / "clients" / "samples" / "call_stereo_8k.transcript.json"  # the exact text the sample voices speak
+RULES = ROOT / "clients" / "samples" / "demo_rules.yaml"  # the shipped rules and one the 20 s sample can show
 REPORTS = ROOT / "reports"  # QA reports the demo service writes (CALLPULSE_REPORTS_DIR)
 PY = sys.executable
 
@@ -88,10 +89,11 @@ class Demo:
         env = dict(os.environ, CALLPULSE_LOG_LEVEL="WARNING", CALLPULSE_REPORTS_DIR=str(REPORTS))
         proc = self.spawn(
             [PY, "-m", "service", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--ws-port", "0", "--metrics-port", "0",
-             "--redis-url", redis_url, "--redis-prefix", self.args.prefix, "--model", model],
+             "--redis-url", redis_url, "--redis-prefix", self.args.prefix, "--model", model, "--rules", str(RULES)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
-        self.say("starting the service (loading the model)...")
+        self.say("starting the service (loading the model); rules: the shipped ones and customer-angry-sustained "
+                 f"({RULES.relative_to(ROOT)}: the shipped customer-upset-fast needs 10 s of the customer's speech first)...")
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             line = proc.stdout.readline()

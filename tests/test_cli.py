@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import CALL_WAV, ROOT
+from tests.conftest import CALL_WAV, PINNED_RULES, ROOT
 
 PY = sys.executable
 REQUIRED_METRICS = [
@@ -40,7 +40,7 @@ def wait_ready(proc, timeout=120):
 @pytest.fixture
 def served(redis_server, test_models):
     env = dict(os.environ, CALLPULSE_REDIS_URL=redis_server.url, CALLPULSE_MODEL=test_models["angry"],
-               CALLPULSE_REDIS_PREFIX="cli")
+               CALLPULSE_REDIS_PREFIX="cli", CALLPULSE_RULES=PINNED_RULES)
     proc = start_process(["-m", "service", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--ws-port", "0", "--metrics-port", "0",
                           "--threads", "1"], env=env)
     try:

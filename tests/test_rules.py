@@ -86,6 +86,17 @@ def test_default_rules_file_has_the_four_documented_rules():
     assert talk_over.conversation_only and by_id["dead-air"].conversation_only and not upset.conversation_only
 
 
+def test_the_demo_rules_are_the_shipped_rules_and_one_more():
+    """make demo's rules file holds every shipped rule unchanged, plus customer-angry-sustained."""
+    from pathlib import Path
+
+    demo = load_rules(str(Path(DEFAULT_RULES_PATH).resolve().parent.parent.parent / "clients" / "samples" / "demo_rules.yaml"))
+    shipped = load_rules(DEFAULT_RULES_PATH)
+    by_id = {r.id: r for r in demo.rules}
+    assert set(by_id) == {r.id for r in shipped.rules} | {"customer-angry-sustained"}
+    assert all(by_id[r.id] == r for r in shipped.rules)
+
+
 def test_default_upset_rule_needs_both_emotion_and_speech_faster_than_the_speakers_own():
     """Angry customer speech fires the shipped rule only while the customer speaks more than 1.3 times their own usual rate
     (whatever the absolute count), with a readable reason; not before 10 s of their speech."""
