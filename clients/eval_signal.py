@@ -8,6 +8,8 @@ service's per-channel front end: webrtcvad (aggressiveness 2, 20 ms frames), the
 and the share of those the gate takes as steady sound: for music and tones that is the gate's recall
 (what webrtcvad alone would have sent on as speech is the whole voiced share), for speech it is the
 share of speech lost (1 - precision would need a mixed set; this is the false-positive rate per frame).
+With espeak-ng it also prints the speech-rate error: the service's syllable-nuclei rate of each sentence
+at three speaking rates against the syllables espeak-ng says it spoke (vowel runs of its IPA output).
 
 The set, all reachable here (nothing from Asterisk's sound or music-on-hold packages, kept apart as an
 independent check):
@@ -142,6 +144,51 @@ def speech_clips(work: str, espeak: bool) -> list[tuple[str, np.ndarray, np.ndar
     return clips
 
 
+_IPA_VOWELS = set("aeiouæɑɒɔəɛɜɪʊʌɚɝɐɵøœyɨʉɯɤ")
+
+
+def ipa_syllables(text: str, voice: str = "en-us") -> int:
+    """Syllables of `text` as espeak-ng pronounces it: runs of vowel symbols in its IPA transcription."""
+    ipa = subprocess.run(["espeak-ng", "-v", voice, "-q", "--ipa", text], capture_output=True, text=True, check=True).stdout
+    count, previous = 0, False
+    for char in ipa:
+        vowel = char in _IPA_VOWELS
+        count += vowel and not previous
+        previous = vowel
+    return count
+
+
+def speech_rate_error(work: str) -> dict | None:
+    """The syllable-nuclei rate of each espeak-ng sentence at three rates against the syllables espeak-ng says it
+    spoke (per minute of the same voiced time): mean ratio, mean absolute error and Pearson r over the utterances;
+    None without espeak-ng and sox."""
+    from service.analytics.prosody import ProsodyTrack
+
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        return None
+    rows = []
+    for words_per_min in (120, 170, 230):
+        for index, sentence in enumerate(SENTENCES):
+            raw, out = os.path.join(work, "rate.wav"), os.path.join(work, "rate8k.wav")
+            subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(words_per_min), "-w", raw, sentence], check=True, capture_output=True)
+            if not _sox(raw, out):
+                continue
+            x = _mono8k(out)[0]
+            voiced = vad_flags(x)
+            track = ProsodyTrack(RATE)
+            track.push(x[: len(voiced) * FRAME], voiced)
+            totals = track.totals()
+            if not totals["voiced_ms"]:
+                continue
+            truth = ipa_syllables(sentence) * 60000.0 / totals["voiced_ms"]
+            rows.append({"wpm": words_per_min, "sentence": index, "measured_spm": totals["speech_rate_spm"], "true_spm": round(truth, 1)})
+    measured = np.array([r["measured_spm"] or 0.0 for r in rows])
+    truth = np.array([r["true_spm"] for r in rows])
+    return {"utterances": rows, "mean_ratio": round(float(np.mean(measured / truth)), 3),
+            "mean_abs_error": round(float(np.mean(np.abs(measured / truth - 1))), 3),
+            "pearson_r": round(float(np.corrcoef(measured, truth)[0, 1]), 3) if len(rows) > 2 else None}
+
+
 def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool) -> dict:
     """Per class: clips, voiced frames and the share of them taken as steady sound, with the per-clip figures."""
     rows: dict[str, list[dict]] = {"music (Debian packages)": [], "music (generated)": [], "tones": [], "speech": []}
@@ -159,13 +206,14 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool) -
         for name, x, speaking in speech_clips(work, espeak and have_sox):
             voiced, steady = gate_share(x, speaking)
             rows["speech"].append({"clip": name, "voiced": voiced, "steady": steady})
+        rate = speech_rate_error(work) if espeak else None
     summary = {}
     for kind, clips in rows.items():
         voiced = sum(c["voiced"] for c in clips)
         steady = sum(c["steady"] for c in clips)
         summary[kind] = {"clips": len(clips), "voiced_frames": voiced, "steady_share": round(steady / voiced, 4) if voiced else None,
                          "clips_mostly_steady": sum(1 for c in clips if c["voiced"] and c["steady"] >= 0.8 * c["voiced"])}
-    return {"classes": summary, "clips": rows}
+    return {"classes": summary, "clips": rows, "speech_rate": rate}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,6 +230,17 @@ def main(argv: list[str] | None = None) -> int:
     for kind, figures in result["classes"].items():
         share = "-" if figures["steady_share"] is None else f"{100 * figures['steady_share']:.1f}%"
         print(f"| {kind} | {figures['clips']} | {figures['voiced_frames']} | {share} | {figures['clips_mostly_steady']} |")
+    rate = result["speech_rate"]
+    if rate:
+        print("\n| espeak-ng words/min | syllables/min (espeak-ng's own) | syllable nuclei/min (the service) |")
+        print("| --- | --- | --- |")
+        for words_per_min in sorted({r["wpm"] for r in rate["utterances"]}):
+            rows = [r for r in rate["utterances"] if r["wpm"] == words_per_min]
+            truth = np.mean([r["true_spm"] for r in rows])
+            measured = np.mean([r["measured_spm"] or 0.0 for r in rows])
+            print(f"| {words_per_min} | {truth:.0f} | {measured:.0f} |")
+        print(f"\nspeech rate over {len(rate['utterances'])} utterances: mean ratio {rate['mean_ratio']}, mean absolute error "
+              f"{100 * rate['mean_abs_error']:.0f}%, Pearson r {rate['pearson_r']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
