@@ -1,5 +1,7 @@
 """The steady-sound gate: tones and music are not speech, on generated signals with known answers and real speech."""
 
+import shutil
+
 import numpy as np
 import pytest
 import webrtcvad
@@ -197,3 +199,18 @@ def test_the_signal_evaluation_reports_each_class_of_the_development_set():
     assert classes["speech"]["clips"] >= 3 and classes["speech"]["steady_share"] <= 0.01
     held = next(c for c in result["clips"]["tones"] if c["clip"].startswith("DTMF digits (0.5 s"))
     assert held["steady"] >= 0.8 * held["voiced"]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="needs espeak-ng and sox (make sysdeps)")
+def test_the_speech_rate_evaluation_compares_the_count_with_espeak_ngs_syllables(tmp_path):
+    """clients.eval_signal's speech-rate part voices nine sentences with espeak-ng at three rates and reports, per
+    utterance, the service's rate beside espeak-ng's own syllable rate (which rises with the speaking rate)."""
+    from clients.eval_signal import ipa_syllables, speech_rate_error
+
+    assert ipa_syllables("hello world") == 3
+    result = speech_rate_error(str(tmp_path))
+    rows = result["utterances"]
+    assert len(rows) == 9 and all(r["measured_spm"] and r["measured_spm"] > 0 for r in rows)
+    truth = {wpm: np.mean([r["true_spm"] for r in rows if r["wpm"] == wpm]) for wpm in (120, 170, 230)}
+    assert truth[120] < truth[170] < truth[230]
+    assert 0 < result["mean_abs_error"] and -1 <= result["pearson_r"] <= 1
