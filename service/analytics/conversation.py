@@ -193,28 +193,11 @@ class ConversationTracker:
             raise ValueError(f"voiced must have shape (n_frames, {len(self.roles)}), got {flags.shape}")
         out: list[ConversationSnapshot] = []
         frame_ms = self.frame_ms
-        if steady is not None and np.count_nonzero(steady):
-            return self._push_steady(flags, np.asarray(present, dtype=bool) if present is not None else np.zeros(len(flags), bool),
-                                     np.asarray(steady, dtype=bool).reshape(len(flags), len(self.roles)))
+        playing = present is not None and bool(np.count_nonzero(present))
+        if (steady is not None and np.count_nonzero(steady)) or playing:
+            return self._push_with_sound(flags, present, steady)
         if any(self._steady_run):
             self._steady_run = [0] * len(self.roles)
-        if present is not None and np.count_nonzero(present):
-            if len(present) != len(flags):
-                raise ValueError(f"present must have one flag per frame ({len(flags)}), got {len(present)}")
-            for row, playing in zip(flags.tolist(), np.asarray(present, dtype=bool).tolist()):
-                k = self._frame
-                if playing:
-                    self._present(k)
-                if self._stereo:
-                    if row[0] or row[1]:
-                        self._voice_pair(k, row[0], row[1])
-                elif row[0]:
-                    self._voice(0, k)
-                    self._speech(0, k)
-                self._frame += 1
-                if self._frame * frame_ms >= self._next_tick:
-                    self._ticks(out)
-            return out
         if self._stereo:
             for v0, v1 in flags.tolist():
                 if v0 or v1:
@@ -233,8 +216,14 @@ class ConversationTracker:
                     self._ticks(out)
         return out
 
-    def _push_steady(self, flags: np.ndarray, present: np.ndarray, steady: np.ndarray) -> list[ConversationSnapshot]:
-        """push() for frames some of which a channel plays steady sound in, frame by frame."""
+    def _push_with_sound(self, flags: np.ndarray, present: np.ndarray | None,
+                         steady: np.ndarray | None) -> list[ConversationSnapshot]:
+        """push() for frames in which something that is not speech plays, frame by frame (see push)."""
+        n = len(flags)
+        present = np.zeros(n, bool) if present is None else np.asarray(present, dtype=bool)
+        if len(present) != n:
+            raise ValueError(f"present must have one flag per frame ({n}), got {len(present)}")
+        steady = np.zeros((n, len(self.roles)), bool) if steady is None else np.asarray(steady, dtype=bool).reshape(n, len(self.roles))
         out: list[ConversationSnapshot] = []
         frame_ms = self.frame_ms
         runs = self._steady_run
