@@ -324,17 +324,11 @@ def pod_search(workdir: Path, workers: str, help_text: str, seconds: float, limi
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from importlib.metadata import version
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": version("torch"),
+    from clients.bench_gpu import cpu_model
+
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "torch": version("torch"),
             "cuda": shutil.which("nvidia-smi") is not None, "date": time.strftime("%Y-%m-%d")}
 
 

@@ -98,21 +98,24 @@ def model_dir(size: str, model: str | None) -> str:
     return str(path)
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def machine(device: str) -> dict[str, Any]:
     """CPU, GPU, driver and library versions."""
     from importlib.metadata import version
 
     import torch
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+    info: dict[str, Any] = {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
                             "torch": version("torch"), "funasr": version("funasr"), "cuda_runtime": torch.version.cuda,
                             "device": device, "date": time.strftime("%Y-%m-%d %H:%M:%S")}
     if device.startswith("cuda"):
