@@ -333,7 +333,8 @@ class Server:
     """`python -m service serve` on the bench's device (and a redis-server of its own) for the ladder."""
 
     def __init__(self, model: str, device: str, max_calls: int, workers: int | None, extra_env: dict[str, str],
-                 workdir: Path, start_timeout_s: float) -> None:
+                 workdir: Path, start_timeout_s: float, keep_log: str | None = None) -> None:
+        self.keep_log = keep_log
         self.redis_port = _free_port()
         self.redis = subprocess.Popen(["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
                                        "--appendonly", "no", "--dir", str(workdir)],
@@ -380,6 +381,7 @@ class Server:
             return ""
 
     def close(self) -> None:
+        """Stop the service and its redis-server; copy the service's stderr to `keep_log` if given."""
         for proc in (self.proc, self.redis):
             if proc.poll() is None:
                 proc.terminate()
@@ -388,6 +390,8 @@ class Server:
                 except subprocess.TimeoutExpired:
                     proc.kill()
         self._stderr.close()
+        if self.keep_log:
+            shutil.copyfile(self.stderr_path, self.keep_log)
 
 
 def _summarise(report: dict[str, Any]) -> dict[str, Any]:
@@ -400,7 +404,7 @@ def _summarise(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: int | None, extra_env: dict[str, str],
-               loadgen_processes: int | None) -> dict[str, Any]:
+               loadgen_processes: int | None, server_log: str | None = None) -> dict[str, Any]:
     """Live calls in steps, until the first step that fails; every failure to run is recorded, not raised."""
     steps = settings["ladder"]
     out: dict[str, Any] = {"steps_planned": list(steps), "steps": [], "max_passing_calls": None, "workers": workers,
@@ -419,7 +423,8 @@ def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: 
     workdir = Path(tempfile.mkdtemp(prefix="callpulse-bench-gpu-"))
     server = None
     try:
-        server = Server(path, device, max(steps) + 16, workers, extra_env, workdir, min(600.0, max(30.0, budget.left() - 30)))
+        server = Server(path, device, max(steps) + 16, workers, extra_env, workdir, min(600.0, max(30.0, budget.left() - 30)),
+                        keep_log=server_log)
         out["server_start_s"] = server.start_s
         out["server_command"] = " ".join(server.command[1:])
         say(f"service ready in {server.start_s} s: {out['server_command']}")
@@ -434,7 +439,7 @@ def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: 
                 break
             kwargs: dict[str, Any] = {"duration_s": settings["trial_s"], "ramp_s": ramp_s, "metrics_url": server.metrics}
             if loadgen_processes is not None:
-                kwargs["processes"] = loadgen_processes
+                kwargs["processes"] = min(loadgen_processes, calls)  # run_load needs a call per process
             sampler = GpuSampler(device).start()
             cpu_before, wall_before = process_tree_cpu_s(server.proc.pid), time.monotonic()
             limit = min(settings["trial_s"] + ramp_s + 60, budget.left() - 10)
@@ -486,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen-processes", type=int, help="passed to run_load(processes=...) (multi-process load)")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment of the served process, e.g. CALLPULSE_MAX_BATCH=64 (repeatable)")
+    parser.add_argument("--server-log", help="copy the served process's stderr (its whole log) to this file at the end")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: ceiling, naive, ladder")
     args = parser.parse_args(argv)
 
@@ -542,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
             result["naive"] = {"error": _error(exc)}
         write()
     if "ladder" not in skip:
-        result["ladder"] = run_ladder(path, device, settings, budget, args.workers, extra_env, args.loadgen_processes)
+        result["ladder"] = run_ladder(path, device, settings, budget, args.workers, extra_env, args.loadgen_processes,
+                                      args.server_log)
     result["complete"] = True
     write()
     say(f"done in {budget.elapsed():.0f} s; written to {out}")

@@ -247,6 +247,9 @@ class ServerConfig:
     """Connections open but not yet started; one more is refused (RESOURCE_EXHAUSTED / HTTP 503)."""
     shutdown_grace_s: float = 20.0
     """On SIGTERM: time to end active calls (with their summaries), drain and exit."""
+    start_timeout_s: float = 180.0
+    """A pod's child process (the engine loading and warming its model, a worker) has this long from its start
+    to report ready before the supervisor kills and restarts it; once ready it must beat every 15 s."""
     max_rss_mb: int = 0
     """Global memory bound: while the process's resident memory is over this, new calls are refused
     with RESOURCE_EXHAUSTED (calls in progress go on); 0: no limit besides max_calls."""
@@ -269,6 +272,7 @@ class ServerConfig:
         _check(0 <= self.workers <= 256, f"workers must be 0 (one per core) .. 256, got {self.workers}")
         _check(self.max_calls_per_worker >= 0, f"max_calls_per_worker must be >= 0, got {self.max_calls_per_worker}")
         _check(self.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
+        _check(self.start_timeout_s > 0, f"start_timeout_s must be > 0, got {self.start_timeout_s}")
         _check(0 < self.handshake_timeout_s <= 300, f"handshake_timeout_s must be in (0, 300], got {self.handshake_timeout_s}")
         _check(self.max_handshakes >= 1, f"max_handshakes must be >= 1, got {self.max_handshakes}")
         _check(0 < self.shutdown_grace_s <= 3600, f"shutdown_grace_s must be in (0, 3600], got {self.shutdown_grace_s}")
@@ -401,6 +405,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_PUBLIC_WS_URL": ("server", "public_ws_url", str),
     "CALLPULSE_SHUTDOWN_GRACE_S": ("server", "shutdown_grace_s", float),
     "CALLPULSE_HANDSHAKE_TIMEOUT_S": ("server", "handshake_timeout_s", float),
+    "CALLPULSE_START_TIMEOUT_S": ("server", "start_timeout_s", float),
     "CALLPULSE_MAX_HANDSHAKES": ("server", "max_handshakes", int),
     "CALLPULSE_MAX_RSS_MB": ("server", "max_rss_mb", int),
     "CALLPULSE_AUTH_TOKENS": ("server", "auth_tokens", _parse_list),

@@ -710,7 +710,7 @@ class CallSession:
                 self._evaluate(window, None, degraded=False)
                 continue
             index = self._channel_of[window.role]
-            if self._gates and (self._deferred[index] or self._gates[index].deciding):
+            if self._gates and (self._deferred[index] or self._could_turn_steady(window)):
                 self._deferred[index].append(window)
             else:
                 self._route(window)
@@ -733,8 +733,24 @@ class CallSession:
     def _release_deferred(self, final: bool = False) -> None:
         """Route the deferred windows of every channel whose gate has decided (all of them when `final`)."""
         for index, deferred in enumerate(self._deferred):
-            while deferred and (final or not self._gates[index].deciding):
+            while deferred and (final or not self._could_turn_steady(deferred[0])):
                 self._route(deferred.popleft())
+
+    def _could_turn_steady(self, window: AnalysisWindow) -> bool:
+        """The channel's gate may still take enough of the window's new audio as steady sound (re-marking its
+        speech frames) to make it mostly steady: the window must wait for the gate to decide."""
+        index = self._channel_of[window.role]
+        first = self._gates[index].earliest_entry_frame()
+        if first is None:
+            return False
+        step = window.frame_samples
+        start, end = window.new_from_sample // step, window.end_sample // step
+        if max(first, start) >= end:
+            return False
+        marks = self._marks[index]
+        speech, steady = marks.count(start, end)
+        could, _ = marks.count(max(first, start), end)
+        return steady + could > 0 and steady + could >= speech - could
 
     def _mostly_steady(self, window: AnalysisWindow) -> bool:
         """At least as much of the window's new audio was steady sound (tone, music) as speech."""

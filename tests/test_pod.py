@@ -2,6 +2,7 @@
 Redis - alerts over gRPC and WebSocket, one /metrics for all processes, a worker or the engine killed mid-call, SIGTERM."""
 
 import itertools
+import re
 import json
 import os
 import signal
@@ -281,3 +282,31 @@ def test_a_killed_engine_fails_windows_at_once_and_scoring_resumes_after_its_res
         assert pod.engine() not in (None, engine)
     finally:
         pod.stop()
+
+
+def test_workers_start_once_the_engine_is_ready(redis_server, test_models):
+    """The supervisor starts the engine alone and the workers only once it is ready, so that the model's load and
+    warm-up have the machine to themselves."""
+    pod = Pod(redis_server.url, test_models["neutral"], f"podorder{os.getpid()}", workers=2, CALLPULSE_LOG_LEVEL="INFO")
+    try:
+        pod.log.flush()
+        lines = open(pod.log.name, encoding="utf-8").read().splitlines()
+        engine_ready = next(i for i, line in enumerate(lines) if "the engine is ready" in line)
+        first_worker = next(i for i, line in enumerate(lines) if "[worker-" in line)
+        assert first_worker > engine_ready
+    finally:
+        pod.stop()
+
+
+def test_a_child_not_ready_within_the_start_timeout_is_killed(redis_server, test_models):
+    """A child gets `start_timeout_s` to become ready (not the 15 s heartbeat); past it the supervisor kills it, and an
+    engine that never got ready ends the pod with exit code 3 and says why."""
+    environment = dict(os.environ, CALLPULSE_REDIS_URL=redis_server.url, CALLPULSE_MODEL=test_models["neutral"],
+                       CALLPULSE_GRPC_PORT="0", CALLPULSE_WS_PORT="-1", CALLPULSE_METRICS_PORT="-1", CALLPULSE_WORKERS="1",
+                       CALLPULSE_START_TIMEOUT_S="0.3")
+    proc = subprocess.run([sys.executable, "-m", "service", "serve"], cwd=ROOT, env=environment, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 3
+    assert re.search(r"the engine is not ready \d+ s after its start; killing it", proc.stderr)
+    assert "the engine exited (code -9) before it was ready: the pod cannot serve" in proc.stderr
+    assert '"event": "ready"' not in proc.stdout

@@ -86,9 +86,27 @@ class SteadyGate:
 
     @property
     def deciding(self) -> bool:
-        """The last blocks look steady but not yet long enough: the gate may still take them, and the frames
-        before them back to where the steady run began, as steady sound (see take_entries)."""
-        return not self._steady and any(flag for flag, _ in self._recent)
+        """Some of the last blocks look steady but not yet enough of them: the gate may still take them, and the
+        frames before them back to where the steady run began, as steady sound (see take_entries)."""
+        return self.earliest_entry_frame() is not None
+
+    def earliest_entry_frame(self) -> int | None:
+        """The earliest channel frame that an entry into the steady state could still mark as steady (take_entries),
+        given the blocks seen so far; None when no entry can include any of them.
+
+        A steady block among the last STEADY_ENTER_OF can still start an entry only if enough further steady
+        blocks can arrive before it leaves them: a lone steady block 400 ms back cannot, so speech with a held
+        vowel here and there keeps no window waiting."""
+        if self._steady:
+            return None
+        free = STEADY_ENTER_OF - len(self._recent)
+        steady_from = sum(flag for flag, _ in self._recent)  # steady blocks from this one to the newest
+        for position, (flag, start) in enumerate(self._recent):
+            if flag:
+                if STEADY_ENTER_BLOCKS - steady_from <= position + free:  # blocks still to come while it is among the last
+                    return max(0, start - BLOCK_FRAMES)
+                steady_from -= 1
+        return None
 
     def take_entries(self) -> list[tuple[int, int]]:
         """Channel frame ranges [first, end) of the steady sound that made the gate enter the steady state since the
