@@ -89,6 +89,28 @@ def test_decisions_do_not_depend_on_how_the_audio_is_split():
     assert (one.holds, one.hold_frames, one.steady_frames) == (seven.holds, seven.hold_frames, seven.steady_frames)
 
 
+def _blocks_of_tones(freqs: list[float]) -> np.ndarray:
+    """One 80 ms block (4 frames of 8 kHz) of a pure tone per frequency, one after the other."""
+    t = np.arange(4 * FRAME) / RATE
+    return np.concatenate([(8000 * np.sin(2 * np.pi * f * t)).astype(np.int16) for f in freqs])
+
+
+def test_a_lone_steady_block_stops_the_gate_deciding_once_it_can_no_longer_start_an_entry():
+    """One block that matches its predecessor (a held vowel) keeps the gate deciding only while three more steady
+    blocks could still arrive before it leaves the last six: three unsteady blocks later it decides nothing, so the
+    windows of speech do not wait for it."""
+    gate = SteadyGate(FRAME)
+    changing = [300.0 + 170.0 * k for k in range(6)]  # a new pitch each block: consecutive blocks do not overlap
+    gate.push(_blocks_of_tones(changing), 24)
+    assert gate.earliest_entry_frame() is None and not gate.deciding
+    gate.push(_blocks_of_tones(changing[-1:]), 4)  # the same tone as the block before it: one steady block
+    assert gate.deciding and gate.earliest_entry_frame() == 20  # an entry would take from the block before it
+    for k, f in enumerate([600.0, 1300.0, 2400.0]):
+        gate.push(_blocks_of_tones([f]), 4)
+        assert gate.deciding == (k < 2)
+    assert gate.earliest_entry_frame() is None
+
+
 def test_a_long_steady_stretch_is_a_hold_and_a_short_one_is_not():
     """40 s of music is one hold of most of its length (the time to decide, and a bar where chords, melody and drums all
     change at once, are not); a 2 s tone is steady but no hold."""
