@@ -404,11 +404,11 @@ def _summarise(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: int | None, extra_env: dict[str, str],
-               loadgen_processes: int | None, server_log: str | None = None) -> dict[str, Any]:
+               loadgen_processes: int | None, server_log: str | None = None, loadgen_channels: int | None = None) -> dict[str, Any]:
     """Live calls in steps, until the first step that fails; every failure to run is recorded, not raised."""
     steps = settings["ladder"]
     out: dict[str, Any] = {"steps_planned": list(steps), "steps": [], "max_passing_calls": None, "workers": workers,
-                           "server_env": extra_env, "loadgen_processes": loadgen_processes, "trial_s": settings["trial_s"],
+                           "server_env": extra_env, "loadgen_processes": loadgen_processes, "loadgen_channels": loadgen_channels, "trial_s": settings["trial_s"],
                            "criterion": f"EmotionUpdate p99 < {P99_LIMIT_MS:g} ms, <= {DROP_LIMIT:.0%} windows dropped, "
                                         f"send lag < {LAG_LIMIT_MS:g} ms, no call errors",
                            "error": None}
@@ -440,6 +440,8 @@ def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: 
             kwargs: dict[str, Any] = {"duration_s": settings["trial_s"], "ramp_s": ramp_s, "metrics_url": server.metrics}
             if loadgen_processes is not None:
                 kwargs["processes"] = min(loadgen_processes, calls)  # run_load needs a call per process
+            if loadgen_channels is not None:
+                kwargs["channels"] = max(kwargs.get("processes", 1), min(loadgen_channels, calls))
             sampler = GpuSampler(device).start()
             cpu_before, wall_before = process_tree_cpu_s(server.proc.pid), time.monotonic()
             limit = min(settings["trial_s"] + ramp_s + 60, budget.left() - 10)
@@ -491,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loadgen-processes", type=int, help="passed to run_load(processes=...) (multi-process load)")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment of the served process, e.g. CALLPULSE_MAX_BATCH=64 (repeatable)")
+    parser.add_argument("--loadgen-channels", type=int, help="passed to run_load(channels=...): gRPC connections (default one per 25 calls)")
     parser.add_argument("--server-log", help="copy the served process's stderr (its whole log) to this file at the end")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: ceiling, naive, ladder")
     args = parser.parse_args(argv)
@@ -549,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         write()
     if "ladder" not in skip:
         result["ladder"] = run_ladder(path, device, settings, budget, args.workers, extra_env, args.loadgen_processes,
-                                      args.server_log)
+                                      args.server_log, args.loadgen_channels)
     result["complete"] = True
     write()
     say(f"done in {budget.elapsed():.0f} s; written to {out}")
