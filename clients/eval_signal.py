@@ -9,7 +9,10 @@ and the share of those the gate takes as steady sound: for music and tones that 
 (what webrtcvad alone would have sent on as speech is the whole voiced share), for speech it is the
 share of speech lost (1 - precision would need a mixed set; this is the false-positive rate per frame).
 With espeak-ng it also prints the speech-rate error: the service's syllable-nuclei rate of each sentence
-at three speaking rates against the syllables espeak-ng says it spoke (vowel runs of its IPA output).
+at three speaking rates against the syllables espeak-ng says it spoke (vowel runs of its IPA output for
+English; one per character for Mandarin, voiced from pinyin), beside the de Jong & Wempe reference run in
+Praat through praat-parselmouth (clients/dejong_wempe.praat; a dev dependency), and, with the real call in
+../shared/audio, the service against that reference per utterance of real speech.
 
 The set, all reachable here (nothing from Asterisk's sound or music-on-hold packages, kept apart as an
 independent check):
@@ -42,6 +45,7 @@ from clients.wavfile import read_wav
 ROOT = Path(__file__).resolve().parent.parent
 RATE = 8000
 FRAME = RATE // 50
+REAL_CALL = ROOT.parent / "shared" / "audio" / "Auto_Repairs_40_UTC_stereo_L-agent_R-caller_pcm16.wav"
 DEFAULT_MUSIC_DIRS = ("/usr/share/games/singularity/music", "/usr/share/scummvm/drascula/audio")
 SENTENCES = (
     "Hello, I have been waiting on hold for twenty minutes and nobody has answered my question.",
@@ -123,9 +127,8 @@ def speech_clips(work: str, espeak: bool) -> list[tuple[str, np.ndarray, np.ndar
 
     clips: list[tuple[str, np.ndarray, np.ndarray | None]] = []
     stereo = [str(ROOT / "clients" / "samples" / "call_stereo_8k.wav")]
-    real = ROOT.parent / "shared" / "audio" / "Auto_Repairs_40_UTC_stereo_L-agent_R-caller_pcm16.wav"
-    if real.exists():
-        stereo.append(str(real))
+    if REAL_CALL.exists():
+        stereo.append(str(REAL_CALL))
     for path in stereo:
         channels = _mono8k(path)
         n = min(len(c) for c in channels) // FRAME
@@ -158,35 +161,116 @@ def ipa_syllables(text: str, voice: str = "en-us") -> int:
     return count
 
 
-def speech_rate_error(work: str) -> dict | None:
-    """The syllable-nuclei rate of each espeak-ng sentence at three rates against the syllables espeak-ng says it
-    spoke (per minute of the same voiced time): mean ratio, mean absolute error and Pearson r over the utterances;
-    None without espeak-ng and sox."""
+# Mandarin sentences in pinyin (espeak-ng's cmn-latn-pinyin voice): one token per character, so the truth is the
+# token count and the figure is characters per minute.
+PINYIN = (
+    "ni3 hao3 wo3 yi3 jing1 deng3 le5 er4 shi2 fen1 zhong1 le5 hai2 mei2 you3 ren2 hui2 da2 wo3 de5 wen4 ti2",
+    "wo3 xiang3 xiu1 gai3 wo3 zhang4 hu4 shang4 de5 di4 zhi3 bing4 qie3 qu3 xiao1 di4 er4 ge4 ding4 dan1",
+    "xie4 xie4 nin2 de5 lai2 dian4 wo3 jiao4 an1 na4 qing3 wen4 you3 shen2 me5 ke3 yi3 bang1 nin2",
+)
+RATES_WPM = (120, 170, 230)
+DE_JONG_SCRIPT = Path(__file__).resolve().parent / "dejong_wempe.praat"
+
+
+def dejong_nuclei(x: np.ndarray, rate: int = RATE) -> int | None:
+    """Syllable nuclei of int16 audio by the de Jong & Wempe procedure, run in Praat (clients/dejong_wempe.praat)
+    through parselmouth: the test-time reference. None when praat-parselmouth is not installed."""
+    try:
+        import parselmouth
+    except ImportError:
+        return None
+    sound = parselmouth.Sound(x.astype(np.float64) / 32768.0, sampling_frequency=rate)
+    _, output = parselmouth.praat.run(sound, DE_JONG_SCRIPT.read_text(), -25, 2, capture_output=True)
+    return int(output.strip())
+
+
+def service_nuclei(x: np.ndarray) -> tuple[int, int]:
+    """(syllable nuclei, voiced ms) of int16 8 kHz audio as the service's streaming tracker counts them."""
     from service.analytics.prosody import ProsodyTrack
 
+    voiced = vad_flags(x)
+    track = ProsodyTrack(RATE)
+    track.push(x[: len(voiced) * FRAME], voiced)
+    totals = track.totals()
+    return int(totals["nuclei"]), int(totals["voiced_ms"])
+
+
+def _agreement(measured: np.ndarray, truth: np.ndarray) -> dict:
+    ratio = measured / truth
+    return {"mean_ratio": round(float(np.mean(ratio)), 3), "mean_abs_error": round(float(np.mean(np.abs(ratio - 1))), 3),
+            "pearson_r": round(float(np.corrcoef(measured, truth)[0, 1]), 3) if len(truth) > 2 else None}
+
+
+def speech_rate_error(work: str) -> dict | None:
+    """Speech rate on espeak-ng speech with known syllables: English sentences (syllables from espeak-ng's own IPA) and
+    Mandarin pinyin sentences (one syllable per character) at three speaking rates. Per utterance the service's
+    syllable nuclei per minute of voiced speech beside the truth and beside the de Jong & Wempe reference (when
+    parselmouth is installed); per language the mean ratio, mean absolute error and Pearson r over the utterances.
+    None without espeak-ng and sox."""
     if not (shutil.which("espeak-ng") and shutil.which("sox")):
         return None
     rows = []
-    for words_per_min in (120, 170, 230):
-        for index, sentence in enumerate(SENTENCES):
-            raw, out = os.path.join(work, "rate.wav"), os.path.join(work, "rate8k.wav")
-            subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(words_per_min), "-w", raw, sentence], check=True, capture_output=True)
-            if not _sox(raw, out):
+    sets = [("English", "en-us", SENTENCES, ipa_syllables), ("Mandarin", "cmn-latn-pinyin", PINYIN, lambda t: len(t.split()))]
+    for language, voice, sentences, syllables in sets:
+        for words_per_min in RATES_WPM:
+            for index, sentence in enumerate(sentences):
+                raw, out = os.path.join(work, "rate.wav"), os.path.join(work, "rate8k.wav")
+                subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_min), "-w", raw, sentence], check=True, capture_output=True)
+                if not _sox(raw, out):
+                    continue
+                x = _mono8k(out)[0]
+                nuclei, voiced_ms = service_nuclei(x)
+                if not voiced_ms:
+                    continue
+                per_min = 60000.0 / voiced_ms
+                reference = dejong_nuclei(x)
+                rows.append({"language": language, "wpm": words_per_min, "sentence": index,
+                             "true_syllables": syllables(sentence), "service_nuclei": nuclei, "dejong_nuclei": reference,
+                             "true_spm": round(syllables(sentence) * per_min, 1), "measured_spm": round(nuclei * per_min, 1),
+                             "dejong_spm": None if reference is None else round(reference * per_min, 1)})
+    out: dict = {"utterances": rows, "languages": {}}
+    for language in {r["language"] for r in rows}:
+        mine = [r for r in rows if r["language"] == language]
+        truth = np.array([r["true_spm"] for r in mine])
+        entry = {"service": _agreement(np.array([r["measured_spm"] for r in mine]), truth)}
+        if all(r["dejong_spm"] is not None for r in mine):
+            entry["dejong"] = _agreement(np.array([r["dejong_spm"] for r in mine]), truth)
+        out["languages"][language] = entry
+    english = out["languages"].get("English", {}).get("service", {})
+    out.update(english)  # the English figures at the top level, as before
+    return out
+
+
+def real_call_against_dejong(path: str, min_ms: int = 1000, pause_ms: int = 300) -> dict | None:
+    """The service's syllable count per utterance of a real recording's channels against the de Jong & Wempe
+    reference on the same utterance (utterances: webrtcvad's voiced runs joined across pauses shorter than
+    `pause_ms`, at least `min_ms` long). None without the file or parselmouth."""
+    if not os.path.exists(path) or dejong_nuclei(np.zeros(RATE, np.int16)) is None:
+        return None
+    rows = []
+    for channel, x in enumerate(_mono8k(path)):
+        voiced = vad_flags(x)
+        runs, start, quiet = [], None, 0
+        for k, flag in enumerate(voiced.tolist() + [False] * (pause_ms // 20 + 1)):
+            if flag:
+                start, quiet = (k if start is None else start), 0
+            elif start is not None:
+                quiet += 1
+                if quiet * 20 >= pause_ms:
+                    runs.append((start, k - quiet + 1))
+                    start, quiet = None, 0
+        for first, end in runs:
+            if (end - first) * 20 < min_ms:
                 continue
-            x = _mono8k(out)[0]
-            voiced = vad_flags(x)
-            track = ProsodyTrack(RATE)
-            track.push(x[: len(voiced) * FRAME], voiced)
-            totals = track.totals()
-            if not totals["voiced_ms"]:
-                continue
-            truth = ipa_syllables(sentence) * 60000.0 / totals["voiced_ms"]
-            rows.append({"wpm": words_per_min, "sentence": index, "measured_spm": totals["speech_rate_spm"], "true_spm": round(truth, 1)})
-    measured = np.array([r["measured_spm"] or 0.0 for r in rows])
-    truth = np.array([r["true_spm"] for r in rows])
-    return {"utterances": rows, "mean_ratio": round(float(np.mean(measured / truth)), 3),
-            "mean_abs_error": round(float(np.mean(np.abs(measured / truth - 1))), 3),
-            "pearson_r": round(float(np.corrcoef(measured, truth)[0, 1]), 3) if len(rows) > 2 else None}
+            clip = x[first * FRAME : end * FRAME]
+            rows.append({"channel": channel, "start_ms": first * 20, "end_ms": end * 20,
+                         "service_nuclei": service_nuclei(clip)[0], "dejong_nuclei": dejong_nuclei(clip)})
+    service = np.array([r["service_nuclei"] for r in rows], float)
+    reference = np.array([r["dejong_nuclei"] for r in rows], float)
+    keep = reference > 0
+    summary = _agreement(service[keep], reference[keep]) if keep.sum() > 2 else {}
+    summary.update({"utterances": len(rows), "service_total": int(service.sum()), "dejong_total": int(reference.sum())})
+    return {"summary": summary, "utterances": rows}
 
 
 def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool) -> dict:
@@ -207,13 +291,14 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool) -
             voiced, steady = gate_share(x, speaking)
             rows["speech"].append({"clip": name, "voiced": voiced, "steady": steady})
         rate = speech_rate_error(work) if espeak else None
+        real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
     summary = {}
     for kind, clips in rows.items():
         voiced = sum(c["voiced"] for c in clips)
         steady = sum(c["steady"] for c in clips)
         summary[kind] = {"clips": len(clips), "voiced_frames": voiced, "steady_share": round(steady / voiced, 4) if voiced else None,
                          "clips_mostly_steady": sum(1 for c in clips if c["voiced"] and c["steady"] >= 0.8 * c["voiced"])}
-    return {"classes": summary, "clips": rows, "speech_rate": rate}
+    return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,15 +317,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {kind} | {figures['clips']} | {figures['voiced_frames']} | {share} | {figures['clips_mostly_steady']} |")
     rate = result["speech_rate"]
     if rate:
-        print("\n| espeak-ng words/min | syllables/min (espeak-ng's own) | syllable nuclei/min (the service) |")
-        print("| --- | --- | --- |")
-        for words_per_min in sorted({r["wpm"] for r in rate["utterances"]}):
-            rows = [r for r in rate["utterances"] if r["wpm"] == words_per_min]
-            truth = np.mean([r["true_spm"] for r in rows])
-            measured = np.mean([r["measured_spm"] or 0.0 for r in rows])
-            print(f"| {words_per_min} | {truth:.0f} | {measured:.0f} |")
-        print(f"\nspeech rate over {len(rate['utterances'])} utterances: mean ratio {rate['mean_ratio']}, mean absolute error "
-              f"{100 * rate['mean_abs_error']:.0f}%, Pearson r {rate['pearson_r']}")
+        print("\n| espeak-ng | words/min | syllables/min (truth) | the service | de Jong & Wempe (Praat) |")
+        print("| --- | --- | --- | --- | --- |")
+        for language in ("English", "Mandarin"):
+            for words_per_min in RATES_WPM:
+                rows = [r for r in rate["utterances"] if r["wpm"] == words_per_min and r["language"] == language]
+                if not rows:
+                    continue
+                reference = "-" if rows[0]["dejong_spm"] is None else f"{np.mean([r['dejong_spm'] for r in rows]):.0f}"
+                print(f"| {language} | {words_per_min} | {np.mean([r['true_spm'] for r in rows]):.0f} | "
+                      f"{np.mean([r['measured_spm'] for r in rows]):.0f} | {reference} |")
+        for language, entry in sorted(rate["languages"].items()):
+            for who, figures in entry.items():
+                print(f"{language}, {who} against the truth over {sum(1 for r in rate['utterances'] if r['language'] == language)} "
+                      f"utterances: mean ratio {figures['mean_ratio']}, mean absolute error {100 * figures['mean_abs_error']:.0f}%, "
+                      f"Pearson r {figures['pearson_r']}")
+    real = result.get("real_call_rate")
+    if real:
+        figures = real["summary"]
+        print(f"\nreal call ({REAL_CALL.name}), the service against de Jong & Wempe per utterance ({figures['utterances']}): "
+              f"totals {figures['service_total']} / {figures['dejong_total']}, mean ratio {figures.get('mean_ratio')}, "
+              f"mean absolute error {100 * figures.get('mean_abs_error', 0):.0f}%, Pearson r {figures.get('pearson_r')}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

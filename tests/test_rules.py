@@ -76,7 +76,7 @@ def test_default_rules_file_has_the_four_documented_rules():
     assert upset.speaker is Role.CUSTOMER and set(upset.notify) == {"agent", "supervisor"}
     emotion, rate = upset.leaves
     assert set(emotion.labels) == {"angry", "fearful"} and emotion.for_ms == 5000
-    assert rate.measure == "speech_rate_over_baseline" and rate.op == "gt" and rate.threshold == 1.3 and rate.clear == 1.15
+    assert rate.measure == "speech_rate_over_baseline" and rate.op == "gt" and rate.threshold == 1.4 and rate.clear == 1.2
     assert rate.warmup_ms == 10000
     assert by_id["dead-air"].leaves[0].min_ms == 5000 and by_id["dead-air"].notify == ("agent",)
     loud = by_id["customer-raised-voice"].leaves[0]
@@ -98,7 +98,7 @@ def test_the_demo_rules_are_the_shipped_rules_and_one_more():
 
 
 def test_default_upset_rule_needs_both_emotion_and_speech_faster_than_the_speakers_own():
-    """Angry customer speech fires the shipped rule only while the customer speaks more than 1.3 times their own usual rate
+    """Angry customer speech fires the shipped rule only while the customer speaks more than 1.4 times their own usual rate
     (whatever the absolute count), with a readable reason; not before 10 s of their speech."""
     engine = RuleEngine(load_rules(DEFAULT_RULES_PATH))
     state = engine.new_state()
