@@ -12,7 +12,9 @@ With espeak-ng it also prints the speech-rate error: the service's syllable-nucl
 at three speaking rates against the syllables espeak-ng says it spoke (vowel runs of its IPA output for
 English; one per character for Mandarin, voiced from pinyin), beside the de Jong & Wempe reference run in
 Praat through praat-parselmouth (clients/dejong_wempe.praat; a dev dependency), and, with the real call in
-../shared/audio, the service against that reference per utterance of real speech.
+../shared/audio, the service against that reference per utterance of real speech. Last, interruptions and
+back-channels of two-speaker scenes voiced with espeak-ng (SCENES: turns, back-channels, take-overs and a
+contested overlap, labelled by construction) as the batch analysis counts them, against the labels.
 
 The set, all reachable here (nothing from Asterisk's sound or music-on-hold packages, kept apart as an
 independent check):
@@ -273,6 +275,79 @@ def real_call_against_dejong(path: str, min_ms: int = 1000, pause_ms: int = 300)
     return {"summary": summary, "utterances": rows}
 
 
+# Two-speaker scenes voiced with espeak-ng, labelled by construction: (name, customer utterances, agent utterances,
+# expected counts). An utterance is (start s, text, words/min, cut s or None: the speaker stops there, mid-word).
+_LONG_AGENT = "Let me explain how the new billing cycle works because the charges on your account changed in March."
+_LONG_CUSTOMER = "I have been charged twice this month and I want the second payment refunded to my card today."
+SCENES = (
+    ("turns, no overlap", [(6.5, _LONG_CUSTOMER, 170, None)], [(0.0, _LONG_AGENT, 170, None)],
+     {"interruptions": {"customer": 0, "agent": 0}, "backchannels": {"customer": 0, "agent": 0}}),
+    ("customer back-channels twice", [(1.5, "mm hm", 170, None), (3.6, "right", 170, None)], [(0.0, _LONG_AGENT, 170, None)],
+     {"interruptions": {"customer": 0, "agent": 0}, "backchannels": {"customer": 2, "agent": 0}}),
+    ("agent back-channels once", [(0.0, _LONG_CUSTOMER, 170, None)], [(2.0, "okay", 170, None)],
+     {"interruptions": {"customer": 0, "agent": 0}, "backchannels": {"customer": 0, "agent": 1}}),
+    ("customer takes the floor", [(2.0, _LONG_CUSTOMER, 170, None)], [(0.0, _LONG_AGENT, 170, 2.7)],
+     {"interruptions": {"customer": 1, "agent": 0}, "backchannels": {"customer": 0, "agent": 0}}),
+    ("agent takes the floor", [(0.0, _LONG_CUSTOMER, 170, 3.0)], [(2.2, _LONG_AGENT, 170, None)],
+     {"interruptions": {"customer": 0, "agent": 1}, "backchannels": {"customer": 0, "agent": 0}}),
+    ("both talk on (contested)", [(2.0, _LONG_CUSTOMER, 170, None)], [(0.0, _LONG_AGENT, 170, None)],
+     {"interruptions": {"customer": 1, "agent": 0}, "backchannels": {"customer": 0, "agent": 0}}),
+    # The agent's comma is a 240 ms pause just after the customer came in: a listener hears one interruption.
+    ("both talk on, the agent pausing at a comma", [(2.0, _LONG_CUSTOMER, 170, None)], [(0.0, _LONG_AGENT.replace(" works", " works,"), 170, None)],
+     {"interruptions": {"customer": 1, "agent": 0}, "backchannels": {"customer": 0, "agent": 0}}),
+)
+
+
+def _voice(work: str, text: str, words_per_min: int, voice: str) -> np.ndarray | None:
+    raw, out = os.path.join(work, "scene.wav"), os.path.join(work, "scene8k.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_min), "-w", raw, text], check=True, capture_output=True)
+    return _mono8k(out)[0] if _sox(raw, out) else None
+
+
+def conversation_scenes(work: str) -> dict | None:
+    """Interruptions and back-channels of the labelled scenes (SCENES) as the service's batch analysis counts them,
+    against the labels: per scene the counts, and in all how many labelled events were found and how many counted
+    events were not labelled. None without espeak-ng and sox."""
+    if not (shutil.which("espeak-ng") and shutil.which("sox")):
+        return None
+    from clients.wavfile import write_wav
+    from service.batch import AnalyzeOptions, analyze
+    from service.config import load_config
+    from service.domain import Role
+    from service.inference.constant import ConstantEmotionModel
+
+    paths, labels = [], []
+    for index, (name, customer, agent, expected) in enumerate(SCENES):
+        tracks = []
+        for utterances, voice in ((customer, "en-us+m3"), (agent, "en-us+f3")):
+            track = np.zeros(12 * RATE, np.int16)
+            for start, text, words_per_min, cut in utterances:
+                x = _voice(work, text, words_per_min, voice)
+                if x is None:
+                    return None
+                if cut is not None:
+                    x = x[: int((cut - start) * RATE)]
+                at = int(start * RATE)
+                track[at : at + len(x)] = x[: len(track) - at]
+            tracks.append(track)
+        path = os.path.join(work, f"scene{index}.wav")
+        write_wav(path, RATE, np.stack(tracks, axis=1))
+        paths.append(path)
+        labels.append(expected)
+    options = AnalyzeOptions(out_dir=os.path.join(work, "scenes"), roles=(Role.CUSTOMER, Role.AGENT), jobs=1, progress=False)
+    results = analyze(paths, options, load_config(environ={}), model=ConstantEmotionModel())
+    rows, found, missed, extra = [], 0, 0, 0
+    for (name, *_), expected, result in zip(SCENES, labels, results):
+        conversation = (result.summary or {}).get("conversation", {}) if result.status == "ok" else {}
+        counted = {kind: dict(conversation.get(kind, {}).get("by", {})) for kind in ("interruptions", "backchannels")}
+        for kind in expected:
+            for role, want in expected[kind].items():
+                got = counted[kind].get(role, 0)
+                found, missed, extra = found + min(got, want), missed + max(0, want - got), extra + max(0, got - want)
+        rows.append({"scene": name, "expected": expected, "counted": counted})
+    return {"scenes": rows, "labelled_found": found, "labelled_missed": missed, "unlabelled_counted": extra}
+
+
 def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool) -> dict:
     """Per class: clips, voiced frames and the share of them taken as steady sound, with the per-clip figures."""
     rows: dict[str, list[dict]] = {"music (Debian packages)": [], "music (generated)": [], "tones": [], "speech": []}
@@ -291,6 +366,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool) -
             voiced, steady = gate_share(x, speaking)
             rows["speech"].append({"clip": name, "voiced": voiced, "steady": steady})
         rate = speech_rate_error(work) if espeak else None
+        scenes = conversation_scenes(work) if espeak else None
         real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
     summary = {}
     for kind, clips in rows.items():
@@ -298,7 +374,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool) -
         steady = sum(c["steady"] for c in clips)
         summary[kind] = {"clips": len(clips), "voiced_frames": voiced, "steady_share": round(steady / voiced, 4) if voiced else None,
                          "clips_mostly_steady": sum(1 for c in clips if c["voiced"] and c["steady"] >= 0.8 * c["voiced"])}
-    return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real}
+    return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -338,6 +414,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreal call ({REAL_CALL.name}), the service against de Jong & Wempe per utterance ({figures['utterances']}): "
               f"totals {figures['service_total']} / {figures['dejong_total']}, mean ratio {figures.get('mean_ratio')}, "
               f"mean absolute error {100 * figures.get('mean_abs_error', 0):.0f}%, Pearson r {figures.get('pearson_r')}")
+    scenes = result.get("conversation")
+    if scenes:
+        print("\n| scene (espeak-ng voices, labelled by construction) | interruptions by customer / agent | back-channels by customer / agent |")
+        print("| --- | --- | --- |")
+        for row in scenes["scenes"]:
+            cells = []
+            for kind in ("interruptions", "backchannels"):
+                want, got = row["expected"][kind], row["counted"][kind]
+                cells.append(" / ".join(f"{got.get(r, 0)}" + ("" if got.get(r, 0) == want[r] else f" (label {want[r]})")
+                                        for r in ("customer", "agent")))
+            print(f"| {row['scene']} | {cells[0]} | {cells[1]} |")
+        print(f"\nlabelled events found {scenes['labelled_found']}, missed {scenes['labelled_missed']}; "
+              f"counted without a label {scenes['unlabelled_counted']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0
