@@ -312,6 +312,10 @@ class AnalyticsConfig:
     "right"), counted apart from interruptions."""
     min_speech_ms: int = 300
     """Voiced bursts with less voiced time than this (clicks, breaths, line noise) do not end dead air."""
+    turn_pause_ms: int = 400
+    """While both speakers overlap, a pause shorter than this inside one's own talk (a comma, a breath) does not
+    give up the floor: it neither ends the overlap's decision (take-over or back-channel) nor makes the speaker's
+    resumption a new interruption of the other. At least hangover_ms."""
     min_silence_ms: int = 2000
     """Dead air at least this long is listed in the call summary."""
     steady_gate: bool = True
@@ -339,6 +343,8 @@ class AnalyticsConfig:
                f"interruption_contest_ms must be interruption_min_overlap_ms ({self.interruption_min_overlap_ms})..60000, "
                f"got {self.interruption_contest_ms}")
         _check(0 <= self.min_speech_ms <= 2000, f"min_speech_ms must be 0..2000, got {self.min_speech_ms}")
+        _check(self.hangover_ms <= self.turn_pause_ms <= 3000,
+               f"turn_pause_ms must be hangover_ms ({self.hangover_ms})..3000, got {self.turn_pause_ms}")
         _check(isinstance(self.steady_gate, bool), f"steady_gate must be true or false, got {self.steady_gate!r}")
         _check(1000 <= self.hold_min_ms <= 600000, f"hold_min_ms must be 1000..600000, got {self.hold_min_ms}")
         _check(self.min_silence_ms >= 100, f"min_silence_ms must be >= 100, got {self.min_silence_ms}")
@@ -453,6 +459,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_INTERRUPTION_MIN_OVERLAP_MS": ("analytics", "interruption_min_overlap_ms", int),
     "CALLPULSE_INTERRUPTION_CONTEST_MS": ("analytics", "interruption_contest_ms", int),
     "CALLPULSE_MIN_SPEECH_MS": ("analytics", "min_speech_ms", int),
+    "CALLPULSE_TURN_PAUSE_MS": ("analytics", "turn_pause_ms", int),
     "CALLPULSE_STEADY_GATE": ("analytics", "steady_gate", _parse_bool),
     "CALLPULSE_HOLD_MIN_MS": ("analytics", "hold_min_ms", int),
     "CALLPULSE_MIN_SILENCE_MS": ("analytics", "min_silence_ms", int),

@@ -219,7 +219,7 @@ class CallSession:
         self._conversation = ConversationTracker(
             fmt.channel_roles, frame_ms, hangover_ms=analytics.hangover_ms, min_interruption_ms=analytics.interruption_min_overlap_ms,
             contest_ms=analytics.interruption_contest_ms, min_speech_ms=analytics.min_speech_ms,
-            min_silence_ms=analytics.min_silence_ms, tick_ms=analytics.tick_ms,
+            turn_pause_ms=analytics.turn_pause_ms, min_silence_ms=analytics.min_silence_ms, tick_ms=analytics.tick_ms,
         )
         self._rule_state = CallRuleState()
         self._segments_seen = [0] * len(self._pipelines)

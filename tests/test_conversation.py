@@ -155,6 +155,30 @@ def test_hangover_bridges_the_interrupted_speakers_short_pause():
     assert tracker.summary()["interruptions"]["events"] == [{"at_ms": 1040, "by": "agent", "of": "customer", "overlap_ms": 760}]
 
 
+@pytest.mark.parametrize("turn_pause_ms,agent_interruptions", [(400, 0), (0, 1)])
+def test_a_comma_pause_of_the_interrupted_speaker_neither_yields_nor_makes_their_resumption_an_interruption(
+        turn_pause_ms, agent_interruptions):
+    """The customer coming in at 2 s over the agent, the agent pausing 240 ms at a comma and talking on over the
+    customer: with turn_pause_ms 400 that is one contested interruption, by the customer, and the over-talk is
+    the time both spoke; with no pause tolerance the pause yields the floor and the agent's resumption counts as
+    a second interruption, by the agent."""
+    tracker = ConversationTracker((C, A), turn_pause_ms=turn_pause_ms)
+    tracker.push(flags(9000, customer=[(2000, 7200)], agent=[(0, 2500), (2740, 5620)]))
+    summary = tracker.summary()
+    assert summary["interruptions"]["by"] == {"customer": 1, "agent": agent_interruptions}
+    assert summary["interruptions"]["events"][0]["by"] == "customer"
+    assert summary["backchannels"]["count"] == 0
+    assert summary["overtalk_ms"] == 500 + (5620 - 2740)
+
+
+def test_a_back_channel_spoken_in_two_bits_is_one_back_channel():
+    """An agent's "mm ... hm" (two 200 ms bits 300 ms apart) inside the customer's speech is one back-channel."""
+    tracker = ConversationTracker((C, A), turn_pause_ms=400)
+    tracker.push(flags(5000, customer=[(0, 4000)], agent=[(1000, 1200), (1500, 1700)]))
+    summary = tracker.summary()
+    assert summary["backchannels"]["by"] == {"customer": 0, "agent": 1} and summary["interruptions"]["count"] == 0
+
+
 def test_a_quick_turn_switch_is_neither_overtalk_nor_interruption():
     """The agent answering 100 ms after the customer stops (inside the customer's hangover) is no over-talk."""
     tracker = ConversationTracker((C, A))

@@ -114,6 +114,7 @@ class ConversationTracker:
         max_listed: int = 200,
         contest_ms: int = 1500,
         min_speech_ms: int = 300,
+        turn_pause_ms: int = 0,
     ) -> None:
         roles = tuple(roles)
         if len(roles) not in (1, 2) or len(set(roles)) != len(roles):
@@ -122,6 +123,8 @@ class ConversationTracker:
             raise ValueError("frame_ms, min_interruption_ms and min_silence_ms must be > 0 and hangover_ms >= 0")
         if tick_ms <= 0 or history_ms <= 0 or max_listed < 1:
             raise ValueError("tick_ms and history_ms must be > 0 and max_listed >= 1")
+        if turn_pause_ms < 0:
+            raise ValueError(f"turn_pause_ms must be >= 0, got {turn_pause_ms}")
         if contest_ms < min_interruption_ms or min_speech_ms < 0:
             raise ValueError(f"contest_ms ({contest_ms}) must be >= min_interruption_ms ({min_interruption_ms}) and min_speech_ms >= 0")
         self.roles = roles
@@ -139,6 +142,10 @@ class ConversationTracker:
         self._min_overlap = -(-min_interruption_ms // frame_ms)
         self._contest = -(-contest_ms // frame_ms)
         self._min_speech = max(1, -(-min_speech_ms // frame_ms))  # voiced frames that make a spurt speech
+        self.turn_pause_ms = turn_pause_ms
+        # Silent frames after which a speaker of an overlapping pair has stopped (yielded, or ended a back-channel);
+        # a shorter pause keeps the pair, and the speaker's resumption continues it.
+        self._yield = max(self._hang, turn_pause_ms // frame_ms)
         self._frame = 0  # frames processed (pushed or skipped)
         self._origin = 0  # first frame after the call start or the last pause
         self._next_tick = tick_ms
@@ -155,6 +162,7 @@ class ConversationTracker:
         # the channel whose spurt started while the other spoke, if one did), and whether the pair has been
         # confirmed as an interruption or counted as a back-channel.
         self._pair_counted = 0
+        self._pair_base = 0  # overlap of the pair before a speaker's resumption after a pause under turn_pause_ms
         self._pair_by: int | None = None
         self._pair_confirmed = False
         self._pair_resolved = False
@@ -363,14 +371,28 @@ class ConversationTracker:
     def _voice_pair(self, k: int, v0: bool, v1: bool) -> None:
         """Stereo frame k with at least one channel voiced."""
         by = self._pair_by
-        if by is not None and not self._pair_resolved and self._pair_counted:
+        open_pair = by is not None and not self._pair_resolved and (self._pair_counted or self._pair_base)
+        if open_pair:
             self._settle(k, by, v0 if by == 0 else v1, v1 if by == 0 else v0)
+            open_pair = not self._pair_resolved
+        # A speaker of the undecided pair who resumes after a pause shorter than turn_pause_ms goes on with it.
+        resumed0 = open_pair and v0 and self._hang < k - self._last[0] - 1 <= self._yield
+        resumed1 = open_pair and v1 and self._hang < k - self._last[1] - 1 <= self._yield
+        before = self._voiced[0], self._voiced[1]
         new0 = self._voice(0, k) if v0 else False
         new1 = self._voice(1, k) if v1 else False
+        if resumed0:
+            self._voiced[0] += before[0]  # its voiced time goes on (a back-channel in two bits is not two blips)
+        if resumed1:
+            self._voiced[1] += before[1]
         if v0:
             self._speech(0, k)
         if v1:
             self._speech(1, k)
+        if resumed0 or resumed1:
+            self._pair_base += self._pair_counted  # the overlap so far; what follows is counted from the resumption
+            self._pair_counted = 0
+            new0, new1 = new0 and not resumed0, new1 and not resumed1
         if new0 or new1:
             # A new pair of spurts. A spurt that starts alone is a newcomer: its overlap with the other
             # channel's latest spurt can only become positive if that spurt still runs, i.e. the other
@@ -382,8 +404,9 @@ class ConversationTracker:
         if overlap > self._pair_counted:
             self._overtalk_frames += overlap - self._pair_counted
             self._pair_counted = overlap
-            if self._pair_by is not None and (self._pair_confirmed or (overlap >= self._contest and not self._pair_resolved)):
-                self._interruption(overlap)  # a contested floor, or a confirmed interruption's overlap growing
+            total = self._pair_base + overlap
+            if self._pair_by is not None and (self._pair_confirmed or (total >= self._contest and not self._pair_resolved)):
+                self._interruption(total)  # a contested floor, or a confirmed interruption's overlap growing
 
     def _settle(self, k: int, by: int, newcomer_voiced: bool, other_voiced: bool) -> None:
         """Frame k of an overlapping pair not yet settled (before k's flags are taken in): whoever stopped
@@ -391,11 +414,11 @@ class ConversationTracker:
         the newcomer took the floor, an interruption if the overlap reached min_interruption_ms. The
         newcomer stopped while the other goes on: a back-channel."""
         other = 1 - by
-        other_stopped = k - self._last[other] - 1 > self._hang
-        newcomer_stopped = k - self._last[by] - 1 > self._hang
+        other_stopped = k - self._last[other] - 1 > self._yield
+        newcomer_stopped = k - self._last[by] - 1 > self._yield
         if newcomer_voiced and not newcomer_stopped and other_stopped:
-            if self._pair_counted >= self._min_overlap:
-                self._interruption(self._pair_counted)
+            if self._pair_base + self._pair_counted >= self._min_overlap:
+                self._interruption(self._pair_base + self._pair_counted)
             self._pair_resolved = True
         elif other_voiced and not other_stopped and newcomer_stopped:
             if self._voiced[by] >= self._min_speech:  # shorter: a blip (a cough, a click), not a back-channel
@@ -404,6 +427,7 @@ class ConversationTracker:
 
     def _new_pair(self, by: int | None) -> None:
         self._pair_counted = 0
+        self._pair_base = 0
         self._pair_by = by
         self._pair_confirmed = False
         self._pair_resolved = False
