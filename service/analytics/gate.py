@@ -140,10 +140,13 @@ class SteadyGate:
         decided = np.empty(n, dtype=bool)
         index = 0
         if whole:
-            blocks = data[: whole * self._size].astype(np.float64).reshape(whole, self._size)
-            power = np.einsum("bs,bs->b", blocks, blocks)
-            loud = (power > self._quiet) & data_flags[: whole * BLOCK_FRAMES].reshape(whole, BLOCK_FRAMES).any(axis=1)
             spectra = None
+            if not data_flags[: whole * BLOCK_FRAMES].any():  # no voiced frame: every block counts as quiet
+                loud = np.zeros(whole, dtype=bool)
+            else:
+                blocks = data[: whole * self._size].astype(np.float64).reshape(whole, self._size)
+                power = np.einsum("bs,bs->b", blocks, blocks)
+                loud = (power > self._quiet) & data_flags[: whole * BLOCK_FRAMES].reshape(whole, BLOCK_FRAMES).any(axis=1)
             if np.count_nonzero(loud):
                 spectrum = np.fft.rfft(blocks[loud] * self._window, axis=1)
                 spectra = spectrum.real * spectrum.real + spectrum.imag * spectrum.imag
@@ -241,8 +244,8 @@ class FrameMarks:
         keep = min(n, capacity)
         frames = np.arange(self._next + n - keep, self._next + n, dtype=np.int64)
         slots = frames % capacity
-        marks = np.where(np.asarray(steady[n - keep :], dtype=bool), self.STEADY,
-                         np.where(np.asarray(speech[n - keep :], dtype=bool), self.SPEECH, self.NONE))
+        marks = np.asarray(speech[n - keep :], dtype=bool).astype(np.uint8)  # SPEECH = 1, NONE = 0
+        marks[np.asarray(steady[n - keep :], dtype=bool)] = self.STEADY
         self._marks[slots] = marks
         self._index[slots] = frames
         self._next += n
