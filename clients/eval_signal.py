@@ -61,13 +61,51 @@ def vad_flags(x: np.ndarray) -> np.ndarray:
     return np.array([detector.is_speech(x[i * FRAME:(i + 1) * FRAME].tobytes(), RATE) for i in range(len(x) // FRAME)], dtype=bool)
 
 
+_SILERO: list = []
+
+
+def silero_speech(x: np.ndarray) -> np.ndarray | None:
+    """Per 20 ms frame of 8 kHz int16 audio, whether silero-vad (a pretrained detector that ships its weights in its
+    wheel; `pip install silero-vad`, not a dependency of the service) gives speech probability >= 0.5 for the
+    32 ms chunk the frame starts in; None when silero-vad is not installed. Run chunk by chunk, one stream."""
+    try:
+        import torch
+        from silero_vad import load_silero_vad
+    except ImportError:
+        return None
+    if not _SILERO:
+        torch.set_num_threads(1)
+        _SILERO.append(load_silero_vad())
+    model, chunk = _SILERO[0], 256
+    audio = torch.from_numpy(x.astype(np.float32) / 32768.0)
+    model.reset_states()
+    with torch.no_grad():
+        probs = [float(model(audio[i * chunk : (i + 1) * chunk].unsqueeze(0), RATE)) for i in range(len(audio) // chunk)]
+    per_sample = np.repeat(np.array(probs or [0.0]), chunk)
+    per_sample = np.concatenate((per_sample, np.full(max(0, len(x) - len(per_sample)), probs[-1] if probs else 0.0)))
+    frames = len(x) // FRAME
+    return per_sample[: frames * FRAME : FRAME] >= 0.5
+
+
 def gate_share(x: np.ndarray, voiced: np.ndarray | None = None) -> tuple[int, int]:
     """(voiced frames, of them steady sound) of one 8 kHz int16 channel."""
+    voiced, steady, _ = gate_figures(x, voiced)
+    return voiced, steady
+
+
+def gate_figures(x: np.ndarray, voiced: np.ndarray | None = None, silero: bool = False) -> tuple[int, int, dict | None]:
+    """(voiced frames, of them steady sound, and with `silero` and silero-vad installed {"silero": voiced frames
+    silero-vad calls speech, "left": voiced frames neither the gate nor silero-vad takes away}) of one channel."""
     from service.analytics.gate import SteadyGate
 
     voiced = vad_flags(x) if voiced is None else voiced
     state = SteadyGate(FRAME).push(x, len(voiced), voiced)
-    return int(np.count_nonzero(voiced)), int(np.count_nonzero(state & voiced))
+    extra = None
+    speech = silero_speech(x[: len(voiced) * FRAME]) if silero else None
+    if speech is not None:
+        speech = speech[: len(voiced)]
+        extra = {"silero": int(np.count_nonzero(voiced & speech)), "left": int(np.count_nonzero(voiced & ~state & speech))}
+    return int(np.count_nonzero(voiced)), int(np.count_nonzero(state & voiced)), extra
 
 
 def _sox(path: str, out: str, skip: float = 0.0, seconds: float | None = None) -> bool:
@@ -348,23 +386,24 @@ def conversation_scenes(work: str) -> dict | None:
     return {"scenes": rows, "labelled_found": found, "labelled_missed": missed, "unlabelled_counted": extra}
 
 
-def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool) -> dict:
-    """Per class: clips, voiced frames and the share of them taken as steady sound, with the per-clip figures."""
+def _row(name: str, voiced: int, steady: int, extra: dict | None) -> dict:
+    return {"clip": name, "voiced": voiced, "steady": steady, **(extra or {})}
+
+
+def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, silero: bool = False) -> dict:
+    """Per class: clips, voiced frames and the share of them taken as steady sound, with the per-clip figures (with
+    `silero`, also the share silero-vad calls speech and the share left as speech by the gate and silero-vad together)."""
     rows: dict[str, list[dict]] = {"music (Debian packages)": [], "music (generated)": [], "tones": [], "speech": []}
     with tempfile.TemporaryDirectory(prefix="callpulse-eval-") as work:
         have_sox = shutil.which("sox") is not None
         for name, x in music_clips(music_dirs, skip, seconds, work) if have_sox else []:
-            voiced, steady = gate_share(x)
-            rows["music (Debian packages)"].append({"clip": name, "voiced": voiced, "steady": steady})
+            rows["music (Debian packages)"].append(_row(name, *gate_figures(x, silero=silero)))
         for name, x in generated_music():
-            voiced, steady = gate_share(x)
-            rows["music (generated)"].append({"clip": name, "voiced": voiced, "steady": steady})
+            rows["music (generated)"].append(_row(name, *gate_figures(x, silero=silero)))
         for name, x in tone_clips():
-            voiced, steady = gate_share(x)
-            rows["tones"].append({"clip": name, "voiced": voiced, "steady": steady})
+            rows["tones"].append(_row(name, *gate_figures(x, silero=silero)))
         for name, x, speaking in speech_clips(work, espeak and have_sox):
-            voiced, steady = gate_share(x, speaking)
-            rows["speech"].append({"clip": name, "voiced": voiced, "steady": steady})
+            rows["speech"].append(_row(name, *gate_figures(x, speaking, silero=silero)))
         rate = speech_rate_error(work) if espeak else None
         scenes = conversation_scenes(work) if espeak else None
         real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
@@ -374,6 +413,9 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool) -
         steady = sum(c["steady"] for c in clips)
         summary[kind] = {"clips": len(clips), "voiced_frames": voiced, "steady_share": round(steady / voiced, 4) if voiced else None,
                          "clips_mostly_steady": sum(1 for c in clips if c["voiced"] and c["steady"] >= 0.8 * c["voiced"])}
+        if clips and voiced and all("silero" in c for c in clips):
+            summary[kind]["silero_speech_share"] = round(sum(c["silero"] for c in clips) / voiced, 4)
+            summary[kind]["left_as_speech_share"] = round(sum(c["left"] for c in clips) / voiced, 4)
     return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes}
 
 
@@ -383,14 +425,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="seconds of each music file")
     parser.add_argument("--skip", type=float, default=20.0, help="seconds skipped at the start of each music file")
     parser.add_argument("--no-espeak", action="store_true", help="leave out the espeak-ng sentences")
+    parser.add_argument("--silero", action="store_true",
+                        help="also run silero-vad (pip install silero-vad) on every clip: what a trained detector would add")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
-    result = evaluate(args.music_dir or [d for d in DEFAULT_MUSIC_DIRS if os.path.isdir(d)], args.skip, args.seconds, not args.no_espeak)
-    print("| class | clips | voiced frames (webrtcvad) | share the gate takes as steady sound | clips >= 80% steady |")
-    print("| --- | --- | --- | --- | --- |")
+    result = evaluate(args.music_dir or [d for d in DEFAULT_MUSIC_DIRS if os.path.isdir(d)], args.skip, args.seconds, not args.no_espeak,
+                      silero=args.silero)
+    with_silero = any("silero_speech_share" in f for f in result["classes"].values())
+    print("| class | clips | voiced frames (webrtcvad) | share the gate takes as steady sound | clips >= 80% steady |"
+          + (" silero-vad: share it calls speech | left as speech by the gate and silero-vad |" if with_silero else ""))
+    print("| --- | --- | --- | --- | --- |" + (" --- | --- |" if with_silero else ""))
     for kind, figures in result["classes"].items():
         share = "-" if figures["steady_share"] is None else f"{100 * figures['steady_share']:.1f}%"
-        print(f"| {kind} | {figures['clips']} | {figures['voiced_frames']} | {share} | {figures['clips_mostly_steady']} |")
+        line = f"| {kind} | {figures['clips']} | {figures['voiced_frames']} | {share} | {figures['clips_mostly_steady']} |"
+        if with_silero:
+            line += "".join(f" {100 * figures[k]:.1f}% |" if k in figures else " - |" for k in ("silero_speech_share", "left_as_speech_share"))
+        print(line)
     rate = result["speech_rate"]
     if rate:
         print("\n| espeak-ng | words/min | syllables/min (truth) | the service | de Jong & Wempe (Praat) |")
