@@ -4,7 +4,8 @@ and serves the pod's one /metrics (prometheus-client multiprocess mode).
 
 Like LiveKit Agents' supervised process pool: every child beats a shared heartbeat each second; one
 that is ready and misses 15 s, or that is not ready `start_timeout_s` after its start (imports, model
-load and warm-up can take much longer than a beat), is killed and restarted, as is one that exits; a worker that dies takes its calls
+load and warm-up can take much longer than a beat), is killed and restarted, as is one that exits. The
+workers start once the engine is ready. A worker that dies takes its calls
 with it (their bridges see the connection drop) while the other workers' calls go on; an engine that
 dies makes the workers fail their pending windows at once and report not ready until the restarted
 engine is back. On SIGTERM the workers drain first (every call ends with its summary), then the
@@ -153,9 +154,9 @@ class Supervisor:
             self._events = self._context.SimpleQueue()
             self._install_signals()
             log.info("starting a pod: 1 engine and %d worker(s), at most %d calls per worker", self.workers, self.per_worker)
-            # The workers start once the engine is ready: the model's load and warm-up then has the machine to
-            # itself (on a 16-core GPU host, 12 workers importing beside it kept the engine from getting ready
-            # in 180 s, while alone it took 31 s), and a worker's start is then only its own.
+            # The workers start once the engine is ready (_on_event): the model's load and warm-up then has the
+            # machine to itself. On a 16-core H200 host, with 12 workers starting beside it, the engine was not
+            # ready within 180 s; alone it was ready in 26-31 s and the 12 workers 1 s later.
             self._start(ENGINE)
             return self._supervise()
         finally:
