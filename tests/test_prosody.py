@@ -15,6 +15,7 @@ from service.analytics.prosody import (
     frame_levels_db,
     loudness_dbfs,
     pitch_jumps,
+    yin,
     yin_f0,
     yin_min_samples,
 )
@@ -458,3 +459,22 @@ def test_low_passing_only_what_yin_reads_gives_the_samples_of_low_passing_everyt
         for a, b in spans:
             inside[a:b] = True
         assert np.array_equal(y[inside], whole[inside]) and not y[~inside].any()
+
+
+def test_yins_loose_voicing_flag_takes_noisy_voiced_frames_that_get_no_f0():
+    """yin() flags a frame periodic by the looser voicing threshold wherever it finds an F0 and also where noise keeps
+    d' above the strict threshold (a breathy vowel: no F0, still voiced enough for a syllable nucleus); pure noise is
+    neither; without a voicing threshold the flags are exactly the frames with an F0."""
+    rate, rng = 8000, np.random.default_rng(3)
+    clean = np.stack([sine(150, rate, 0.04, 8000, phase=p) for p in np.linspace(0, 3, 20)])
+    breathy = clean + rng.normal(0, 3000, clean.shape)  # about 6 dB SNR: d' dips to 0.15-0.35
+    noise = rng.normal(0, 8000, clean.shape)
+    frames = np.concatenate((clean, breathy, noise))
+    f0, periodic = yin(frames, rate, voicing_threshold=0.35)
+    has_f0 = ~np.isnan(f0)
+    assert has_f0[:20].all() and periodic[:20].all()
+    assert np.count_nonzero(periodic[20:40]) > np.count_nonzero(has_f0[20:40])
+    assert not periodic[40:].any() and not has_f0[40:].any()
+    assert (periodic | ~has_f0).all()  # every frame with an F0 is periodic
+    strict_f0, strict = yin(frames, rate)
+    assert np.array_equal(strict, ~np.isnan(strict_f0)) and np.array_equal(np.isnan(strict_f0), np.isnan(f0))
