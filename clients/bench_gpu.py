@@ -1,17 +1,21 @@
 """`make bench-gpu`: the GPU engine's figures from one run on one GPU machine, written to one JSON file.
 
     python -m clients.bench_gpu [--size large | --model DIR] [--out .bench/bench_gpu.json] [--workers N]
-        [--ladder 100,250,500,1000,2000] [--trial-s 20] [--budget-s 450] [--server-env KEY=VALUE ...] [--smoke]
+        [--loadgen-processes P] [--loadgen-channels C] [--ladder 100,250,500,1000,2000] [--trial-s 15]
+        [--budget-s 420] [--server-env KEY=VALUE ...] [--server-log FILE] [--skip PARTS] [--smoke]
 
 (1) ceiling: `score_batch` (the whole path: staging, copies, forward, split) of the model on 1 s and 3 s chunks,
     for bf16, fp16 and fp32 x batch 1..256, eagerly and replayed from CUDA graphs: ms per pass, audio-s/s, and
     the largest difference between the graph's and the eager scores;
 (2) naive peer: funasr `AutoModel.generate` on the GPU, one window at a time, over the windows the service would
     score for the bundled call (full re-encoding), as clients/bench.py measures it;
-(3) service ladder: `python -m service serve` on the GPU (`--workers N` passed only when given) under
-    clients.loadgen's `run_load` with 100, 250, 500, 1000 and 2000 live calls, stopping at the first step that
-    fails (EmotionUpdate p99 < 1 s, <= 1% windows dropped, send lag < 500 ms, no call errors), with the GPU's
-    utilisation (nvidia-smi, else torch.cuda.utilization) and the server's CPU (its process tree, from /proc).
+(3) service ladder: `python -m service serve --workers N` on the GPU under clients.loadgen's `run_load` (P
+    processes, one gRPC connection per CALLS_PER_CHANNEL calls) with 100, 250, 500, 1000 and 2000 live calls,
+    stopping at the first step that fails (EmotionUpdate p99 < 1 s, <= 1% windows dropped, send lag < 500 ms, no
+    call errors), with the GPU's utilisation (nvidia-smi, else torch.cuda.utilization) and the server's CPU (its
+    process tree, from /proc). By default P is a third of the cores and N the rest less one (load_defaults: 5 and
+    10 on 16 cores), since the load generator shares the machine;
+(4) one-worker ladder: the same with `--workers 1` and 25, 50, 100, 150 calls (what one ingest process carries).
 A part that fails or runs out of the time budget is recorded with its error and the rest goes on; the JSON is
 rewritten after each part. `--smoke` runs the same on the CPU with a tiny checkpoint and tiny settings (CUDA graphs
 emulated: the static shapes replayed eagerly), for CI to check the JSON's structure; its figures mean nothing.
@@ -47,11 +51,23 @@ LAG_LIMIT_MS = 500.0
 
 FULL = dict(size="large", precisions=("bf16", "fp16", "fp32"), chunks_s=(1.0, 3.0),
             batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), min_s=0.3, naive_windows=0,
-            ladder=(100, 250, 500, 1000, 2000), trial_s=20.0, budget_s=420.0)
+            ladder=(100, 250, 500, 1000, 2000), ladder_one=(25, 50, 100, 150), trial_s=15.0, budget_s=420.0)
 CEILING_SHARE = 0.45
 """The ceiling may use this share of the budget; the naive peer and the ladder get the rest."""
 SMOKE = dict(size="tiny", precisions=("fp32",), chunks_s=(1.0, 3.0), batches=(1, 2), min_s=0.02, naive_windows=4,
-             ladder=(1, 2), trial_s=6.0, budget_s=240.0)
+             ladder=(1, 2), ladder_one=(1,), trial_s=6.0, budget_s=240.0)
+CALLS_PER_CHANNEL = 5
+"""The ladder's load opens one gRPC connection per this many calls by default: SO_REUSEPORT spreads connections
+over the workers, so fewer, fuller connections load some workers more than others (on the H200 on 2026-11-28,
+25 calls per connection failed 500 calls with 6 of 16 cores busy)."""
+
+
+def load_defaults(cores: int) -> tuple[int, int]:
+    """(load-generator processes, workers of the all-cores ladder) for a machine of `cores` cores that runs both:
+    a third of the cores for the load (about 5 ms of its CPU per call-second against the server's 12-18), the rest
+    less one for the engine for the workers."""
+    processes = max(1, cores // 3)
+    return processes, max(1, cores - processes - 1)
 
 
 def say(text: str) -> None:
@@ -404,9 +420,11 @@ def _summarise(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: int | None, extra_env: dict[str, str],
-               loadgen_processes: int | None, server_log: str | None = None, loadgen_channels: int | None = None) -> dict[str, Any]:
-    """Live calls in steps, until the first step that fails; every failure to run is recorded, not raised."""
-    steps = settings["ladder"]
+               loadgen_processes: int | None, server_log: str | None = None, loadgen_channels: int | None = None,
+               steps_key: str = "ladder") -> dict[str, Any]:
+    """Live calls in steps (settings[steps_key]), until the first step that fails; every failure to run is recorded,
+    not raised. `loadgen_channels` None: one connection per CALLS_PER_CHANNEL calls."""
+    steps = settings[steps_key]
     out: dict[str, Any] = {"steps_planned": list(steps), "steps": [], "max_passing_calls": None, "workers": workers,
                            "server_env": extra_env, "loadgen_processes": loadgen_processes, "loadgen_channels": loadgen_channels, "trial_s": settings["trial_s"],
                            "criterion": f"EmotionUpdate p99 < {P99_LIMIT_MS:g} ms, <= {DROP_LIMIT:.0%} windows dropped, "
@@ -440,8 +458,8 @@ def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: 
             kwargs: dict[str, Any] = {"duration_s": settings["trial_s"], "ramp_s": ramp_s, "metrics_url": server.metrics}
             if loadgen_processes is not None:
                 kwargs["processes"] = min(loadgen_processes, calls)  # run_load needs a call per process
-            if loadgen_channels is not None:
-                kwargs["channels"] = max(kwargs.get("processes", 1), min(loadgen_channels, calls))
+            channels = loadgen_channels if loadgen_channels is not None else -(-calls // CALLS_PER_CHANNEL)
+            kwargs["channels"] = max(kwargs.get("processes", 1), min(channels, calls))
             sampler = GpuSampler(device).start()
             cpu_before, wall_before = process_tree_cpu_s(server.proc.pid), time.monotonic()
             limit = min(settings["trial_s"] + ramp_s + 60, budget.left() - 10)
@@ -487,15 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", help="comma-separated, default bf16,fp16,fp32")
     parser.add_argument("--batches", help="comma-separated batch sizes, default 1,2,4,...,256")
     parser.add_argument("--ladder", help="comma-separated live-call steps, default 100,250,500,1000,2000")
-    parser.add_argument("--trial-s", type=float, help="seconds of audio per call in each ladder step (default 20)")
+    parser.add_argument("--trial-s", type=float, help="seconds of audio per call in each ladder step (default 15)")
     parser.add_argument("--budget-s", type=float, help="wall-clock budget of the whole run (default 420)")
-    parser.add_argument("--workers", type=int, help="passed to `service serve --workers` (multi-process server)")
-    parser.add_argument("--loadgen-processes", type=int, help="passed to run_load(processes=...) (multi-process load)")
+    parser.add_argument("--workers", type=int, help="workers of the all-cores ladder (default: load_defaults, 10 on 16 cores)")
+    parser.add_argument("--loadgen-processes", type=int, help="load-generator processes (default: load_defaults, 5 on 16 cores)")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                         help="environment of the served process, e.g. CALLPULSE_MAX_BATCH=64 (repeatable)")
     parser.add_argument("--loadgen-channels", type=int, help="passed to run_load(channels=...): gRPC connections (default one per 25 calls)")
     parser.add_argument("--server-log", help="copy the served process's stderr (its whole log) to this file at the end")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ceiling, naive, ladder")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ceiling, naive, ladder, ladder_one")
     args = parser.parse_args(argv)
 
     settings = dict(SMOKE if args.smoke else FULL)
@@ -511,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         settings["budget_s"] = args.budget_s
     extra_env = dict(item.split("=", 1) for item in args.server_env)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    default_processes, default_workers = load_defaults(os.cpu_count() or 2)
+    processes = args.loadgen_processes or (1 if args.smoke else default_processes)
+    workers = args.workers if args.workers is not None else (None if args.smoke else default_workers)
     budget = Budget(settings["budget_s"])
 
     import torch
@@ -529,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(device),
         "model": {"path": path, "size": None if args.model else (args.size or settings["size"]), "untrained_test_model": not args.model},
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-        "ceiling": None, "naive": None, "ladder": None,
+        "ceiling": None, "naive": None, "ladder": None, "ladder_one_worker": None,
     }
 
     def write() -> None:
@@ -551,8 +572,13 @@ def main(argv: list[str] | None = None) -> int:
             result["naive"] = {"error": _error(exc)}
         write()
     if "ladder" not in skip:
-        result["ladder"] = run_ladder(path, device, settings, budget, args.workers, extra_env, args.loadgen_processes,
+        result["ladder"] = run_ladder(path, device, settings, budget, workers, extra_env, processes,
                                       args.server_log, args.loadgen_channels)
+        write()
+    if "ladder_one" not in skip:
+        one_log = args.server_log + ".one-worker" if args.server_log else None
+        result["ladder_one_worker"] = run_ladder(path, device, settings, budget, 1, extra_env, min(processes, 2),
+                                                 one_log, args.loadgen_channels, steps_key="ladder_one")
     result["complete"] = True
     write()
     say(f"done in {budget.elapsed():.0f} s; written to {out}")

@@ -44,6 +44,18 @@ def test_smoke_run_writes_every_part_of_the_json(tmp_path):
         assert {"pass", "p99_ms", "drop_ratio", "server_cpu_cores_process_tree", "gpu", "loadgen"} <= set(step)
         assert step["gpu"]["error"] == "no GPU (CPU run)"
         assert step["pass"] or i == len(ladder["steps"]) - 1  # the ladder stops at its first failure
+    one = result["ladder_one_worker"]
+    assert one["error"] is None and one["workers"] == 1 and one["steps_planned"] == settings["ladder_one"]
+    assert one["steps"] and one["steps"][0]["calls"] == settings["ladder_one"][0]
+
+
+def test_the_load_takes_a_third_of_the_cores_and_the_workers_the_rest_less_the_engine():
+    """On a GPU machine the ladder's load generator and server share the cores: 5 load processes and 10 workers on 16
+    cores, never fewer than one of each."""
+    from clients.bench_gpu import load_defaults
+
+    assert load_defaults(16) == (5, 10)
+    assert load_defaults(2) == (1, 1) and load_defaults(1) == (1, 1)
 
 
 def test_a_ladder_whose_server_cannot_start_records_the_error(tmp_path):
