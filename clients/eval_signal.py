@@ -87,12 +87,6 @@ def silero_speech(x: np.ndarray) -> np.ndarray | None:
     return per_sample[: frames * FRAME : FRAME] >= 0.5
 
 
-def gate_share(x: np.ndarray, voiced: np.ndarray | None = None) -> tuple[int, int]:
-    """(voiced frames, of them steady sound) of one 8 kHz int16 channel."""
-    voiced, steady, _ = gate_figures(x, voiced)
-    return voiced, steady
-
-
 def gate_figures(x: np.ndarray, voiced: np.ndarray | None = None, silero: bool = False) -> tuple[int, int, dict | None]:
     """(voiced frames, of them steady sound, and with `silero` and silero-vad installed {"silero": voiced frames
     silero-vad calls speech, "left": voiced frames neither the gate nor silero-vad takes away}) of one channel."""
