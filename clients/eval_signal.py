@@ -30,7 +30,9 @@ independent check):
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
+import importlib.util
 import json
 import os
 import shutil
@@ -61,22 +63,24 @@ def vad_flags(x: np.ndarray) -> np.ndarray:
     return np.array([detector.is_speech(x[i * FRAME:(i + 1) * FRAME].tobytes(), RATE) for i in range(len(x) // FRAME)], dtype=bool)
 
 
-_SILERO: list = []
+@functools.lru_cache(maxsize=1)
+def _silero_model():
+    import torch
+    from silero_vad import load_silero_vad
+
+    torch.set_num_threads(1)
+    return load_silero_vad()
 
 
 def silero_speech(x: np.ndarray) -> np.ndarray | None:
     """Per 20 ms frame of 8 kHz int16 audio, whether silero-vad (a pretrained detector that ships its weights in its
     wheel; `pip install silero-vad`, not a dependency of the service) gives speech probability >= 0.5 for the
     32 ms chunk the frame starts in; None when silero-vad is not installed. Run chunk by chunk, one stream."""
-    try:
-        import torch
-        from silero_vad import load_silero_vad
-    except ImportError:
+    if importlib.util.find_spec("silero_vad") is None:
         return None
-    if not _SILERO:
-        torch.set_num_threads(1)
-        _SILERO.append(load_silero_vad())
-    model, chunk = _SILERO[0], 256
+    import torch
+
+    model, chunk = _silero_model(), 256
     audio = torch.from_numpy(x.astype(np.float32) / 32768.0)
     model.reset_states()
     with torch.no_grad():
@@ -257,10 +261,10 @@ def speech_rate_error(work: str) -> dict | None:
                 if not voiced_ms:
                     continue
                 per_min = 60000.0 / voiced_ms
-                reference = dejong_nuclei(x)
+                reference, truth = dejong_nuclei(x), syllables(sentence)
                 rows.append({"language": language, "wpm": words_per_min, "sentence": index,
-                             "true_syllables": syllables(sentence), "service_nuclei": nuclei, "dejong_nuclei": reference,
-                             "true_spm": round(syllables(sentence) * per_min, 1), "measured_spm": round(nuclei * per_min, 1),
+                             "true_syllables": truth, "service_nuclei": nuclei, "dejong_nuclei": reference,
+                             "true_spm": round(truth * per_min, 1), "measured_spm": round(nuclei * per_min, 1),
                              "dejong_spm": None if reference is None else round(reference * per_min, 1)})
     out: dict = {"utterances": rows, "languages": {}}
     for language in {r["language"] for r in rows}:
@@ -279,7 +283,7 @@ def real_call_against_dejong(path: str, min_ms: int = 1000, pause_ms: int = 300)
     """The service's syllable count per utterance of a real recording's channels against the de Jong & Wempe
     reference on the same utterance (utterances: webrtcvad's voiced runs joined across pauses shorter than
     `pause_ms`, at least `min_ms` long). None without the file or parselmouth."""
-    if not os.path.exists(path) or dejong_nuclei(np.zeros(RATE, np.int16)) is None:
+    if not os.path.exists(path) or importlib.util.find_spec("parselmouth") is None:
         return None
     rows = []
     for channel, x in enumerate(_mono8k(path)):

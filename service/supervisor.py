@@ -103,7 +103,6 @@ class Supervisor:
         self._started_at: dict[int, float] = {}
         self._killed: set[int] = set()
         self._up: set[int] = set()  # ready since their latest start
-        self._workers_started = False
         self._failures: dict[int, int] = {}
         self._restart_at: dict[int, float] = {}
         self._announced = False
@@ -230,10 +229,10 @@ class Supervisor:
         kind, index, pid, info = event
         if kind != "ready":
             return
+        first_engine = index == ENGINE and ENGINE not in self._ever_ready
         self._ever_ready.add(index)
         self._up.add(index)
-        if index == ENGINE and not self._workers_started:
-            self._workers_started = True
+        if first_engine:  # the workers start once, when the engine is ready the first time
             for worker in range(self.workers):
                 self._start(worker + 1)
         self._failures[index] = 0

@@ -314,6 +314,19 @@ def _observe_speaker(leaf: EmotionCondition | MeasureCondition, run: _LeafRun, w
     run.still = value is not None and _compare(value, op, clear)
 
 
+def _stretch(run: _LeafRun, ms: int, min_ms: int, now: int, key: str = "", who: Role | None = None,
+             wanted: Role | None = None) -> int:
+    """A stretch running at `now` for `ms` (dead air, over-talk, a hold) as the run of a condition asking for `min_ms`
+    of it: it holds from min_ms on and lasts while it runs. `who` is whose stretch it is (reported as details[key]);
+    with `wanted` set, another's stretch counts as none. Returns the value observed."""
+    value = ms if wanted is None or who is wanted else 0
+    run.holds, run.still = value >= min_ms, value > 0
+    run.start_ms = now - value
+    if key and value and who is not None:
+        run.details = {key: who.value}
+    return value
+
+
 def _observe_conversation(leaf: Leaf, run: _LeafRun, snapshot: ConversationSnapshot | None) -> None:
     run.details = {}
     if snapshot is None:
@@ -321,21 +334,11 @@ def _observe_conversation(leaf: Leaf, run: _LeafRun, snapshot: ConversationSnaps
         return
     now = snapshot.now_ms
     if isinstance(leaf, SilenceCondition):
-        value = snapshot.dead_air_ms
-        run.holds, run.still = value >= leaf.min_ms, value > 0
-        run.start_ms = now - value
+        value = _stretch(run, snapshot.dead_air_ms, leaf.min_ms, now)
     elif isinstance(leaf, OvertalkCondition):
-        value = snapshot.overtalk_ms if leaf.by is None or snapshot.overtalk_by is leaf.by else 0
-        run.holds, run.still = value >= leaf.min_ms, value > 0
-        run.start_ms = now - value
-        if value and snapshot.overtalk_by is not None:
-            run.details = {"by": snapshot.overtalk_by.value}
+        value = _stretch(run, snapshot.overtalk_ms, leaf.min_ms, now, "by", snapshot.overtalk_by, leaf.by)
     elif isinstance(leaf, HoldCondition):
-        value = snapshot.hold_ms if leaf.channel is None or snapshot.hold_channel is leaf.channel else 0
-        run.holds, run.still = value >= leaf.min_ms, value > 0
-        run.start_ms = now - value
-        if value and snapshot.hold_channel is not None:
-            run.details = {"channel": snapshot.hold_channel.value}
+        value = _stretch(run, snapshot.hold_ms, leaf.min_ms, now, "channel", snapshot.hold_channel, leaf.channel)
     elif isinstance(leaf, InterruptionsCondition):
         if leaf.by is None:
             events = tuple(e for e in snapshot.recent_interruptions if e.at_ms > now - leaf.within_ms)
