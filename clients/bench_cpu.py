@@ -1,11 +1,12 @@
 """Per-call CPU cost of the server: CPU ms per second of call, in process stage by stage, and end to end.
 
     python -m clients.bench_cpu [--calls 10] [--repeats 5] [--paced-calls 20] [--paced-repeats 2]
-        [--live-calls 20] [--live-s 30] [--live-repeats 3] [--skip-live] [--skip-in-process] [--skip-floor]
+        [--live-calls 20] [--live-s 30] [--live-repeats 3] [--live-chunk-ms 20] [--skip-live] [--skip-in-process]
+        [--skip-floor]
         [--out .bench/cpu.json] [--table .bench/cpu.json]
 
 Both parts use the bundled stereo call (clients/samples/call_stereo_8k.wav, 8 kHz, customer and agent
-analysed, customer scored), 20 ms chunks, the default rules and the benchmark-only constant model
+analysed, customer scored), 20 ms chunks (end to end: --live-chunk-ms), the default rules and the benchmark-only constant model
 (`service.inference.constant.ConstantEmotionModel`, which costs almost nothing) behind the real
 InferenceBatcher, so what is measured is the pipeline's own cost.
 
@@ -439,7 +440,8 @@ def _serve_without_pipeline(argv: list[str]) -> int:
     return 0
 
 
-def measure_end_to_end(calls: int, seconds: float, repeats: int = 1, without_pipeline: bool = False) -> dict[str, Any]:
+def measure_end_to_end(calls: int, seconds: float, repeats: int = 1, without_pipeline: bool = False,
+                       chunk_ms: int = CHUNK_MS) -> dict[str, Any]:
     from clients.loadgen import run_load
 
     runs = []
@@ -454,7 +456,8 @@ def measure_end_to_end(calls: int, seconds: float, repeats: int = 1, without_pip
                 idle_rate = (_tree_cpu(server.proc.pid) - idle_from) / (time.monotonic() - idle_at)
                 cpu_before, redis_before = _tree_cpu(server.proc.pid), _tree_cpu(server.redis.pid)
                 began = time.monotonic()
-                report = asyncio.run(run_load(server.target, calls, str(CALL), duration_s=seconds, ramp_s=2.0))
+                report = asyncio.run(run_load(server.target, calls, str(CALL), duration_s=seconds, ramp_s=2.0,
+                                                  chunk_ms=chunk_ms))
                 wall = time.monotonic() - began
                 cpu = _tree_cpu(server.proc.pid) - cpu_before
                 redis_cpu = _tree_cpu(server.redis.pid) - redis_before
@@ -476,7 +479,7 @@ def measure_end_to_end(calls: int, seconds: float, repeats: int = 1, without_pip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     median = sorted(runs, key=lambda r: r["cpu_ms_per_call_s"])[len(runs) // 2]
-    return {"calls": calls, "repeats": repeats, "without_pipeline": without_pipeline,
+    return {"calls": calls, "repeats": repeats, "without_pipeline": without_pipeline, "chunk_ms": chunk_ms,
             "runs_cpu_ms_per_call_s": [r["cpu_ms_per_call_s"] for r in runs], **median}
 
 
@@ -499,7 +502,7 @@ def print_table(result: dict) -> None:
         print(f"| **total, plain runs (process CPU)** | **{a['cpu_ms_per_call_s']:.2f}** |")
     b, floor = result.get("end_to_end"), result.get("end_to_end_without_pipeline")
     if b:
-        print(f"\n(b) end to end: {b['calls']} live gRPC calls x {b['call_audio_s']:g} s, `python -m service serve --model "
+        print(f"\n(b) end to end: {b['calls']} live gRPC calls x {b['call_audio_s']:g} s in {b.get('chunk_ms', CHUNK_MS)} ms chunks, `python -m service serve --model "
               f"builtin:constant`, median of {b['repeats']} ({', '.join(f'{x:.2f}' for x in b['runs_cpu_ms_per_call_s'])})\n")
         print("| measure | result |")
         print("| --- | --- |")
@@ -536,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-calls", type=int, default=20, help="live gRPC calls end to end")
     parser.add_argument("--live-s", type=float, default=30.0, help="seconds of audio per live call")
     parser.add_argument("--live-repeats", type=int, default=3, help="end-to-end runs (the median is reported)")
+    parser.add_argument("--live-chunk-ms", type=int, default=CHUNK_MS, help="audio per gRPC message end to end (in process: always 20)")
     parser.add_argument("--skip-live", action="store_true", help="only the in-process part")
     parser.add_argument("--skip-in-process", action="store_true", help="only the end-to-end part")
     parser.add_argument("--skip-floor", action="store_true", help="no end-to-end run with the pipeline skipped")
@@ -558,10 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which("redis-server") is None:
             raise SystemExit("the end-to-end part needs redis-server (or --skip-live)")
         say(f"end to end: {args.live_calls} live calls x {args.live_s:g} s x {args.live_repeats}")
-        result["end_to_end"] = measure_end_to_end(args.live_calls, args.live_s, args.live_repeats)
+        result["end_to_end"] = measure_end_to_end(args.live_calls, args.live_s, args.live_repeats, chunk_ms=args.live_chunk_ms)
         if not args.skip_floor:
             say("end to end with the pipeline skipped")
-            result["end_to_end_without_pipeline"] = measure_end_to_end(args.live_calls, args.live_s, 1, without_pipeline=True)
+            result["end_to_end_without_pipeline"] = measure_end_to_end(args.live_calls, args.live_s, 1, without_pipeline=True,
+                                                                            chunk_ms=args.live_chunk_ms)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print_table(result)

@@ -2,7 +2,7 @@
 
     python -m clients.bench_gpu [--size large | --model DIR] [--out .bench/bench_gpu.json] [--workers N]
         [--loadgen-processes P] [--loadgen-channels C] [--ladder 100,250,500,1000,2000] [--trial-s 15]
-        [--budget-s 420] [--server-env KEY=VALUE ...] [--server-log FILE] [--skip PARTS] [--smoke]
+        [--budget-s 420] [--server-env KEY=VALUE ...] [--server-log FILE] [--py-spy DIR] [--skip PARTS] [--smoke]
 
 (1) ceiling: `score_batch` (the whole path: staging, copies, forward, split) of the model on 1 s and 3 s chunks,
     for bf16, fp16 and fp32 x batch 1..256, eagerly and replayed from CUDA graphs: ms per pass, audio-s/s, and
@@ -15,7 +15,11 @@
     call errors), with the GPU's utilisation (nvidia-smi, else torch.cuda.utilization) and the server's CPU (its
     process tree, from /proc). By default P is a third of the cores and N the rest less one (load_defaults: 5 and
     10 on 16 cores), since the load generator shares the machine;
-(4) one-worker ladder: the same with `--workers 1` and 25, 50, 100, 150 calls (what one ingest process carries).
+(4) the same ladder with 100 ms of audio per message instead of 20 (a bridge that sends larger packets: the
+    transport's and the pipeline's per-message cost fall);
+(5) one-worker ladder: the same with `--workers 1` and 25, 50, 100, 150 calls (what one ingest process carries).
+Each ladder step records the cores of each process of the pod (engine, supervisor, workers busiest first) and the
+engine's batching (batches, mean windows per batch, mean queue wait, model busy share) from the pod's /metrics.
 A part that fails or runs out of the time budget is recorded with its error and the rest goes on; the JSON is
 rewritten after each part. `--smoke` runs the same on the CPU with a tiny checkpoint and tiny settings (CUDA graphs
 emulated: the static shapes replayed eagerly), for CI to check the JSON's structure; its figures mean nothing.
@@ -51,11 +55,12 @@ LAG_LIMIT_MS = 500.0
 
 FULL = dict(size="large", precisions=("bf16", "fp16", "fp32"), chunks_s=(1.0, 3.0),
             batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), min_s=0.3, naive_windows=0,
-            ladder=(100, 250, 500, 1000, 2000), ladder_one=(25, 50, 100, 150), trial_s=15.0, budget_s=420.0)
+            ladder=(100, 250, 500, 1000, 2000), ladder_one=(25, 50, 100, 150), trial_s=15.0, budget_s=420.0,
+            chunk_ms=20, big_chunk_ms=100)
 CEILING_SHARE = 0.45
 """The ceiling may use this share of the budget; the naive peer and the ladder get the rest."""
 SMOKE = dict(size="tiny", precisions=("fp32",), chunks_s=(1.0, 3.0), batches=(1, 2), min_s=0.02, naive_windows=4,
-             ladder=(1, 2), ladder_one=(1,), trial_s=6.0, budget_s=240.0)
+             ladder=(1, 2), ladder_one=(1,), trial_s=10.0, budget_s=240.0, chunk_ms=20, big_chunk_ms=100)
 CALLS_PER_CHANNEL = 5
 """The ladder's load opens one gRPC connection per this many calls by default: SO_REUSEPORT spreads connections
 over the workers, so fewer, fuller connections load some workers more than others (on the H200 on 2026-11-28,
@@ -320,8 +325,8 @@ class GpuSampler:
                 "util_max_pct": max(utils) if utils else None, "memory_used_mib_max": max(mems) if mems else None}
 
 
-def process_tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) used so far by `pid` and its descendants (Linux /proc)."""
+def _proc_table() -> tuple[dict[int, int], dict[int, float]]:
+    """(parent of each process, its own CPU seconds so far: user + system) from Linux /proc."""
     ticks = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
@@ -335,6 +340,64 @@ def process_tree_cpu_s(pid: int) -> float:
         fields = stat[stat.rindex(")") + 2 :].split()
         parents[int(entry)] = int(fields[1])
         cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / ticks
+    return parents, cpu
+
+
+def pod_cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process of a pod (its ready line's pids; one that is gone is left out)."""
+    _, cpu = _proc_table()
+    return {name: cpu[pid] for name, pid in pids.items() if pid in cpu}
+
+
+def pod_cores(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, Any]:
+    """Cores each process of the pod used between two pod_cpu_s samples: the engine's, the supervisor's, and the
+    workers' (busiest first), so that a step that fails shows which process was full."""
+    used = {name: (after[name] - before[name]) / wall for name in after if name in before and wall > 0}
+    workers = sorted((v for k, v in used.items() if k.startswith("worker")), reverse=True)
+    return {"engine": round(used["engine"], 2) if "engine" in used else None,
+            "supervisor": round(used["supervisor"], 2) if "supervisor" in used else None,
+            "workers": [round(v, 2) for v in workers]}
+
+
+ENGINE_SERIES = ("callpulse_inference_batch_size_sum", "callpulse_inference_batch_size_count",
+                 "callpulse_inference_forward_passes_total", "callpulse_inference_queue_wait_seconds_sum",
+                 "callpulse_inference_queue_wait_seconds_count", "callpulse_inference_batch_seconds_sum")
+
+
+def engine_sample(metrics_url: str | None) -> dict[str, float] | None:
+    """The engine's batching counters from the pod's /metrics (summed over label sets); None without /metrics."""
+    if not metrics_url:
+        return None
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    out = dict.fromkeys(ENGINE_SERIES, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in out:
+                out[sample.name] += sample.value
+    return out
+
+
+def engine_figures(before: dict[str, float] | None, after: dict[str, float] | None, wall: float) -> dict[str, Any] | None:
+    """Batches, mean windows per batch, mean queue wait and the model's busy share (model seconds per second)
+    between two engine_sample readings."""
+    if not before or not after or wall <= 0:
+        return None
+    delta = {k: after[k] - before[k] for k in ENGINE_SERIES}
+    batches = delta["callpulse_inference_batch_size_count"]
+    waits = delta["callpulse_inference_queue_wait_seconds_count"]
+    return {"batches": int(batches), "forward_passes": int(delta["callpulse_inference_forward_passes_total"]),
+            "mean_batch": round(delta["callpulse_inference_batch_size_sum"] / batches, 1) if batches else None,
+            "mean_queue_wait_ms": round(delta["callpulse_inference_queue_wait_seconds_sum"] / waits * 1000, 1) if waits else None,
+            "model_busy_share": round(delta["callpulse_inference_batch_seconds_sum"] / wall, 3)}
+
+
+def process_tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and its descendants (Linux /proc)."""
+    parents, cpu = _proc_table()
     tree, frontier = {pid}, [pid]
     while frontier:
         parent = frontier.pop()
@@ -383,6 +446,7 @@ class Server:
         self.start_s = round(time.monotonic() - started, 1)
         self.target = f"grpc://127.0.0.1:{ready['grpc_port']}"
         self.metrics = f"http://127.0.0.1:{ready['metrics_port']}/metrics" if ready.get("metrics_port", -1) > 0 else None
+        self.pids = {"supervisor": self.proc.pid, **ready.get("pids", {})}
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _drain(self) -> None:
@@ -410,6 +474,60 @@ class Server:
             shutil.copyfile(self.stderr_path, self.keep_log)
 
 
+PROFILE_S = 5
+"""Seconds of py-spy sampling per ladder step (--py-spy)."""
+
+
+class PodProfiler:
+    """py-spy over every process of the pod (--subprocesses, --nonblocking: the processes are not paused) for
+    PROFILE_S from `delay_s` on, written as collapsed stacks; optional: a machine without py-spy records why."""
+
+    def __init__(self, pid: int, out: Path, delay_s: float) -> None:
+        self.out = out
+        self.error: str | None = None
+        self._proc: subprocess.Popen | None = None
+        exe = shutil.which("py-spy")
+        if exe is None:
+            self.error = "py-spy is not on PATH"
+            return
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = [exe, "record", "--pid", str(pid), "--subprocesses", "--nonblocking", "--rate", "50", "--duration",
+                   str(PROFILE_S), "--format", "raw", "--output", str(out)]
+        self._timer = threading.Timer(max(0.0, delay_s), self._start, (command,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _start(self, command: list[str]) -> None:
+        try:
+            self._proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        except OSError as exc:
+            self.error = _error(exc)
+
+    def stop(self) -> dict[str, Any]:
+        """Wait for the sampling to end; where its output went, or why there is none."""
+        if self.error is None:
+            self._timer.cancel()
+            if self._proc is not None:
+                try:
+                    _, err = self._proc.communicate(timeout=PROFILE_S + 15)
+                except subprocess.TimeoutExpired:
+                    self._proc.kill()
+                    _, err = self._proc.communicate()
+                if self._proc.returncode != 0 or not self.out.exists():
+                    self.error = f"py-spy exited {self._proc.returncode}: {(err or '').strip()[-300:]}"
+            else:
+                self.error = "the step ended before the sampling was due"
+        return {"file": self.out.name, "seconds": PROFILE_S} if self.error is None else {"error": self.error}
+
+
+def _quiet(fn, *args):
+    """fn(*args), or None if it raises (a figure beside the measurement must not fail the step)."""
+    try:
+        return fn(*args)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def _summarise(report: dict[str, Any]) -> dict[str, Any]:
     """A loadgen report with its error list cut to a count and the first few."""
     out = dict(report)
@@ -421,12 +539,15 @@ def _summarise(report: dict[str, Any]) -> dict[str, Any]:
 
 def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: int | None, extra_env: dict[str, str],
                loadgen_processes: int | None, server_log: str | None = None, loadgen_channels: int | None = None,
-               steps_key: str = "ladder") -> dict[str, Any]:
-    """Live calls in steps (settings[steps_key]), until the first step that fails; every failure to run is recorded,
-    not raised. `loadgen_channels` None: one connection per CALLS_PER_CHANNEL calls."""
+               steps_key: str = "ladder", chunk_ms: int = 20, profile_dir: str | None = None,
+               label: str = "ladder") -> dict[str, Any]:
+    """Live calls in steps (settings[steps_key]) of `chunk_ms` audio per message, until the first step that fails;
+    every failure to run is recorded, not raised. `loadgen_channels` None: one connection per CALLS_PER_CHANNEL calls.
+    `profile_dir`: py-spy samples the whole pod for PROFILE_S in the middle of each step (PROFILE_DIR/LABEL-CALLS.txt)."""
     steps = settings[steps_key]
     out: dict[str, Any] = {"steps_planned": list(steps), "steps": [], "max_passing_calls": None, "workers": workers,
-                           "server_env": extra_env, "loadgen_processes": loadgen_processes, "loadgen_channels": loadgen_channels, "trial_s": settings["trial_s"],
+                           "server_env": extra_env, "loadgen_processes": loadgen_processes, "loadgen_channels": loadgen_channels,
+                           "chunk_ms": chunk_ms, "trial_s": settings["trial_s"],
                            "criterion": f"EmotionUpdate p99 < {P99_LIMIT_MS:g} ms, <= {DROP_LIMIT:.0%} windows dropped, "
                                         f"send lag < {LAG_LIMIT_MS:g} ms, no call errors",
                            "error": None}
@@ -444,6 +565,7 @@ def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: 
         server = Server(path, device, max(steps) + 16, workers, extra_env, workdir, min(600.0, max(30.0, budget.left() - 30)),
                         keep_log=server_log)
         out["server_start_s"] = server.start_s
+        out["server_pids"] = server.pids  # the py-spy profiles name processes by pid
         out["server_command"] = " ".join(server.command[1:])
         say(f"service ready in {server.start_s} s: {out['server_command']}")
         passing = 0
@@ -455,32 +577,46 @@ def run_ladder(path: str, device: str, settings: dict, budget: Budget, workers: 
             if server.proc.poll() is not None:
                 out["steps"].append({"calls": calls, "error": f"the service exited ({server.proc.returncode}): {server.stderr_tail()}"})
                 break
-            kwargs: dict[str, Any] = {"duration_s": settings["trial_s"], "ramp_s": ramp_s, "metrics_url": server.metrics}
+            kwargs: dict[str, Any] = {"duration_s": settings["trial_s"], "ramp_s": ramp_s, "metrics_url": server.metrics,
+                                      "chunk_ms": chunk_ms}
             if loadgen_processes is not None:
                 kwargs["processes"] = min(loadgen_processes, calls)  # run_load needs a call per process
             channels = loadgen_channels if loadgen_channels is not None else -(-calls // CALLS_PER_CHANNEL)
             kwargs["channels"] = max(kwargs.get("processes", 1), min(channels, calls))
             sampler = GpuSampler(device).start()
+            profiler = PodProfiler(server.proc.pid, Path(profile_dir) / f"{label}-{calls}.txt",
+                                   ramp_s + settings["trial_s"] / 2 - PROFILE_S / 2) if profile_dir else None
+            engine_before = _quiet(engine_sample, server.metrics)
+            pod_before = pod_cpu_s(server.pids)
             cpu_before, wall_before = process_tree_cpu_s(server.proc.pid), time.monotonic()
             limit = min(settings["trial_s"] + ramp_s + 60, budget.left() - 10)
             try:
                 report = asyncio.run(asyncio.wait_for(run_load(server.target, calls, str(CALL), **kwargs), limit))
             except Exception as exc:  # noqa: BLE001 - recorded as this step's failure (a timeout included)
                 sampler.stop()
+                if profiler:
+                    profiler.stop()
                 out["steps"].append({"calls": calls, "pass": False, "error": _error(exc)})
                 break
             wall = time.monotonic() - wall_before
             server_cpu = (process_tree_cpu_s(server.proc.pid) - cpu_before) / wall
+            by_process = pod_cores(pod_before, pod_cpu_s(server.pids), wall)
+            engine = engine_figures(engine_before, _quiet(engine_sample, server.metrics), wall)
             gpu = sampler.stop()
+            profile = profiler.stop() if profiler else None
             p99 = report["update_latency_ms"]["p99"]
             ok = (not report["errors"] and p99 is not None and p99 < P99_LIMIT_MS and report["drop_ratio"] <= DROP_LIMIT
                   and report["realtime_lag_ms_max"] < LAG_LIMIT_MS)
             step = {"calls": calls, "pass": ok, "p99_ms": p99, "drop_ratio": report["drop_ratio"],
                     "lag_ms_max": report["realtime_lag_ms_max"], "server_cpu_cores_process_tree": round(server_cpu, 2),
-                    "gpu": gpu, "loadgen": _summarise(report)}
+                    "server_cores_by_process": by_process, "engine": engine, "gpu": gpu, "loadgen": _summarise(report)}
+            if profile:
+                step["profile"] = profile
             out["steps"].append(step)
             say(f"{calls:5d} calls: p99 {p99} ms, dropped {report['drop_ratio']:.1%}, lag {report['realtime_lag_ms_max']} ms, "
-                f"server {server_cpu:.2f} cores, GPU {gpu['util_mean_pct']}% -> {'pass' if ok else 'fail'}")
+                f"server {server_cpu:.2f} cores (engine {by_process['engine']}, busiest worker "
+                f"{by_process['workers'][0] if by_process['workers'] else None}), mean batch "
+                f"{engine and engine['mean_batch']}, GPU {gpu['util_mean_pct']}% -> {'pass' if ok else 'fail'}")
             if not ok:
                 break
             passing = calls
@@ -513,7 +649,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="environment of the served process, e.g. CALLPULSE_MAX_BATCH=64 (repeatable)")
     parser.add_argument("--loadgen-channels", type=int, help="passed to run_load(channels=...): gRPC connections (default one per 25 calls)")
     parser.add_argument("--server-log", help="copy the served process's stderr (its whole log) to this file at the end")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ceiling, naive, ladder, ladder_one")
+    parser.add_argument("--py-spy", metavar="DIR", help=f"sample the pod with py-spy for {PROFILE_S} s in each ladder step "
+                                                         "into DIR (collapsed stacks)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ceiling, naive, ladder, ladder_big_chunks, "
+                                                   "ladder_one")
     args = parser.parse_args(argv)
 
     settings = dict(SMOKE if args.smoke else FULL)
@@ -550,7 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(device),
         "model": {"path": path, "size": None if args.model else (args.size or settings["size"]), "untrained_test_model": not args.model},
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-        "ceiling": None, "naive": None, "ladder": None, "ladder_one_worker": None,
+        "ceiling": None, "naive": None, "ladder": None, "ladder_big_chunks": None, "ladder_one_worker": None,
     }
 
     def write() -> None:
@@ -573,12 +712,21 @@ def main(argv: list[str] | None = None) -> int:
         write()
     if "ladder" not in skip:
         result["ladder"] = run_ladder(path, device, settings, budget, workers, extra_env, processes,
-                                      args.server_log, args.loadgen_channels)
+                                      args.server_log, args.loadgen_channels, chunk_ms=settings["chunk_ms"],
+                                      profile_dir=args.py_spy, label="ladder")
+        write()
+    if "ladder_big_chunks" not in skip:
+        big_log = args.server_log + ".big-chunks" if args.server_log else None
+        result["ladder_big_chunks"] = run_ladder(path, device, settings, budget, workers, extra_env, processes, big_log,
+                                                 args.loadgen_channels, chunk_ms=settings["big_chunk_ms"],
+                                                 profile_dir=args.py_spy, label="big-chunks")
         write()
     if "ladder_one" not in skip:
         one_log = args.server_log + ".one-worker" if args.server_log else None
         result["ladder_one_worker"] = run_ladder(path, device, settings, budget, 1, extra_env, min(processes, 2),
-                                                 one_log, args.loadgen_channels, steps_key="ladder_one")
+                                                 one_log, args.loadgen_channels, steps_key="ladder_one",
+                                                 chunk_ms=settings["chunk_ms"], profile_dir=args.py_spy,
+                                                 label="one-worker")
     result["complete"] = True
     write()
     say(f"done in {budget.elapsed():.0f} s; written to {out}")

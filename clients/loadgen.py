@@ -1,10 +1,10 @@
 """Load generator: N concurrent live gRPC calls over C connections and P processes, paced in real time; latency, loss and CPU figures.
 
     python -m clients.loadgen --target grpc://HOST:PORT --calls N --wav FILE [--duration S] [--speed 1.0]
-        [--ramp S] [--channels C] [--processes P] [--server-pid PID] [--metrics-url URL] [--json OUT]
+        [--ramp S] [--chunk-ms 20] [--channels C] [--processes P] [--server-pid PID] [--metrics-url URL] [--json OUT]
 
 Each call streams the WAV (looped to --duration; stereo customer,agent, customer scored) as a live
-call in 20 ms chunks, starting at its own random point of the recording (seeded by the call's
+call in 20 ms chunks (--chunk-ms), starting at its own random point of the recording (seeded by the call's
 index), so that the calls' speech is not synchronised - as in a real contact center, and unlike N
 copies of one recording started together. A call sends its audio only once the server has answered
 SessionStarted.
@@ -88,6 +88,8 @@ class Share:
     total_calls: int
     calls: tuple[tuple[int, int], ...]
     """(call index, channel index) pairs."""
+    chunk_ms: int = CHUNK_MS
+    """Milliseconds of audio per AudioChunk message (a bridge's packet size: 20 as RTP and Twilio send)."""
 
 
 def default_channels(calls: int, processes: int = 1) -> int:
@@ -106,13 +108,13 @@ def plan_shares(calls: int, channels: int, processes: int) -> list[list[tuple[in
     return shares
 
 
-def _chunks(path: str, duration_s: float | None) -> tuple[list[bytes], int, list[str], int]:
-    """The recording looped to cover `duration_s` plus one more pass (room for the start offsets)."""
+def _chunks(path: str, duration_s: float | None, chunk_ms: int = CHUNK_MS) -> tuple[list[bytes], int, list[str], int]:
+    """The recording in `chunk_ms` chunks, looped to cover `duration_s` plus one more pass (room for the start offsets)."""
     wav = read_wav(path)
     roles = ["customer"] if wav.channels == 1 else ["customer", "agent"]
     samples = wav.samples
-    n = wav.sample_rate * CHUNK_MS // 1000
-    per_call = math.ceil((duration_s or wav.duration_s) * 1000 / CHUNK_MS)
+    n = wav.sample_rate * chunk_ms // 1000
+    per_call = math.ceil((duration_s or wav.duration_s) * 1000 / chunk_ms)
     loop = math.ceil(len(samples) / n)
     reps = math.ceil((per_call + loop) * n / len(samples))
     samples = np.tile(samples, (reps, 1))
@@ -125,7 +127,7 @@ def _offset(index: int, loop: int) -> int:
 
 
 async def _call(stub, index: int, chunks: list[bytes], rate: int, roles: list[str], speed: float, start_at: float,
-                stats: CallStats) -> None:
+                stats: CallStats, chunk_ms: int = CHUNK_MS) -> None:
     """One live call of `chunks` (already cut to this call's offset and length)."""
     sent_at: list[float] = [0.0] * (len(chunks) + 1)
     config = pb.CallConfig(
@@ -145,7 +147,7 @@ async def _call(stub, index: int, chunks: list[bytes], rate: int, roles: list[st
         await accepted.wait()
         began = time.monotonic()
         for seq, data in enumerate(chunks, start=1):
-            due = began + seq * CHUNK_MS / 1000 / speed
+            due = began + seq * chunk_ms / 1000 / speed
             delay = due - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -157,7 +159,7 @@ async def _call(stub, index: int, chunks: list[bytes], rate: int, roles: list[st
         yield pb.CallRequest(end=pb.EndOfCall(reason="end_of_call"))
 
     def latency(offset_ms: int) -> float | None:
-        seq = min(len(chunks), max(1, math.ceil(offset_ms / CHUNK_MS)))
+        seq = min(len(chunks), max(1, math.ceil(offset_ms / chunk_ms)))
         return time.monotonic() - sent_at[seq] if sent_at[seq] else None
 
     try:
@@ -193,7 +195,7 @@ class _Runner:
         self.channels: dict[int, grpc.aio.Channel] = {}
 
     async def connect(self) -> None:
-        self.chunks, self.rate, self.roles, self.per_call = _chunks(self.share.wav, self.share.duration_s)
+        self.chunks, self.rate, self.roles, self.per_call = _chunks(self.share.wav, self.share.duration_s, self.share.chunk_ms)
         address = self.share.target.removeprefix("grpc://")
         for channel in sorted({c for _, c in self.share.calls}):
             self.channels[channel] = grpc.aio.insecure_channel(address, options=connection_options(channel))
@@ -212,10 +214,10 @@ class _Runner:
         before = _own_cpu_s()
         await asyncio.gather(*(
             _call(stubs[channel], i, self.chunks[offset : offset + self.per_call], self.rate, self.roles, share.speed,
-                  began + share.ramp_s * i / share.total_calls, s)
+                  began + share.ramp_s * i / share.total_calls, s, share.chunk_ms)
             for (i, channel), offset, s in zip(share.calls, offsets, stats)))
         return {"pid": os.getpid(), "cpu_s": _own_cpu_s() - before, "stats": [asdict(s) for s in stats],
-                "per_call_audio_s": self.per_call * CHUNK_MS / 1000}
+                "per_call_audio_s": self.per_call * share.chunk_ms / 1000}
 
     async def close(self) -> None:
         for channel in self.channels.values():
@@ -359,15 +361,17 @@ async def _collect(messages, procs, kind: str, timeout_s: float | None) -> list[
 
 async def run_load(target: str, calls: int, wav: str, duration_s: float | None = None, speed: float = 1.0,
                    ramp_s: float = 2.0, metrics_url: str | None = None, *, channels: int | None = None,
-                   processes: int = 1, server_pid: int | None = None) -> dict[str, Any]:
+                   processes: int = 1, server_pid: int | None = None, chunk_ms: int = CHUNK_MS) -> dict[str, Any]:
     """Run the load and return the report (also what --json writes).
 
     `channels` defaults to default_channels(calls, processes); with `processes` 1 the calls run on the
     caller's event loop, otherwise in that many spawned processes. `server_pid` adds the CPU of that
-    process tree per call-second.
+    process tree per call-second. `chunk_ms` is the audio per message.
     """
+    if not 10 <= chunk_ms <= 1000 or chunk_ms % 10:
+        raise ValueError(f"chunk_ms must be a multiple of 10 from 10 to 1000, not {chunk_ms}")
     channels = channels or default_channels(calls, processes)
-    shares = [Share(target, wav, duration_s, speed, ramp_s, calls, tuple(pairs))
+    shares = [Share(target, wav, duration_s, speed, ramp_s, calls, tuple(pairs), chunk_ms)
               for pairs in plan_shares(calls, channels, processes)]
     tree = ProcessTreeCPU(server_pid) if server_pid else None
     samples: dict[str, Any] = {}
@@ -399,7 +403,7 @@ async def run_load(target: str, calls: int, wav: str, duration_s: float | None =
     alerts = [v for s in stats for v in s.alert_latencies]
     scored = sum(s.windows_scored for s in stats)
     dropped = sum(s.windows_dropped for s in stats)
-    call_seconds = sum(s.chunks_sent for s in stats) * CHUNK_MS / 1000
+    call_seconds = sum(s.chunks_sent for s in stats) * chunk_ms / 1000
     client_cpu = parent_cpu + sum(r["cpu_s"] for r in results)
 
     def per_call_s(cpu_s: float) -> float | None:
@@ -409,6 +413,7 @@ async def run_load(target: str, calls: int, wav: str, duration_s: float | None =
         "calls": len(stats),
         "processes": processes,
         "channels": channels,
+        "chunk_ms": chunk_ms,
         "achieved_concurrency": _max_concurrency(stats),
         "call_audio_s": results[0]["per_call_audio_s"],
         "call_seconds": round(call_seconds, 2),
@@ -453,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="seconds of audio per call (the WAV is looped)")
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--ramp", type=float, default=2.0, help="spread call starts over this many seconds")
+    parser.add_argument("--chunk-ms", type=int, default=CHUNK_MS, help="audio per AudioChunk message (a multiple of 10, 10-1000)")
     parser.add_argument("--channels", type=int, help=f"gRPC channels (TCP connections); default one per {CALLS_PER_CHANNEL} "
                                                      f"calls, at least {MIN_CHANNELS}, at most --calls")
     parser.add_argument("--processes", type=int, default=1, help="client processes (spawned; 1 = this process)")
@@ -460,8 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-url", help="the server's /metrics, for its CPU and memory (that one process)")
     parser.add_argument("--json", help="write the report here")
     args = parser.parse_args(argv)
-    if args.calls < 1 or args.speed <= 0:
-        print("error: --calls must be >= 1 and --speed > 0", file=sys.stderr)
+    if args.calls < 1 or args.speed <= 0 or not 10 <= args.chunk_ms <= 1000 or args.chunk_ms % 10:
+        print("error: --calls must be >= 1, --speed > 0 and --chunk-ms a multiple of 10 from 10 to 1000", file=sys.stderr)
         return 2
     channels = args.channels or default_channels(args.calls, args.processes)
     if not 1 <= args.processes <= channels <= args.calls:
@@ -472,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no process {args.server_pid}", file=sys.stderr)
         return 2
     report = asyncio.run(run_load(args.target, args.calls, args.wav, args.duration, args.speed, args.ramp, args.metrics_url,
-                                  channels=channels, processes=args.processes, server_pid=args.server_pid))
+                                  channels=channels, processes=args.processes, server_pid=args.server_pid,
+                                  chunk_ms=args.chunk_ms))
     print(json.dumps(report, indent=2))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

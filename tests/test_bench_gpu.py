@@ -13,7 +13,8 @@ from tests.conftest import ROOT
 @pytest.mark.timeout(420)
 def test_smoke_run_writes_every_part_of_the_json(tmp_path):
     """The smoke run exits 0 and its JSON has the ceiling (eager and graph per precision, chunk and batch), the
-    capture report, the naive peer and the ladder's steps with GPU and server CPU fields."""
+    capture report, the naive peer, and the ladders' steps (20 and 100 ms chunks, one worker) with GPU, server CPU per
+    process and engine batching fields."""
     out = tmp_path / "bench_gpu.json"
     run = subprocess.run([sys.executable, "-m", "clients.bench_gpu", "--smoke", "--out", str(out)], cwd=ROOT,
                          capture_output=True, text=True, timeout=400)
@@ -44,6 +45,13 @@ def test_smoke_run_writes_every_part_of_the_json(tmp_path):
         assert {"pass", "p99_ms", "drop_ratio", "server_cpu_cores_process_tree", "gpu", "loadgen"} <= set(step)
         assert step["gpu"]["error"] == "no GPU (CPU run)"
         assert step["pass"] or i == len(ladder["steps"]) - 1  # the ladder stops at its first failure
+        by_process = step["server_cores_by_process"]
+        assert by_process["engine"] > 0 and len(by_process["workers"]) >= 1 and by_process["supervisor"] is not None
+        assert step["engine"]["batches"] >= 1 and step["engine"]["mean_batch"] >= 1
+        assert step["loadgen"]["chunk_ms"] == 20
+    big = result["ladder_big_chunks"]
+    assert big["error"] is None and big["chunk_ms"] == 100 and big["steps"]
+    assert big["steps"][0]["loadgen"]["chunk_ms"] == 100 and big["steps"][0]["loadgen"]["updates"] > 0
     one = result["ladder_one_worker"]
     assert one["error"] is None and one["workers"] == 1 and one["steps_planned"] == settings["ladder_one"]
     assert one["steps"] and one["steps"][0]["calls"] == settings["ladder_one"][0]
