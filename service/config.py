@@ -328,6 +328,11 @@ class AnalyticsConfig:
     the other side's voice leaking in (echo, bleed) and does not count as speaking; 0 turns this off."""
     tick_ms: int = 100
     """Conversation rules (dead air, over-talk, interruptions) are evaluated every this much call time."""
+    analysis_ms: int = 500
+    """Prosody and turn-taking run on the decided audio at least this often (and whenever a window is cut, for its
+    figures), on the last conversation tick in that span: alerts of conversation rules keep their call time
+    (`fired_ms`) but are published up to this much audio later; each run costs per call, so fewer, longer runs cost
+    less CPU (README "Per-call CPU cost"). Set it to tick_ms to publish them with the chunk that completes their tick."""
     peaks: int = 5
     """Moments of strongest negative emotion listed per speaker in the call summary."""
     reports_dir: str = ""
@@ -350,6 +355,7 @@ class AnalyticsConfig:
         _check(self.min_silence_ms >= 100, f"min_silence_ms must be >= 100, got {self.min_silence_ms}")
         _check(0 <= self.crosstalk_margin_db <= 80, f"crosstalk_margin_db must be 0..80, got {self.crosstalk_margin_db}")
         _check(20 <= self.tick_ms <= 1000, f"tick_ms must be 20..1000, got {self.tick_ms}")
+        _check(20 <= self.analysis_ms <= 1000, f"analysis_ms must be 20..1000, got {self.analysis_ms}")
         _check(0 <= self.peaks <= 50, f"peaks must be 0..50, got {self.peaks}")
         _check(self.rules_poll_s >= 0, f"rules_poll_s must be >= 0, got {self.rules_poll_s}")
 
@@ -460,6 +466,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_INTERRUPTION_CONTEST_MS": ("analytics", "interruption_contest_ms", int),
     "CALLPULSE_MIN_SPEECH_MS": ("analytics", "min_speech_ms", int),
     "CALLPULSE_TURN_PAUSE_MS": ("analytics", "turn_pause_ms", int),
+    "CALLPULSE_ANALYSIS_MS": ("analytics", "analysis_ms", int),
     "CALLPULSE_STEADY_GATE": ("analytics", "steady_gate", _parse_bool),
     "CALLPULSE_HOLD_MIN_MS": ("analytics", "hold_min_ms", int),
     "CALLPULSE_MIN_SILENCE_MS": ("analytics", "min_silence_ms", int),

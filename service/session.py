@@ -75,9 +75,9 @@ MAX_SUMMARY_ALERTS = 1000  # the summary lists at most this many (the newest); t
 WARNING_INTERVAL_MS = 5000  # at most one warning of a kind per this much call time
 SLICE_MS = 500  # audio worked through between yields to the event loop (a few ms of CPU)
 # Prosody and turn-taking run on the frames the VAD decided when a window is cut (its figures and the
-# conversation must include them), when the frames reach a conversation tick the rules look at (so tick
-# alerts fire with the chunk that completes the tick), and at least every this many frames; results do
-# not depend on how frames are grouped (tests/test_session_blocks.py).
+# conversation must include them) and every analysis_ms of frames (ending on a conversation tick the rules look
+# at, so that tick alerts fire with the chunk that completes it), never holding more than this many frames;
+# results do not depend on how frames are grouped (tests/test_session_blocks.py).
 HELD_FRAMES_MAX = 50
 # A call's ingest metrics (audio ingested, time per push) are updated after this much audio or this many
 # pushes, whichever comes first, and at its end.
@@ -228,6 +228,8 @@ class CallSession:
         self._unreported_frames = 0
         self._ingest_seconds: list[float] = []
         self._analyse_at = 1  # frames held before prosody and turn-taking run (see _plan_analysis)
+        self._analysis_frames = max(1, analytics.analysis_ms // frame_ms)
+        self._tick_frames = max(1, analytics.tick_ms // frame_ms)
         self._report_every = METRICS_EVERY_MS * fmt.sample_rate // 1000
         self._intake = CallIntake(fmt, ctx.ingest)
         self._slice = SLICE_MS * fmt.sample_rate // 1000
@@ -434,14 +436,17 @@ class CallSession:
             self._on_ticks(ticks, arrival)
 
     def _plan_analysis(self) -> None:
-        """After an analysis: how many frames may be held before the next one (up to the next conversation
-        tick if the rules look at ticks, so that tick alerts fire with the chunk that completes the tick)."""
-        limit = HELD_FRAMES_MAX
+        """After an analysis: how many frames may be held before the next one: analysis_ms of them (at most
+        HELD_FRAMES_MAX), ending on the last conversation tick in that span if the rules look at ticks, so that the
+        span's tick alerts fire with the chunk that completes its last tick."""
+        limit = min(HELD_FRAMES_MAX, self._analysis_frames)
         if any(self._deferred):
             limit = min(limit, BLOCK_FRAMES)  # the gate decides a block at a time; the windows wait for it
         if self._ctx.rules().needs_ticks:
             conversation = self._conversation
-            limit = min(limit, max(1, -(-(conversation.next_tick_ms - conversation.now_ms) // self._frame_ms)))
+            to_tick = max(1, -(-(conversation.next_tick_ms - conversation.now_ms) // self._frame_ms))
+            if to_tick <= limit:
+                limit = to_tick + (limit - to_tick) // self._tick_frames * self._tick_frames
         self._analyse_at = limit
 
     def _step_over(self, samples: int, arrival: float) -> None:

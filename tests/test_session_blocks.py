@@ -88,15 +88,17 @@ class PushCountingSink(MemorySink):
             self.tick_alerts.append((alert.rule_id, self.pushed))
 
 
-async def replay(audio: np.ndarray, chunk_frames: int) -> dict:
-    """Replay the call through a CallSession in chunks of `chunk_frames`; what it produced, in comparable form."""
+async def replay(audio: np.ndarray, chunk_frames: int, analysis_ms: int = 100) -> dict:
+    """Replay the call through a CallSession in chunks of `chunk_frames` (prosody and turn-taking at least every
+    `analysis_ms`); what it produced, in comparable form."""
     model = loudness_model()
     batcher = InferenceBatcher(model, max_batch=4, max_wait_ms=1, queue_size=1024)
     batcher.start()
     engine = RuleEngine(load_rules(DEFAULT_RULES_PATH))
     sink = PushCountingSink()
     ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(max_chunk_bytes=4 << 20), scorer=LocalScoringClient(model, batcher),
-                         rules=lambda: engine, publisher=sink, model_name=model.name, labels=model.labels, analytics=AnalyticsConfig())
+                         rules=lambda: engine, publisher=sink, model_name=model.name, labels=model.labels,
+                         analytics=AnalyticsConfig(analysis_ms=analysis_ms))
     call = CallConfig("blocks", "agent-1", "team-1", "", AudioFormat(Encoding.PCM16LE, RATE, (Role.CUSTOMER, Role.AGENT)),
                       score_roles=(Role.CUSTOMER,), realtime=False)
     session = CallSession(call, ctx)
@@ -133,8 +135,8 @@ async def replay(audio: np.ndarray, chunk_frames: int) -> dict:
 @pytest.mark.parametrize("seed", [1, 2])
 @pytest.mark.parametrize("chunk_ms", [20, 130])
 async def test_holding_frames_for_block_analysis_gives_what_analysing_every_push_gives(seed, chunk_ms, monkeypatch):
-    """With prosody and turn-taking run on held blocks of frames (at window cuts, conversation ticks and every second),
-    a call gives the same emotion updates (prosody figures included), alerts (dead air and interruptions: rules on
+    """With prosody and turn-taking run on held blocks of frames (at window cuts and every conversation tick), a call
+    gives the same emotion updates (prosody figures included), alerts (dead air and interruptions: rules on
     conversation ticks, raised while the same chunk is pushed) and call summary as when they run after every push of 20
     or 130 ms."""
     audio = generated_call(seed)
@@ -147,3 +149,20 @@ async def test_holding_frames_for_block_analysis_gives_what_analysing_every_push
     assert {rule for rule, _ in held["tick_alerts_at_push"]} == set(TICK_RULES)
     conversation = held["summary"]["conversation"]
     assert conversation["interruptions"]["count"] == 3 and conversation["dead_air_ms"] >= 6000
+
+
+@pytest.mark.parametrize("chunk_ms", [20, 130])
+async def test_analysing_every_half_second_changes_only_when_tick_alerts_are_published(chunk_ms):
+    """With analysis_ms 500 (the default) instead of every 100 ms tick, a call gives the same emotion updates, alerts
+    (with the same fired_ms) and summary; its tick alerts are published at most 500 ms of audio (and one chunk) later."""
+    audio = generated_call(1)
+    chunk = RATE * chunk_ms // 1000
+    per_tick = await replay(audio, chunk, analysis_ms=100)
+    half_second = await replay(audio, chunk, analysis_ms=500)
+    late = {key: value for key, value in half_second.items() if key != "tick_alerts_at_push"}
+    assert late == {key: value for key, value in per_tick.items() if key != "tick_alerts_at_push"}
+    pushes = [at for _, at in half_second["tick_alerts_at_push"]]
+    expected = [at for _, at in per_tick["tick_alerts_at_push"]]
+    assert [rule for rule, _ in half_second["tick_alerts_at_push"]] == [rule for rule, _ in per_tick["tick_alerts_at_push"]]
+    assert all(0 <= got - want <= -(-500 // chunk_ms) for got, want in zip(pushes, expected))
+    assert chunk_ms == 130 or any(got > want for got, want in zip(pushes, expected))  # 20 ms chunks: some do wait
