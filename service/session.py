@@ -432,6 +432,8 @@ class CallSession:
             self._take_windows(cut)
         if self._gates:
             self._release_deferred()
+            if any(self._deferred):  # a window cut just now waits: feed the gate a block at a time from here
+                self._analyse_at = min(self._analyse_at, BLOCK_FRAMES)
         if ticks:
             self._on_ticks(ticks, arrival)
 

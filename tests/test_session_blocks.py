@@ -166,3 +166,45 @@ async def test_analysing_every_half_second_changes_only_when_tick_alerts_are_pub
     assert [rule for rule, _ in half_second["tick_alerts_at_push"]] == [rule for rule, _ in per_tick["tick_alerts_at_push"]]
     assert all(0 <= got - want <= -(-500 // chunk_ms) for got, want in zip(pushes, expected))
     assert chunk_ms == 130 or any(got > want for got, want in zip(pushes, expected))  # 20 ms chunks: some do wait
+
+
+async def test_while_a_window_waits_for_the_steady_gate_the_gate_is_never_more_than_a_block_behind():
+    """On the bundled call (real speech, whose held vowels keep the gate deciding now and then), after every 20 ms push
+    a window waiting for the gate has at most one 80 ms block of decided audio not yet fed to the gate, whatever
+    analysis_ms allows, so that it waits no longer than the gate takes to decide."""
+    from clients.wavfile import read_wav
+    from service.analytics.gate import BLOCK_FRAMES
+    from tests.conftest import CALL_WAV
+
+    wav = read_wav(str(CALL_WAV))
+    model = loudness_model()
+    batcher = InferenceBatcher(model, max_batch=4, max_wait_ms=1, queue_size=1024)
+    batcher.start()
+    engine = RuleEngine(load_rules(DEFAULT_RULES_PATH))
+    ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(), scorer=LocalScoringClient(model, batcher),
+                         rules=lambda: engine, publisher=MemorySink(), model_name=model.name, labels=model.labels,
+                         analytics=AnalyticsConfig(analysis_ms=1000))
+    call = CallConfig("gate-wait", "agent-1", "team-1", "", AudioFormat(Encoding.PCM16LE, wav.sample_rate, (Role.CUSTOMER, Role.AGENT)),
+                      score_roles=(Role.CUSTOMER,), realtime=False)
+    session = CallSession(call, ctx)
+    session.start()
+
+    async def drain() -> None:
+        async for _ in session.events():
+            pass
+
+    consumer = asyncio.create_task(drain())
+    waited = 0
+    try:
+        step = wav.sample_rate // 50
+        for seq, offset in enumerate(range(0, len(wav.samples), step), start=1):
+            session.push_audio(seq, wav.samples[offset:offset + step].astype("<i2").tobytes())
+            await session.flow_control()
+            if any(session._deferred):
+                waited += 1
+                assert session._pipelines[0].kept_frames < BLOCK_FRAMES
+        await session.finish()
+        await consumer
+    finally:
+        batcher.stop()
+    assert waited > 0  # the call did make windows wait for the gate
