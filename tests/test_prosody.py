@@ -478,3 +478,20 @@ def test_yins_loose_voicing_flag_takes_noisy_voiced_frames_that_get_no_f0():
     assert (periodic | ~has_f0).all()  # every frame with an F0 is periodic
     strict_f0, strict = yin(frames, rate)
     assert np.array_equal(strict, ~np.isnan(strict_f0)) and np.array_equal(np.isnan(strict_f0), np.isnan(f0))
+
+
+def test_the_sorted_median_and_quantiles_equal_numpys_bit_for_bit():
+    """sorted_median and sorted_quantile on sorted arrays give exactly np.median and np.percentile (linear), for every
+    length from 1 to 200, rounded and unrounded pitch values, and the quantiles the figures use."""
+    from service.analytics.prosody import sorted_median, sorted_quantile
+
+    rng = np.random.default_rng(7)
+    for trial in range(4000):
+        n = 1 + trial % 200
+        values = rng.uniform(60, 400, n)
+        if trial % 3 == 0:
+            values = np.round(values, 1)  # ties
+        ordered = np.sort(values)
+        assert sorted_median(ordered) == float(np.median(values))
+        for q in (0.0, 0.1, 0.5, 0.9, 1.0):
+            assert sorted_quantile(ordered, q) == float(np.percentile(values, q * 100))

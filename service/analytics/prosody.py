@@ -332,6 +332,27 @@ def _contour_taps(sample_rate: int) -> np.ndarray:
     return taps
 
 
+def sorted_median(values: np.ndarray) -> float:
+    """np.median of a sorted, non-empty 1-d array, bit for bit, without its sort and wrappers."""
+    n = len(values)
+    middle = n // 2
+    return float(values[middle]) if n % 2 else float((values[middle - 1] + values[middle]) / 2)
+
+
+def sorted_quantile(values: np.ndarray, q: float) -> float:
+    """np.quantile(values, q) (its default linear method) of a sorted, non-empty 1-d array, bit for bit: the same
+    virtual index and the same two-sided interpolation (numpy's _lerp), without its sort and wrappers."""
+    n = len(values)
+    virtual = (n - 1) * q
+    below = math.floor(virtual)
+    low, high = min(max(below, 0), n - 1), min(max(below + 1, 0), n - 1)
+    if virtual >= n - 1:
+        low = high = n - 1
+    a, b = values[low], values[high]
+    t = virtual - below
+    return float(b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t)
+
+
 def _level_bins(levels: np.ndarray) -> np.ndarray:
     return np.minimum(np.maximum(np.rint((levels - SILENCE_DBFS) / LEVEL_BIN_DB), 0), _LEVEL_BINS - 1).astype(np.intp)
 
@@ -742,10 +763,11 @@ class ProsodyTrack:
         voiced = span[self._voiced[span]]
         f0 = self._f0[voiced]
         f0 = f0[~np.isnan(f0)]
-        pitch = float(np.median(f0)) if len(f0) else None
+        f0 = np.sort(f0)  # one sort for the median and both percentiles (np.median and np.percentile sort each time)
+        pitch = sorted_median(f0) if len(f0) else None
         spread = None
         if len(f0) >= MIN_RANGE_FRAMES:
-            p10, p90 = np.percentile(f0, [10, 90])
+            p10, p90 = sorted_quantile(f0, 0.1), sorted_quantile(f0, 0.9)
             spread = float(12.0 * np.log2(p90 / p10))
         voiced_ms = len(voiced) * self.frame_ms
         nuclei = int(np.count_nonzero(self._nucleus[span]))
