@@ -140,7 +140,6 @@ async def _call(stub, index: int, chunks: list[bytes], rate: int, roles: list[st
     accepted = asyncio.Event()
 
     async def requests():
-        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         yield pb.CallRequest(config=config)
         # Audio only once the call is accepted: grpcio's asyncio client can report INTERNAL instead of the
         # server's refusal when it is still writing as the server ends the call (grpc/grpc#36066).
@@ -162,6 +161,9 @@ async def _call(stub, index: int, chunks: list[bytes], rate: int, roles: list[st
         seq = min(len(chunks), max(1, math.ceil(offset_ms / chunk_ms)))
         return time.monotonic() - sent_at[seq] if sent_at[seq] else None
 
+    # The stream opens at the call's start, not before: a server gives an open stream a few seconds to send its
+    # CallConfig (CALLPULSE_HANDSHAKE_TIMEOUT_S), and a ramp longer than that would fail the late calls.
+    await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     try:
         async for event in stub.StreamCall(requests()):
             kind = event.WhichOneof("event")

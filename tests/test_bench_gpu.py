@@ -46,7 +46,8 @@ def test_smoke_run_writes_every_part_of_the_json(tmp_path):
         assert step["gpu"]["error"] == "no GPU (CPU run)"
         assert step["pass"] or i == len(ladder["steps"]) - 1  # the ladder stops at its first failure
         by_process = step["server_cores_by_process"]
-        assert by_process["engine"] > 0 and len(by_process["workers"]) >= 1 and by_process["supervisor"] is not None
+        assert by_process["engine"] >= 0 and by_process["supervisor"] >= 0  # an engine of 1-2 calls may round to 0.0
+        assert len(by_process["workers"]) >= 1 and by_process["workers"][0] > 0
         assert step["engine"]["batches"] >= 1 and step["engine"]["mean_batch"] >= 1
         assert step["loadgen"]["chunk_ms"] == 20
     big = result["ladder_big_chunks"]

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Device call 2: where the all-cores pod stops, with the load generator sized to each chunk size.
+cd "$(dirname "$0")/.."
+t0=$(date +%s)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PWD/.whl/bin:$PATH LD_LIBRARY_PATH=$PWD/.whl/lib PYTHONUNBUFFERED=1
+python3 -m compileall -q -j 16 /tmp/site >/dev/null 2>&1
+echo "installed in $(( $(date +%s) - t0 )) s"
+timeout 190 python3 -m clients.bench_gpu --skip ceiling,naive,ladder,ladder_one --ladder 1000,1500,2000 --workers 12 \
+  --loadgen-processes 3 --budget-s 180 --trial-s 15 --out $OUT/big_chunks.json
+echo "A exit $? at $(( $(date +%s) - t0 )) s"
+timeout 190 python3 -m clients.bench_gpu --skip ceiling,naive,ladder_big_chunks,ladder_one --ladder 500,750,1000 --workers 12 \
+  --loadgen-processes 4 --budget-s 180 --trial-s 15 --out $OUT/chunks20.json
+echo "B exit $? at $(( $(date +%s) - t0 )) s"
