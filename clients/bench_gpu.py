@@ -1,7 +1,8 @@
 """`make bench-gpu`: the GPU engine's figures from one run on one GPU machine, written to one JSON file.
 
     python -m clients.bench_gpu [--size large | --model DIR] [--out .bench/bench_gpu.json] [--workers N]
-        [--loadgen-processes P] [--loadgen-channels C] [--ladder 100,250,500,1000,2000] [--trial-s 15]
+        [--loadgen-processes P] [--loadgen-channels C] [--ladder 100,250,500,1000,2000] [--ladder-big 500,1000,1500,2000]
+        [--trial-s 15]
         [--budget-s 420] [--server-env KEY=VALUE ...] [--server-log FILE] [--py-spy DIR] [--skip PARTS] [--smoke]
 
 (1) ceiling: `score_batch` (the whole path: staging, copies, forward, split) of the model on 1 s and 3 s chunks,
@@ -15,8 +16,8 @@
     call errors), with the GPU's utilisation (nvidia-smi, else torch.cuda.utilization) and the server's CPU (its
     process tree, from /proc). By default P is a third of the cores and N the rest less one (load_defaults: 5 and
     10 on 16 cores), since the load generator shares the machine;
-(4) the same ladder with 100 ms of audio per message instead of 20 (a bridge that sends larger packets: the
-    transport's and the pipeline's per-message cost fall);
+(4) a ladder of 500, 1000, 1500 and 2000 calls with 100 ms of audio per message instead of 20 (a bridge that sends
+    larger packets: the transport's and the pipeline's per-message cost fall), the load on a quarter of the cores;
 (5) one-worker ladder: the same with `--workers 1` and 25, 50, 100, 150 calls (what one ingest process carries).
 Each ladder step records the cores of each process of the pod (engine, supervisor, workers busiest first) and the
 engine's batching (batches, mean windows per batch, mean queue wait, model busy share) from the pod's /metrics.
@@ -55,22 +56,27 @@ LAG_LIMIT_MS = 500.0
 
 FULL = dict(size="large", precisions=("bf16", "fp16", "fp32"), chunks_s=(1.0, 3.0),
             batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), min_s=0.3, naive_windows=0,
-            ladder=(100, 250, 500, 1000, 2000), ladder_one=(25, 50, 100, 150), trial_s=15.0, budget_s=420.0,
-            chunk_ms=20, big_chunk_ms=100)
+            ladder=(100, 250, 500, 1000, 2000), ladder_big=(500, 1000, 1500, 2000), ladder_one=(25, 50, 100, 150),
+            trial_s=15.0, budget_s=420.0, chunk_ms=20, big_chunk_ms=100)
 CEILING_SHARE = 0.45
 """The ceiling may use this share of the budget; the naive peer and the ladder get the rest."""
 SMOKE = dict(size="tiny", precisions=("fp32",), chunks_s=(1.0, 3.0), batches=(1, 2), min_s=0.02, naive_windows=4,
-             ladder=(1, 2), ladder_one=(1,), trial_s=10.0, budget_s=240.0, chunk_ms=20, big_chunk_ms=100)
+             ladder=(1, 2), ladder_big=(1, 2), ladder_one=(1,), trial_s=10.0, budget_s=240.0, chunk_ms=20, big_chunk_ms=100)
 CALLS_PER_CHANNEL = 5
 """The ladder's load opens one gRPC connection per this many calls by default: SO_REUSEPORT spreads connections
 over the workers, so fewer, fuller connections load some workers more than others (on the H200 on 2026-11-28,
 25 calls per connection failed 500 calls with 6 of 16 cores busy)."""
 
 
-def load_defaults(cores: int) -> tuple[int, int]:
-    """(load-generator processes, workers of the all-cores ladder) for a machine of `cores` cores that runs both:
-    a third of the cores for the load (about 5 ms of its CPU per call-second against the server's 12-18), the rest
-    less one for the engine for the workers."""
+def load_defaults(cores: int, chunk_ms: int = 20) -> tuple[int, int]:
+    """(load-generator processes, workers of an all-cores ladder) for a machine of `cores` cores that runs both.
+    20 ms chunks: a third of the cores for the load (about 4-5 ms of its CPU per call-second against the server's
+    12-14), the rest less one for the engine for the workers. 100 ms chunks: a quarter for the load (about 1.3 ms
+    per call-second) and the rest for the workers (the engine shares them: 4 and 12 on 16 cores carried 1500 calls
+    on the H200)."""
+    if chunk_ms >= 100:
+        processes = max(1, cores // 4)
+        return processes, max(1, cores - processes)
     processes = max(1, cores // 3)
     return processes, max(1, cores - processes - 1)
 
@@ -641,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", help="comma-separated, default bf16,fp16,fp32")
     parser.add_argument("--batches", help="comma-separated batch sizes, default 1,2,4,...,256")
     parser.add_argument("--ladder", help="comma-separated live-call steps, default 100,250,500,1000,2000")
+    parser.add_argument("--ladder-big", help="steps of the 100 ms-chunk ladder, default 500,1000,1500,2000")
     parser.add_argument("--trial-s", type=float, help="seconds of audio per call in each ladder step (default 15)")
     parser.add_argument("--budget-s", type=float, help="wall-clock budget of the whole run (default 420)")
     parser.add_argument("--workers", type=int, help="workers of the all-cores ladder (default: load_defaults, 10 on 16 cores)")
@@ -662,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
         settings["batches"] = tuple(int(b) for b in args.batches.split(","))
     if args.ladder:
         settings["ladder"] = tuple(int(c) for c in args.ladder.split(","))
+    if args.ladder_big:
+        settings["ladder_big"] = tuple(int(c) for c in args.ladder_big.split(","))
     if args.trial_s:
         settings["trial_s"] = args.trial_s
     if args.budget_s:
@@ -671,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     default_processes, default_workers = load_defaults(os.cpu_count() or 2)
     processes = args.loadgen_processes or (1 if args.smoke else default_processes)
     workers = args.workers if args.workers is not None else (None if args.smoke else default_workers)
+    big_processes, big_workers = load_defaults(os.cpu_count() or 2, settings["big_chunk_ms"])
+    big_processes = args.loadgen_processes or (1 if args.smoke else big_processes)
+    big_workers = args.workers if args.workers is not None else (None if args.smoke else big_workers)
     budget = Budget(settings["budget_s"])
 
     import torch
@@ -717,8 +729,9 @@ def main(argv: list[str] | None = None) -> int:
         write()
     if "ladder_big_chunks" not in skip:
         big_log = args.server_log + ".big-chunks" if args.server_log else None
-        result["ladder_big_chunks"] = run_ladder(path, device, settings, budget, workers, extra_env, processes, big_log,
-                                                 args.loadgen_channels, chunk_ms=settings["big_chunk_ms"],
+        result["ladder_big_chunks"] = run_ladder(path, device, settings, budget, big_workers, extra_env, big_processes,
+                                                 big_log, args.loadgen_channels, steps_key="ladder_big",
+                                                 chunk_ms=settings["big_chunk_ms"],
                                                  profile_dir=args.py_spy, label="big-chunks")
         write()
     if "ladder_one" not in skip:

@@ -51,7 +51,7 @@ def test_smoke_run_writes_every_part_of_the_json(tmp_path):
         assert step["engine"]["batches"] >= 1 and step["engine"]["mean_batch"] >= 1
         assert step["loadgen"]["chunk_ms"] == 20
     big = result["ladder_big_chunks"]
-    assert big["error"] is None and big["chunk_ms"] == 100 and big["steps"]
+    assert big["error"] is None and big["chunk_ms"] == 100 and big["steps"] and big["steps_planned"] == settings["ladder_big"]
     assert big["steps"][0]["loadgen"]["chunk_ms"] == 100 and big["steps"][0]["loadgen"]["updates"] > 0
     one = result["ladder_one_worker"]
     assert one["error"] is None and one["workers"] == 1 and one["steps_planned"] == settings["ladder_one"]
@@ -60,11 +60,12 @@ def test_smoke_run_writes_every_part_of_the_json(tmp_path):
 
 def test_the_load_takes_a_third_of_the_cores_and_the_workers_the_rest_less_the_engine():
     """On a GPU machine the ladder's load generator and server share the cores: 5 load processes and 10 workers on 16
-    cores, never fewer than one of each."""
+    cores (4 and 12 for 100 ms chunks, whose load costs less), never fewer than one of each."""
     from clients.bench_gpu import load_defaults
 
     assert load_defaults(16) == (5, 10)
     assert load_defaults(2) == (1, 1) and load_defaults(1) == (1, 1)
+    assert load_defaults(16, chunk_ms=100) == (4, 12) and load_defaults(2, chunk_ms=100) == (1, 1)
 
 
 def test_a_ladder_whose_server_cannot_start_records_the_error(tmp_path):
