@@ -143,6 +143,10 @@ class InferenceConfig:
     """On CUDA, capture the forward pass as CUDA graphs at warm-up (per length bucket and batch size 1, 2, 4, ...
     up to max_batch) and replay them, batches padded up to the next captured size; other shapes run eagerly.
     No effect on the CPU."""
+    speech_check: float = 0.0
+    """Before the emotion model, silero-vad (service/inference/speech.py) checks each scored window in the engine: a
+    window in which less than this share of the 32 ms chunks are speech is not scored (music the steady-sound gate
+    let through). 0 turns the check off."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model must not be empty")
@@ -151,6 +155,7 @@ class InferenceConfig:
         _check(self.precision in PRECISIONS, f"precision must be {', '.join(PRECISIONS)}, got {self.precision!r}")
         _check(self.precision in ("auto", "fp32") or self.device.startswith("cuda"), f"precision {self.precision} needs a CUDA device")
         _check(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
+        _check(0.0 <= self.speech_check <= 1.0, f"speech_check must be 0 (off) to 1, got {self.speech_check}")
         _check(self.threads >= 0, "threads must be >= 0")
         _check(0 <= self.max_batch <= 1024, f"max_batch must be 0 (auto) or 1..1024, got {self.max_batch}")
         _check(0 <= self.max_wait_ms <= 1000, f"max_wait_ms must be 0..1000, got {self.max_wait_ms}")
@@ -451,6 +456,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_BUCKET_MS": ("inference", "bucket_ms", int),
     "CALLPULSE_DEADLINE_MS": ("inference", "deadline_ms", int),
     "CALLPULSE_CUDA_GRAPHS": ("inference", "cuda_graphs", _parse_bool),
+    "CALLPULSE_SPEECH_CHECK": ("inference", "speech_check", float),
     "CALLPULSE_REDIS_URL": ("redis", "url", str),
     "CALLPULSE_REDIS_PREFIX": ("redis", "prefix", str),
     "CALLPULSE_PUBLISH_QUEUE": ("redis", "publish_queue", int),

@@ -16,6 +16,7 @@ import zmq
 import zmq.asyncio
 
 from service.inference import ipc
+from service.inference.base import NotSpeech
 from service.inference.batcher import QueueFull, StaleWindow
 from service.inference.scoring import LocalScoringClient
 
@@ -97,7 +98,9 @@ class EngineServer:
             return
         identity, window = key
         error = future.exception()
-        if error is None:
+        if error is None and isinstance(future.result(), NotSpeech):
+            self._reply(identity, ipc.Unspoken(window, future.result().speech))
+        elif error is None:
             result = future.result()
             frames = [ipc.array_frame(result.scores), ipc.array_frame(result.frame_logits)]
             if result.embedding is not None:

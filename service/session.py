@@ -61,7 +61,7 @@ from service.domain import (
     Warning,
 )
 from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument, ServiceUnavailable
-from service.inference.base import WindowScores
+from service.inference.base import NotSpeech, WindowScores
 from service.inference.batcher import QueueFull, StaleWindow
 from service.inference.scoring import EngineUnavailable, ScoringClient
 from service.rules import CallRuleState, RuleEngine, RuleMatch, ScoredWindow
@@ -200,6 +200,7 @@ class CallSession:
         self._voiced_frames = [0] * len(fmt.channel_roles)
         self._crosstalk_frames = [0] * len(fmt.channel_roles)
         self._skipped_windows = {role: 0 for role in fmt.channel_roles}
+        self._not_speech_windows = {role: 0 for role in fmt.channel_roles}  # skipped by the engine's speech check
         self._transcripts = {role: TranscriptRate() for role in fmt.channel_roles}
         # Frame ranges of the new audio of recently skipped windows (enough to cover one window).
         self._unspoken: dict[Role, deque[tuple[int, int]]] = {
@@ -737,6 +738,16 @@ class CallSession:
         else:
             self._ready.append(window)
 
+    def _not_speech(self, window: AnalysisWindow) -> None:
+        """A window the engine's speech check found not to be speech (music the gate let through): like a skipped
+        window, it is not scored, its new audio counts as never encoded, and the rules see it without scores."""
+        self._skipped_windows[window.role] += 1
+        self._not_speech_windows[window.role] += 1
+        step = window.frame_samples
+        self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
+        metrics.window("skipped_not_speech")
+        self._evaluate(window, None, degraded=False)
+
     def _release_deferred(self, final: bool = False) -> None:
         """Route the deferred windows of every channel whose gate has decided (all of them when `final`)."""
         for index, deferred in enumerate(self._deferred):
@@ -900,6 +911,9 @@ class CallSession:
             finally:
                 self._in_flight -= 1
                 self._capacity.set()
+            if isinstance(result, NotSpeech):
+                self._not_speech(window)
+                continue
             if result is None:
                 if outcome == "failed":
                     self._timelines[window.role].failed()
@@ -1022,6 +1036,7 @@ class CallSession:
                 "windows_merged": s.windows_merged,
                 "windows_dropped": s.windows_dropped,
                 "windows_skipped": self._skipped_windows[s.speaker],
+                "windows_not_speech": self._not_speech_windows[s.speaker],
                 "top_labels": dict(s.top_labels),
                 "prosody": {**self._prosody[s.speaker].totals(), **self._transcripts[s.speaker].totals()},
                 "crosstalk_ms": self._crosstalk_frames[self._channel_of[s.speaker]] * self._frame_ms,

@@ -37,10 +37,11 @@ def scripted_model() -> FakeEmotionModel:
 
 async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(Role.CUSTOMER,), chunk_ms=100,
                       analytics: AnalyticsConfig = AnalyticsConfig(), score_roles=(Role.CUSTOMER,), transcript=(),
-                      warnings: list | None = None):
-    """Replay int16 audio (frames x channels) through a CallSession, each transcript segment pushed once the
-    audio it covers was; returns (alerts, updates, summary) and collects Warning events into `warnings`."""
-    model = scripted_model()
+                      warnings: list | None = None, model=None):
+    """Replay int16 audio (frames x channels) through a CallSession (`model`: scripted_model() when None), each
+    transcript segment pushed once the audio it covers was; returns (alerts, updates, summary) and collects Warning
+    events into `warnings`."""
+    model = model or scripted_model()
     batcher = InferenceBatcher(model, max_batch=8, max_wait_ms=1, queue_size=256)
     batcher.start()
     rules = parse_rules(rules_text) if rules_text else load_rules(DEFAULT_RULES_PATH)

@@ -25,6 +25,14 @@ class WindowScores:
     when the model was asked for embeddings."""
 
 
+@dataclass(frozen=True)
+class NotSpeech:
+    """A window the speech check (service/inference/speech.py) found not to be speech: it was not scored."""
+
+    speech: float
+    """Share of the window's 32 ms chunks that the detector took for speech (below the check's minimum)."""
+
+
 class EmotionModel(ABC):
     """A speech-emotion model scoring 16 kHz float32 windows in batches."""
 
@@ -36,8 +44,9 @@ class EmotionModel(ABC):
     """Also return each window's embedding (set before scoring starts; costs a copy per window)."""
 
     @abstractmethod
-    def score_batch(self, windows: Sequence[np.ndarray]) -> list[WindowScores | Exception]:
-        """Score every window; item i of the result is window i's scores or the error it caused."""
+    def score_batch(self, windows: Sequence[np.ndarray]) -> list[WindowScores | NotSpeech | Exception]:
+        """Score every window; item i of the result is window i's scores, NotSpeech (a model that checks for speech
+        first), or the error it caused."""
 
     def warm_up(self, max_batch: int = 1, cuda_graphs: bool = False) -> None:
         """Run one forward pass so the first call does not pay for lazy initialisation. A model that can capture

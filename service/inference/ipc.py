@@ -6,7 +6,8 @@ bytes, sent without a copy and read back with numpy.frombuffer). Workers use DEA
 engine one ROUTER socket (which prefixes each message with the worker's identity).
 
   worker -> engine:  Hello (who I am), Score(id, deadline) + audio frame, Cancel(id), Ping
-  engine -> worker:  Ready(engine id, model, labels), Scored(id, frames, labels) + scores + frame logits
+  engine -> worker:  Ready(engine id, model, labels), Scored(id, frames, labels) + scores + frame logits,
+                     Unspoken(id, speech share): not speech by the engine's speech check
                      frames, Failed(id, kind, message), Pong(engine id)
 """
 
@@ -60,6 +61,13 @@ class Scored(msgspec.Struct, tag="scored"):
     """A third frame carries the embedding (batch analysis only)."""
 
 
+class Unspoken(msgspec.Struct, tag="unspoken"):
+    """A window the engine's speech check found not to be speech: not scored (base.NotSpeech)."""
+
+    id: int
+    speech: float
+
+
 class Failed(msgspec.Struct, tag="failed"):
     """A window's error: kind is stale (its deadline passed), full (the engine's queue), or failed (the model)."""
 
@@ -76,7 +84,7 @@ class Pong(msgspec.Struct, tag="pong"):
 
 
 ToEngine = Union[Hello, Score, Cancel, Ping]
-ToWorker = Union[Ready, Scored, Failed, Pong]
+ToWorker = Union[Ready, Scored, Unspoken, Failed, Pong]
 
 _encoder = msgspec.msgpack.Encoder()
 _to_engine = msgspec.msgpack.Decoder(ToEngine)

@@ -12,16 +12,23 @@ log = logging.getLogger(__name__)
 
 
 def load_emotion_model(config: ServiceConfig) -> EmotionModel:
-    """Load the configured emotion2vec model through funasr (blocking, seconds to minutes)."""
+    """Load the configured emotion2vec model through funasr (blocking, seconds to minutes), behind the speech check
+    when it is on."""
     from service.inference.constant import BUILTIN_CONSTANT, ConstantEmotionModel
     from service.inference.emotion2vec import Emotion2vecModel
 
     inf = config.inference
     if inf.model == BUILTIN_CONSTANT:
         log.warning("running with the benchmark-only constant model: no emotion is recognised")
-        return ConstantEmotionModel()
-    return Emotion2vecModel.load(inf.model, hub=inf.hub, device=inf.device, threads=inf.threads, bucket_ms=inf.bucket_ms,
-                                 precision=inf.precision, warm_lengths_ms=_warm_lengths(config))
+        model: EmotionModel = ConstantEmotionModel()
+    else:
+        model = Emotion2vecModel.load(inf.model, hub=inf.hub, device=inf.device, threads=inf.threads, bucket_ms=inf.bucket_ms,
+                                      precision=inf.precision, warm_lengths_ms=_warm_lengths(config))
+    if inf.speech_check > 0:
+        from service.inference.speech import SpeechCheckedModel, SpeechDetector
+
+        model = SpeechCheckedModel(model, SpeechDetector(inf.device), inf.speech_check)
+    return model
 
 
 def warm_up_model(model: EmotionModel, config: ServiceConfig) -> None:

@@ -21,7 +21,7 @@ import zmq
 import zmq.asyncio
 
 from service.inference import ipc
-from service.inference.base import WindowScores
+from service.inference.base import NotSpeech, WindowScores
 from service.inference.batcher import QueueFull, StaleWindow
 from service.inference.scoring import EngineUnavailable, ScoringClient
 
@@ -128,6 +128,8 @@ class RemoteScoringClient(ScoringClient):
                 continue
             if isinstance(message, ipc.Scored):
                 self._scored(message, frames[1:])
+            elif isinstance(message, ipc.Unspoken):
+                self._unspoken(message)
             elif isinstance(message, ipc.Failed):
                 self._failed(message)
             elif isinstance(message, ipc.Ready):
@@ -158,6 +160,11 @@ class RemoteScoringClient(ScoringClient):
         logits = ipc.frame_array(arrays[1], (message.frames, labels))
         embedding = ipc.frame_array(arrays[2]) if message.embedding else None
         future.set_result(WindowScores(scores=scores, frame_logits=logits, embedding=embedding))
+
+    def _unspoken(self, message: ipc.Unspoken) -> None:
+        future = self._pending.pop(message.id, None)
+        if future is not None and future.set_running_or_notify_cancel():
+            future.set_result(NotSpeech(message.speech))
 
     def _failed(self, message: ipc.Failed) -> None:
         future = self._pending.pop(message.id, None)
