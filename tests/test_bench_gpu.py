@@ -16,8 +16,9 @@ def test_smoke_run_writes_every_part_of_the_json(tmp_path):
     capture report, the naive peer, and the ladders' steps (20 and 100 ms chunks, one worker) with GPU, server CPU per
     process and engine batching fields."""
     out = tmp_path / "bench_gpu.json"
-    run = subprocess.run([sys.executable, "-m", "clients.bench_gpu", "--smoke", "--out", str(out)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=400)
+    profiles = tmp_path / "profiles"
+    run = subprocess.run([sys.executable, "-m", "clients.bench_gpu", "--smoke", "--out", str(out), "--py-spy", str(profiles)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result["schema"] == "callpulse-bench-gpu/1" and result["smoke"] is True and result["complete"] is True
@@ -50,6 +51,9 @@ def test_smoke_run_writes_every_part_of_the_json(tmp_path):
         assert len(by_process["workers"]) >= 1 and by_process["workers"][0] > 0
         assert step["engine"]["batches"] >= 1 and step["engine"]["mean_batch"] >= 1
         assert step["loadgen"]["chunk_ms"] == 20
+        # py-spy (a device wheel, not a dependency) samples the pod where it is installed; elsewhere the step says why not
+        profile = step["profile"]
+        assert (profiles / profile["file"]).stat().st_size > 0 if "file" in profile else profile["error"] == "py-spy is not on PATH"
     big = result["ladder_big_chunks"]
     assert big["error"] is None and big["chunk_ms"] == 100 and big["steps"] and big["steps_planned"] == settings["ladder_big"]
     assert big["steps"][0]["loadgen"]["chunk_ms"] == 100 and big["steps"][0]["loadgen"]["updates"] > 0
