@@ -98,10 +98,10 @@ class EngineServer:
             return
         identity, window = key
         error = future.exception()
-        if error is None and isinstance(future.result(), NotSpeech):
-            self._reply(identity, ipc.Unspoken(window, future.result().speech))
+        result = future.result() if error is None else None
+        if isinstance(result, NotSpeech):
+            self._reply(identity, ipc.Unspoken(window, result.speech))
         elif error is None:
-            result = future.result()
             frames = [ipc.array_frame(result.scores), ipc.array_frame(result.frame_logits)]
             if result.embedding is not None:
                 frames.append(ipc.array_frame(result.embedding))

@@ -6,9 +6,9 @@ bytes, sent without a copy and read back with numpy.frombuffer). Workers use DEA
 engine one ROUTER socket (which prefixes each message with the worker's identity).
 
   worker -> engine:  Hello (who I am), Score(id, deadline) + audio frame, Cancel(id), Ping
-  engine -> worker:  Ready(engine id, model, labels), Scored(id, frames, labels) + scores + frame logits,
-                     Unspoken(id, speech share): not speech by the engine's speech check
-                     frames, Failed(id, kind, message), Pong(engine id)
+  engine -> worker:  Ready(engine id, model, labels), Scored(id, frames, labels) + scores + frame logits
+                     frames, Unspoken(id, speech share: not speech by the engine's speech check),
+                     Failed(id, kind, message), Pong(engine id)
 """
 
 from __future__ import annotations
