@@ -25,6 +25,7 @@ class PeerRecorder(pb_grpc.AgentAssistServicer):
         self.peers: list[str] = []
         self.refuse_first = refuse_first
         self.handshake_s = handshake_s
+        self.audio_messages = 0
         self.lock = threading.Lock()
 
     def StreamCall(self, request_iterator, context):
@@ -41,6 +42,9 @@ class PeerRecorder(pb_grpc.AgentAssistServicer):
         for request in request_iterator:
             if request.WhichOneof("payload") == "end":
                 break
+            if request.WhichOneof("payload") == "audio":
+                with self.lock:
+                    self.audio_messages += 1
         yield pb.CallEvent(summary=pb.CallSummary(call_id=first.config.call_id, speakers=[
             pb.SpeakerSummary(speaker=pb.ROLE_CUSTOMER, windows_scored=1)]))
 
@@ -98,6 +102,19 @@ def test_calls_ramped_over_longer_than_the_handshake_timeout_open_their_streams_
     servicer, target = peer_server(handshake_s=1.0)
     report = run(run_load(target, calls=4, wav=str(CUSTOMER_WAV), duration_s=0.4, ramp_s=2.5, channels=1))
     assert report["errors"] == [] and len(servicer.peers) == 4
+
+
+def test_the_load_can_send_100_ms_per_message_and_refuses_a_size_that_is_not_whole_10_ms(peer_server):
+    """chunk_ms 100 sends the same seconds of call in a fifth of the messages (counted by a stand-in server); 15 or 0
+    is refused before anything is sent."""
+    servicer, target = peer_server()
+    report = run(run_load(target, calls=2, wav=str(CUSTOMER_WAV), duration_s=1.0, ramp_s=0.1, channels=1, chunk_ms=100))
+    assert report["errors"] == [] and report["chunk_ms"] == 100 and report["call_seconds"] == 2.0
+    assert servicer.audio_messages == 2 * 10
+    for bad in (15, 0):
+        with pytest.raises(ValueError, match="chunk_ms"):
+            run(run_load(target, calls=1, wav=str(CUSTOMER_WAV), duration_s=1.0, chunk_ms=bad))
+    assert len(servicer.peers) == 2
 
 
 @pytest.mark.parametrize("processes, channels", [(1, 3), (2, 3)])
