@@ -166,3 +166,27 @@ def test_a_session_scoring_through_an_absent_engine_drops_windows_and_goes_on():
     assert customer["windows_dropped"] > 0 and customer["windows_scored"] == 0
     assert any(getattr(e, "code", None) == "WINDOWS_DROPPED" for e in events)
     assert events[-1] is summary
+
+
+async def test_a_burst_of_windows_is_answered_in_full_with_cancelled_ones_left_out(tmp_path):
+    """64 windows sent at once (answered together, one batch at a time): every window not cancelled gets its scores,
+    and the cancelled ones are withdrawn without an answer."""
+    from service.inference.constant import ConstantEmotionModel
+
+    endpoint = f"ipc://{tmp_path}/engine.sock"
+    model = ConstantEmotionModel()
+    engine = Engine(endpoint, model)
+    client = RemoteScoringClient(endpoint, worker=0)
+    await client.start()
+    try:
+        await client.wait_ready(10)
+        futures = [client.submit(np.zeros(16000, np.float32)) for _ in range(64)]
+        for future in futures[::8]:
+            future.cancel()
+        done, _ = await asyncio.wait([asyncio.wrap_future(f) for f in futures if not f.cancelled()], timeout=10)
+        results = [task.result() for task in done]
+        assert len(results) == 56 and all(r.scores.shape == (len(model.labels),) for r in results)
+        assert all(f.cancelled() for f in futures[::8])
+    finally:
+        await client.close()
+        await engine.close()
