@@ -730,23 +730,23 @@ class CallSession:
             # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
             # in, or near silence), or its new audio is mostly a tone or music: the model would score
             # someone else's voice or no voice at all.
-            self._skipped_windows[window.role] += 1
-            step = window.frame_samples
-            self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
-            metrics.window("skipped_steady_sound" if steady else "skipped_no_speech")
-            self._evaluate(window, None, degraded=False)
+            self._skip(window, "skipped_steady_sound" if steady else "skipped_no_speech")
         else:
             self._ready.append(window)
 
-    def _not_speech(self, window: AnalysisWindow) -> None:
-        """A window the engine's speech check found not to be speech (music the gate let through): like a skipped
-        window, it is not scored, its new audio counts as never encoded, and the rules see it without scores."""
+    def _skip(self, window: AnalysisWindow, outcome: str) -> None:
+        """A scored speaker's window that is not scored: its new audio counts as never encoded, and the rules see
+        it without scores."""
         self._skipped_windows[window.role] += 1
-        self._not_speech_windows[window.role] += 1
         step = window.frame_samples
         self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
-        metrics.window("skipped_not_speech")
+        metrics.window(outcome)
         self._evaluate(window, None, degraded=False)
+
+    def _not_speech(self, window: AnalysisWindow) -> None:
+        """A window the engine's speech check found not to be speech (music the gate let through): skipped."""
+        self._not_speech_windows[window.role] += 1
+        self._skip(window, "skipped_not_speech")
 
     def _release_deferred(self, final: bool = False) -> None:
         """Route the deferred windows of every channel whose gate has decided (all of them when `final`)."""
