@@ -1,7 +1,8 @@
 """Per-call CPU cost of the server: CPU ms per second of call, in process stage by stage, and end to end.
 
     python -m clients.bench_cpu [--calls 10] [--repeats 5] [--paced-calls 20] [--paced-repeats 2]
-        [--live-calls 20] [--live-s 30] [--live-repeats 3] [--live-chunk-ms 20] [--skip-live] [--skip-in-process]
+        [--live-calls 20] [--live-s 30] [--live-repeats 3] [--live-chunk-ms 20] [--speech-check 0] [--skip-live]
+        [--skip-in-process]
         [--skip-floor]
         [--out .bench/cpu.json] [--table .bench/cpu.json]
 
@@ -27,7 +28,7 @@ InferenceBatcher, so what is measured is the pipeline's own cost.
     in real time: the process waits between chunks as a server does. The `event loop` row then includes
     the benchmark's own pacing timers.
 (b) End to end: `python -m service serve --model builtin:constant` as its own process (with its own
-    redis-server) and `--live-calls` live calls over gRPC from clients.loadgen for `--live-s` seconds
+    redis-server; the engine's speech check off unless `--speech-check`) and `--live-calls` live calls over gRPC from clients.loadgen for `--live-s` seconds
     of audio each; the server's CPU time (the process and its children, from /proc via psutil) over
     the load divided by the seconds of call audio, median of `--live-repeats` runs. The server's idle CPU
     rate and Redis's CPU are reported beside it, and (unless --skip-floor) one more run with the per-call
@@ -369,7 +370,7 @@ class _Server:
     """`python -m service serve` with the constant model (or, `without_pipeline`, the same through this module with
     CallSession._process reduced to counting frames) and a redis-server of its own."""
 
-    def __init__(self, workdir: Path, without_pipeline: bool) -> None:
+    def __init__(self, workdir: Path, without_pipeline: bool, speech_check: float = 0.0) -> None:
         import os
         import subprocess
 
@@ -383,7 +384,7 @@ class _Server:
             [sys.executable, *entry, "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--ws-port", "-1", "--metrics-port", "-1",
              "--redis-url", f"redis://127.0.0.1:{self.redis_port}/0", "--model", "builtin:constant",
              *([] if without_pipeline else ["--workers", "1"])],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, CALLPULSE_LOG_LEVEL="WARNING"),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, CALLPULSE_LOG_LEVEL="WARNING", CALLPULSE_SPEECH_CHECK=str(speech_check)),
         )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -441,14 +442,14 @@ def _serve_without_pipeline(argv: list[str]) -> int:
 
 
 def measure_end_to_end(calls: int, seconds: float, repeats: int = 1, without_pipeline: bool = False,
-                       chunk_ms: int = CHUNK_MS) -> dict[str, Any]:
+                       chunk_ms: int = CHUNK_MS, speech_check: float = 0.0) -> dict[str, Any]:
     from clients.loadgen import run_load
 
     runs = []
     workdir = Path(tempfile.mkdtemp(prefix="callpulse-bench-cpu-"))
     try:
         for _ in range(repeats):
-            server = _Server(workdir, without_pipeline)
+            server = _Server(workdir, without_pipeline, speech_check)
             try:
                 time.sleep(1.0)
                 idle_from, idle_at = _tree_cpu(server.proc.pid), time.monotonic()
@@ -480,6 +481,7 @@ def measure_end_to_end(calls: int, seconds: float, repeats: int = 1, without_pip
         shutil.rmtree(workdir, ignore_errors=True)
     median = sorted(runs, key=lambda r: r["cpu_ms_per_call_s"])[len(runs) // 2]
     return {"calls": calls, "repeats": repeats, "without_pipeline": without_pipeline, "chunk_ms": chunk_ms,
+            "speech_check": speech_check,
             "runs_cpu_ms_per_call_s": [r["cpu_ms_per_call_s"] for r in runs], **median}
 
 
@@ -503,7 +505,7 @@ def print_table(result: dict) -> None:
     b, floor = result.get("end_to_end"), result.get("end_to_end_without_pipeline")
     if b:
         print(f"\n(b) end to end: {b['calls']} live gRPC calls x {b['call_audio_s']:g} s in {b.get('chunk_ms', CHUNK_MS)} ms chunks, `python -m service serve --model "
-              f"builtin:constant`, median of {b['repeats']} ({', '.join(f'{x:.2f}' for x in b['runs_cpu_ms_per_call_s'])})\n")
+              f"builtin:constant`, speech check {b.get('speech_check', 0) or 'off'}, median of {b['repeats']} ({', '.join(f'{x:.2f}' for x in b['runs_cpu_ms_per_call_s'])})\n")
         print("| measure | result |")
         print("| --- | --- |")
         print(f"| server CPU per call-second (process tree) | **{b['cpu_ms_per_call_s']:.2f} ms** |")
@@ -540,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-s", type=float, default=30.0, help="seconds of audio per live call")
     parser.add_argument("--live-repeats", type=int, default=3, help="end-to-end runs (the median is reported)")
     parser.add_argument("--live-chunk-ms", type=int, default=CHUNK_MS, help="audio per gRPC message end to end (in process: always 20)")
+    parser.add_argument("--speech-check", type=float, default=0.0,
+                        help="end to end: the engine's speech check (CALLPULSE_SPEECH_CHECK; 0, the default here, leaves "
+                             "it out so the model stage costs nothing; the service's default is 0.2)")
     parser.add_argument("--skip-live", action="store_true", help="only the in-process part")
     parser.add_argument("--skip-in-process", action="store_true", help="only the end-to-end part")
     parser.add_argument("--skip-floor", action="store_true", help="no end-to-end run with the pipeline skipped")
@@ -562,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         if shutil.which("redis-server") is None:
             raise SystemExit("the end-to-end part needs redis-server (or --skip-live)")
         say(f"end to end: {args.live_calls} live calls x {args.live_s:g} s x {args.live_repeats}")
-        result["end_to_end"] = measure_end_to_end(args.live_calls, args.live_s, args.live_repeats, chunk_ms=args.live_chunk_ms)
+        result["end_to_end"] = measure_end_to_end(args.live_calls, args.live_s, args.live_repeats, chunk_ms=args.live_chunk_ms,
+                                                  speech_check=args.speech_check)
         if not args.skip_floor:
             say("end to end with the pipeline skipped")
             result["end_to_end_without_pipeline"] = measure_end_to_end(args.live_calls, args.live_s, 1, without_pipeline=True,

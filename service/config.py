@@ -143,10 +143,11 @@ class InferenceConfig:
     """On CUDA, capture the forward pass as CUDA graphs at warm-up (per length bucket and batch size 1, 2, 4, ...
     up to max_batch) and replay them, batches padded up to the next captured size; other shapes run eagerly.
     No effect on the CPU."""
-    speech_check: float = 0.0
-    """Before the emotion model, silero-vad (service/inference/speech.py) checks each scored window in the engine: a
-    window in which less than this share of the 32 ms chunks are speech is not scored (music the steady-sound gate
-    let through). 0 turns the check off."""
+    speech_check: float = 0.2
+    """Before the emotion model, silero-vad (service/inference/speech.py) checks each scored window in the engine,
+    carrying each channel's detector state from window to window: a window in which less than this share of the
+    32 ms chunks are speech is not scored (music the steady-sound gate let through, near silence, the other side's
+    bleed). 0 turns the check off."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model must not be empty")

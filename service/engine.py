@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from service.inference import ipc
-from service.inference.base import NotSpeech
+from service.inference.base import NotSpeech, StreamSpan
 from service.inference.batcher import QueueFull, StaleWindow
 from service.inference.scoring import LocalScoringClient
 
@@ -88,7 +88,9 @@ class EngineServer:
             return
         audio = ipc.frame_array(audio_frame)  # a view of the received frame: no copy
         try:
-            future = self.scorer.submit(audio, deadline=message.deadline)
+            # A worker's stream ids are its own: with its identity they name one channel among all the workers'.
+            span = None if message.stream is None else StreamSpan((identity, message.stream), message.start)
+            future = self.scorer.submit(audio, deadline=message.deadline, span=span)
         except QueueFull as exc:
             self._reply(identity, ipc.Failed(message.id, "full", str(exc)))
             return

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import itertools
 import logging
 import time
 from collections import deque
@@ -61,12 +62,15 @@ from service.domain import (
     Warning,
 )
 from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument, ServiceUnavailable
-from service.inference.base import NotSpeech, WindowScores
+from service.inference.base import MODEL_SAMPLE_RATE, NotSpeech, StreamSpan, WindowScores
 from service.inference.batcher import QueueFull, StaleWindow
 from service.inference.scoring import EngineUnavailable, ScoringClient
 from service.rules import CallRuleState, RuleEngine, RuleMatch, ScoredWindow
 
 log = logging.getLogger(__name__)
+
+_STREAM_IDS = itertools.count(1)
+"""Each channel of each call in this process gets its own: the scorer's per-channel state (the speech check) is keyed by it."""
 
 EVENT_BUFFER = 256
 SHUTDOWN_MESSAGE = "the server is shutting down; the call was ended and its summary published (reconnect to go on)"
@@ -186,6 +190,7 @@ class CallSession:
             for role in fmt.channel_roles
         ]
         self._timelines = {role: ChannelTimeline(role) for role in fmt.channel_roles}
+        self._streams = {role: next(_STREAM_IDS) for role in fmt.channel_roles}
         track_frames = (ctx.windows.window_ms + 2 * ctx.windows.hop_ms) // 20
         self._frames = {role: FrameTrack(track_frames) for role in fmt.channel_roles}
         analytics, frame_ms = ctx.analytics, ctx.vad.frame_ms
@@ -836,7 +841,8 @@ class CallSession:
                 continue
             deadline = window.arrival + self._ctx.deadline_s if live else None
             try:
-                future = self._ctx.scorer.submit(to_model_input(window.samples, window.sample_rate), deadline=deadline)
+                span = StreamSpan(self._streams[window.role], window.encode_from_sample * MODEL_SAMPLE_RATE // window.sample_rate)
+                future = self._ctx.scorer.submit(to_model_input(window.samples, window.sample_rate), deadline=deadline, span=span)
             except QueueFull:
                 if not live:
                     return

@@ -128,7 +128,7 @@ def test_a_session_scoring_through_an_absent_engine_drops_windows_and_goes_on():
         def __init__(self):
             self.name, self.labels = "absent", ("angry", "neutral")
 
-        def submit(self, audio, deadline=None) -> concurrent.futures.Future:
+        def submit(self, audio, deadline=None, span=None) -> concurrent.futures.Future:
             raise EngineUnavailable("the emotion engine is unavailable (restarting)")
 
     async def scenario():

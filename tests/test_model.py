@@ -240,7 +240,7 @@ def test_builtin_constant_model_is_named_and_recognises_nothing():
     from service.app import load_emotion_model
     from service.config import InferenceConfig, ServiceConfig
 
-    model = load_emotion_model(ServiceConfig(inference=InferenceConfig(model="builtin:constant")))
+    model = load_emotion_model(ServiceConfig(inference=InferenceConfig(model="builtin:constant", speech_check=0.0)))
     assert model.name.startswith("CONSTANT MODEL") and "benchmark only" in model.name
     result = model.score_batch([np.zeros(16000, np.float32)])[0]
     assert np.allclose(result.scores, 1 / len(model.labels)) and result.frame_logits.shape == (49, len(model.labels))

@@ -1,5 +1,6 @@
 """The engine's speech check: silero-vad (real, its weights from its wheel) keeps windows of fast music and noise bursts
-that pass webrtcvad and the steady-sound gate away from the emotion model, in process and over the engine's IPC."""
+that pass webrtcvad and the steady-sound gate away from the emotion model, in process and over the engine's IPC, and
+carries each channel's detector state from one of its windows to the next."""
 
 import asyncio
 
@@ -9,8 +10,9 @@ import soxr
 
 from clients import signals
 from service.analytics.gate import SteadyGate
-from service.inference.base import NotSpeech, WindowScores
-from service.inference.speech import SpeechCheckedModel, SpeechDetector
+from service.domain import Role
+from service.inference.base import NotSpeech, StreamSpan, WindowScores
+from service.inference.speech import CHUNK, SPEECH_PROBABILITY, SpeechCheckedModel, SpeechDetector
 from tests.fakes import FakeEmotionModel, one_hot
 from tests.test_analytics_pipeline import RATE, run_session, scripted_model, speech_8k
 from tests.test_gate import ANGRY_RULE, vad
@@ -124,16 +126,160 @@ async def test_a_window_that_is_not_speech_comes_back_over_the_engine_ipc_as_not
 
 
 def test_the_speech_check_is_configured_by_its_share_and_wraps_the_loaded_model():
-    """CALLPULSE_SPEECH_CHECK sets the minimum speech share (0, the default, loads the model unchecked), a value outside
+    """CALLPULSE_SPEECH_CHECK sets the minimum speech share (0.2 by default; 0 loads the model unchecked), a value outside
     0..1 is refused naming the setting, and a positive one puts the loaded model behind the check."""
     from service.config import load_config
     from service.errors import ConfigError
     from service.inference.loading import load_emotion_model
 
-    assert load_config({}, environ={}).inference.speech_check == 0.0
+    assert load_config({}, environ={}).inference.speech_check == 0.2
     with pytest.raises(ConfigError, match="speech_check must be 0"):
         load_config({}, environ={"CALLPULSE_SPEECH_CHECK": "1.5"})
-    unchecked = load_emotion_model(load_config({"model": "builtin:constant"}, environ={}))
+    unchecked = load_emotion_model(load_config({"model": "builtin:constant"}, environ={"CALLPULSE_SPEECH_CHECK": "0"}))
     assert not isinstance(unchecked, SpeechCheckedModel)
     checked = load_emotion_model(load_config({"model": "builtin:constant"}, environ={"CALLPULSE_SPEECH_CHECK": "0.4"}))
     assert isinstance(checked, SpeechCheckedModel) and checked.min_share == 0.4 and checked.labels == unchecked.labels
+
+
+def speech_16k() -> np.ndarray:
+    """The speech fixture, louder, at 16 kHz float (what the engine gets)."""
+    x = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)
+    return soxr.resample(x.astype(np.float32) / 32768, RATE, 16000).astype(np.float32)
+
+
+def channel_windows(y: np.ndarray, stream, start: int = 0) -> list[tuple[np.ndarray, StreamSpan]]:
+    """1 s windows every 0.5 s of a 16 kHz channel (a hop that is not a whole number of chunks), with their spans."""
+    return [(y[i:i + 16000], StreamSpan(stream, start + i)) for i in range(0, len(y) - 16000 + 1, 8000)]
+
+
+def whole_channel_shares(y: np.ndarray, windows) -> list[float]:
+    """The shares silero-vad's own wrapper gives each window when it runs once over the whole channel, chunk by chunk."""
+    import torch
+    from silero_vad import load_silero_vad
+
+    model = load_silero_vad(onnx=False)
+    with torch.inference_mode():
+        p = np.array([float(model(torch.from_numpy(y[i:i + CHUNK]), 16000)) for i in range(0, len(y) - CHUNK + 1, CHUNK)])
+    shares = []
+    for audio, span in windows:
+        first, last = -(-span.start // CHUNK), (span.start + len(audio) - CHUNK) // CHUNK
+        shares.append(float(np.mean(p[first:last + 1] >= SPEECH_PROBABILITY)))
+    return shares
+
+
+def test_a_channel_checked_window_by_window_reads_as_one_run_over_the_whole_channel():
+    """Overlapping 1 s windows of one channel, checked one after another with their spans, get exactly the shares that
+    silero-vad gives when it runs over the whole channel (each window runs only its new chunks, from the state the
+    channel's earlier windows left); the same windows without spans, each from a fresh state, read differently."""
+    music = soxr.resample(signals.int16(arpeggio(3.0)).astype(np.float32) / 32768, RATE, 16000).astype(np.float32)
+    y = np.concatenate([speech_16k(), music])
+    windows = channel_windows(y, stream=7)
+    detector = SpeechDetector()
+    streamed = [detector.speech_shares([audio], [span])[0] for audio, span in windows]
+    assert streamed == whole_channel_shares(y, windows)
+    alone = [detector.speech_shares([audio])[0] for audio, _ in windows]
+    assert alone != streamed
+    assert detector.streams == 1
+
+
+def test_channels_batched_together_keep_their_own_state():
+    """Two channels' windows interleaved in shared batches, and a channel's two consecutive windows in one batch, get
+    the shares each channel gets checked on its own, one window at a time."""
+    speech = speech_16k()
+    music = soxr.resample(signals.int16(arpeggio(4.0)).astype(np.float32) / 32768, RATE, 16000).astype(np.float32)
+    a, b = channel_windows(speech, "a"), channel_windows(music, "b")
+    alone = SpeechDetector()
+    expected_a = [alone.speech_shares([w], [s])[0] for w, s in a]
+    expected_b = [alone.speech_shares([w], [s])[0] for w, s in b]
+    together = SpeechDetector()
+    got_a, got_b = [], []
+    for k in range(0, max(len(a), len(b)), 2):
+        batch = a[k:k + 2] + b[k:k + 2]  # two windows of each channel in one batch
+        shares = together.speech_shares([w for w, _ in batch], [s for _, s in batch])
+        got_a += shares[:len(a[k:k + 2])]
+        got_b += shares[len(a[k:k + 2]):]
+    assert got_a == expected_a and got_b == expected_b
+    assert min(got_a[1:]) >= 0.6 and max(got_b) < 0.3
+
+
+def test_a_channel_that_skips_audio_goes_on_from_its_state_and_old_channels_are_forgotten():
+    """A window after a stretch no window carried runs from its own start (its share is read over its own chunks
+    only); past `max_streams` the least recently used channel is forgotten, and every channel idle for `idle_s`."""
+    y = speech_16k()
+    detector = SpeechDetector(max_streams=2)
+    first, later = y[:16000], y[24000:40000]
+    detector.speech_shares([first], [StreamSpan(1, 0)])
+    share = detector.speech_shares([later], [StreamSpan(1, 24000)])[0]
+    assert 0.0 <= share <= 1.0 and detector.streams == 1
+    detector.speech_shares([first, first], [StreamSpan(2, 0), StreamSpan(3, 0)])
+    assert detector.streams == 2
+    fresh = SpeechDetector().speech_shares([later], [StreamSpan(9, 24000)])[0]
+    assert detector.speech_shares([later], [StreamSpan(1, 24000)])[0] == fresh  # channel 1 was forgotten: a fresh start
+    idle = SpeechDetector(idle_s=0.0)
+    idle.speech_shares([first], [StreamSpan(1, 0)])
+    assert idle.streams == 0
+    with pytest.raises(ValueError, match="2 spans for 1 windows"):
+        detector.speech_shares([first], [StreamSpan(1, 0), StreamSpan(2, 0)])
+
+
+class SpanRecordingModel(FakeEmotionModel):
+    """FAKE model that records the spans its windows came with."""
+
+    def __init__(self):
+        super().__init__()
+        self.spans: list[tuple[StreamSpan | None, int]] = []
+
+    def score_spans(self, windows, spans):
+        self.spans.extend(zip(spans, (len(w) for w in windows)))
+        return self.score_batch(windows)
+
+
+async def test_a_session_names_each_channel_and_where_its_windows_lie_at_16_khz():
+    """A stereo call's windows reach the model with one stream per channel (new ones for the next call) and starts in
+    16 kHz samples since the call began: speech placed 3 s in starts within a VAD hangover of 48000."""
+    speech = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)
+    silence = np.zeros(3 * RATE, np.int16)
+    left = np.concatenate([silence, speech, np.zeros(RATE, np.int16)])
+    right = np.zeros(len(left), np.int16)
+    right[: len(speech)] = speech
+    stereo = np.stack([left, right], axis=1)
+    model = SpanRecordingModel()
+    roles = (Role.CUSTOMER, Role.AGENT)
+    await run_session(stereo, roles=roles, score_roles=roles, model=model)
+    streams = {span.stream for span, _ in model.spans}
+    assert len(streams) == 2 and all(isinstance(s, int) for s in streams)
+    by_stream = {s: sorted(span.start for span, _ in model.spans if span.stream == s) for s in streams}
+    starts = sorted(by_stream.values(), key=lambda v: v[0])
+    assert starts[0][0] < 8000 and 48000 - 8000 <= starts[1][0] <= 48000 + 800
+    assert all(span.start + n <= 2 * len(stereo) for span, n in model.spans)
+    again = SpanRecordingModel()
+    await run_session(stereo, roles=roles, score_roles=roles, model=again)
+    assert not streams & {span.stream for span, _ in again.spans}
+
+
+async def test_the_engine_names_a_workers_stream_by_the_worker_and_its_id(tmp_path):
+    """A window's span crosses the engine's ZeroMQ link: the model sees the worker's stream id paired with the worker's
+    connection and the same start; a window without a span arrives without one, and a stream that is not an int is
+    refused before it is sent."""
+    from service.inference.remote import RemoteScoringClient
+    from tests.test_engine_ipc import Engine
+
+    endpoint = f"ipc://{tmp_path}/engine.sock"
+    model = SpanRecordingModel()
+    engine = Engine(endpoint, model)
+    client = RemoteScoringClient(endpoint, worker=0)
+    await client.start()
+    try:
+        await client.wait_ready(10)
+        audio = np.zeros(16000, np.float32)
+        await asyncio.wrap_future(client.submit(audio, span=StreamSpan(5, 1234)))
+        await asyncio.wrap_future(client.submit(audio))
+        (span, _), (none, _) = model.spans
+        assert none is None and span.start == 1234
+        identity, stream = span.stream
+        assert isinstance(identity, bytes) and identity and stream == 5
+        with pytest.raises(TypeError, match="must be an int"):
+            client.submit(audio, span=StreamSpan("call-1/customer", 0))
+    finally:
+        await client.close()
+        await engine.close()

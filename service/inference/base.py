@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,18 @@ class NotSpeech:
     """Share of the window's 32 ms chunks that the detector took for speech (below the check's minimum)."""
 
 
+@dataclass(frozen=True)
+class StreamSpan:
+    """Where a window lies in its channel's audio, so that a model with per-channel state (the speech check) can carry
+    that state from one window of the channel to the next, as Triton's sequence batcher does with a correlation id."""
+
+    stream: Hashable
+    """The channel: unique among the channels whose windows reach this model (a call's channel, and in the engine the
+    worker it came from)."""
+    start: int
+    """The window's first sample in the channel's 16 kHz timeline (samples since the call started)."""
+
+
 class EmotionModel(ABC):
     """A speech-emotion model scoring 16 kHz float32 windows in batches."""
 
@@ -47,6 +59,12 @@ class EmotionModel(ABC):
     def score_batch(self, windows: Sequence[np.ndarray]) -> list[WindowScores | NotSpeech | Exception]:
         """Score every window; item i of the result is window i's scores, NotSpeech (a model that checks for speech
         first), or the error it caused."""
+
+    def score_spans(self, windows: Sequence[np.ndarray],
+                    spans: Sequence[StreamSpan | None]) -> list[WindowScores | NotSpeech | Exception]:
+        """score_batch for windows that say where they lie in their channels (None: a window on its own). A model
+        that keeps per-channel state uses `spans`; the others score the windows alone."""
+        return self.score_batch(windows)
 
     def warm_up(self, max_batch: int = 1, cuda_graphs: bool = False) -> None:
         """Run one forward pass so the first call does not pay for lazy initialisation. A model that can capture

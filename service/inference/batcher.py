@@ -22,7 +22,7 @@ import numpy as np
 
 from service import metrics
 from service.errors import ServiceUnavailable
-from service.inference.base import EmotionModel, WindowScores
+from service.inference.base import EmotionModel, StreamSpan, WindowScores
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class StaleWindow(Exception):
 class _Item:
     audio: np.ndarray
     deadline: float | None = None
+    span: StreamSpan | None = None
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     enqueued: float = field(default_factory=time.monotonic)
 
@@ -70,12 +71,14 @@ class InferenceBatcher:
             self._thread = threading.Thread(target=self._run, name="inference-worker", daemon=True)
             self._thread.start()
 
-    def submit(self, audio: np.ndarray, deadline: float | None = None) -> concurrent.futures.Future:
+    def submit(self, audio: np.ndarray, deadline: float | None = None,
+               span: StreamSpan | None = None) -> concurrent.futures.Future:
         """Queue one 16 kHz window; its future resolves to WindowScores. `deadline` (time.monotonic())
-        is when it stops being worth scoring. Raises QueueFull when at the bound."""
+        is when it stops being worth scoring; `span` says where it lies in its channel. Raises QueueFull when at
+        the bound."""
         if self._stopping:
             raise ServiceUnavailable("inference worker is stopping")
-        item = _Item(audio, deadline)
+        item = _Item(audio, deadline, span)
         try:
             self._queue.put_nowait(item)
         except queue.Full:
@@ -139,7 +142,7 @@ class InferenceBatcher:
         for item in live:
             metrics.inference_queue_wait(started - item.enqueued)
         try:
-            results: list[WindowScores | Exception] = self.model.score_batch([item.audio for item in live])
+            results: list[WindowScores | Exception] = self.model.score_spans([item.audio for item in live], [item.span for item in live])
             if len(results) != len(live):
                 raise RuntimeError(f"model returned {len(results)} results for {len(live)} windows")
         except Exception as exc:  # noqa: BLE001 - the contract says per item; a broken model fails each item

@@ -5,7 +5,7 @@ A message is a ZeroMQ multipart message: the encoded struct, then one frame per 
 bytes, sent without a copy and read back with numpy.frombuffer). Workers use DEALER sockets, the
 engine one ROUTER socket (which prefixes each message with the worker's identity).
 
-  worker -> engine:  Hello (who I am), Score(id, deadline) + audio frame, Cancel(id), Ping
+  worker -> engine:  Hello (who I am), Score(id, deadline, channel stream and start) + audio frame, Cancel(id), Ping
   engine -> worker:  Ready(engine id, model, labels), Scored(id, frames, labels) + scores + frame logits
                      frames, Unspoken(id, speech share: not speech by the engine's speech check),
                      Failed(id, kind, message), Pong(engine id)
@@ -31,6 +31,10 @@ class Score(msgspec.Struct, tag="score"):
     id: int
     deadline: float | None
     """time.monotonic() after which the window is not worth scoring (the clock is shared by the machine's processes)."""
+    stream: int | None = None
+    """The window's channel, unique within the worker (base.StreamSpan); None: a window on its own."""
+    start: int = 0
+    """The window's first sample in its channel's 16 kHz timeline."""
 
 
 class Cancel(msgspec.Struct, tag="cancel"):

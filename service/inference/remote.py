@@ -21,7 +21,7 @@ import zmq
 import zmq.asyncio
 
 from service.inference import ipc
-from service.inference.base import NotSpeech, WindowScores
+from service.inference.base import NotSpeech, StreamSpan, WindowScores
 from service.inference.batcher import QueueFull, StaleWindow
 from service.inference.scoring import EngineUnavailable, ScoringClient
 
@@ -72,13 +72,14 @@ class RemoteScoringClient(ScoringClient):
     async def wait_ready(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
 
-    def submit(self, audio: np.ndarray, deadline: float | None = None) -> concurrent.futures.Future:
+    def submit(self, audio: np.ndarray, deadline: float | None = None,
+               span: StreamSpan | None = None) -> concurrent.futures.Future:
         if self._engine is None or self._socket is None:
             raise EngineUnavailable(UNAVAILABLE)
         if len(self._pending) >= self._max_in_flight:
             raise QueueFull(f"{self._max_in_flight} windows are waiting for the engine")
         window = next(self._ids)
-        sent = self._socket.send_multipart([ipc.encode(ipc.Score(window, deadline)), ipc.array_frame(audio)],
+        sent = self._socket.send_multipart([ipc.encode(self._score_message(window, deadline, span)), ipc.array_frame(audio)],
                                            flags=zmq.DONTWAIT, copy=False)
         if sent.done() and sent.exception() is not None:
             if isinstance(sent.exception(), zmq.Again):
@@ -88,6 +89,14 @@ class RemoteScoringClient(ScoringClient):
         self._pending[window] = future
         future.add_done_callback(lambda f, window=window: self._withdrawn(window, f))
         return future
+
+    @staticmethod
+    def _score_message(window: int, deadline: float | None, span: StreamSpan | None) -> ipc.Score:
+        if span is None:
+            return ipc.Score(window, deadline)
+        if not isinstance(span.stream, int):
+            raise TypeError(f"a window's stream must be an int to cross to the engine, got {type(span.stream).__name__}")
+        return ipc.Score(window, deadline, span.stream, span.start)
 
     def _withdrawn(self, window: int, future: concurrent.futures.Future) -> None:
         if future.cancelled() and self._pending.pop(window, None) is not None and self._socket is not None:

@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from service.errors import ServiceUnavailable
-from service.inference.base import EmotionModel
+from service.inference.base import EmotionModel, StreamSpan
 from service.inference.batcher import InferenceBatcher
 
 
@@ -34,9 +34,11 @@ class ScoringClient(ABC):
     """English labels in the model's order."""
 
     @abstractmethod
-    def submit(self, audio: np.ndarray, deadline: float | None = None) -> concurrent.futures.Future:
-        """Queue one 16 kHz float32 window; its future resolves to WindowScores or fails with the window's
-        error (StaleWindow past `deadline`, a time.monotonic() value). Raises QueueFull or
+    def submit(self, audio: np.ndarray, deadline: float | None = None,
+               span: StreamSpan | None = None) -> concurrent.futures.Future:
+        """Queue one 16 kHz float32 window; its future resolves to WindowScores (or NotSpeech) or fails with the
+        window's error (StaleWindow past `deadline`, a time.monotonic() value). `span` says where the window lies in
+        its channel (`stream` unique in this process), for a model that carries per-channel state. Raises QueueFull or
         EngineUnavailable at once when the window cannot be taken. Cancelling the future before the
         model started on it withdraws the window."""
 
@@ -64,8 +66,9 @@ class LocalScoringClient(ScoringClient):
         self.name = model.name
         self.labels = model.labels
 
-    def submit(self, audio: np.ndarray, deadline: float | None = None) -> concurrent.futures.Future:
-        return self.batcher.submit(audio, deadline=deadline)
+    def submit(self, audio: np.ndarray, deadline: float | None = None,
+               span: StreamSpan | None = None) -> concurrent.futures.Future:
+        return self.batcher.submit(audio, deadline=deadline, span=span)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.batcher.stop)

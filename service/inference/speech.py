@@ -9,61 +9,195 @@ window, on the 16 kHz audio the emotion model would get, and a window in which l
 32 ms chunks are speech is answered NotSpeech instead of being scored (the session counts it as not speech,
 no update, no emotion alert).
 
-Windows of a batch are cut to whole 512-sample chunks and grouped by length; each group runs through the
-detector's recurrent state chunk by chunk as one (windows, 512) batch from a fresh state.
+silero-vad is a recurrent network that needs a second or more of a channel's audio before its answers settle:
+started afresh on every 1 s window it missed speech that it found when run over the whole channel. So the
+detector keeps each channel's recurrent state (a StreamSpan names the channel and where the window lies in it):
+a window runs only its audio the channel's earlier windows did not cover, from the state they left, and its share
+is read over all its chunks, the earlier ones from the channel's recent answers. Audio between two windows that
+no window carried (silence, the other side talking) is skipped: the state goes on from where it was. A window
+without a span runs alone from a fresh state.
+
+The windows of a batch are grouped by how many new 512-sample chunks they bring; each group runs through the
+detector chunk by chunk as one (windows, 576) batch (each chunk with the 64 samples before it, as silero-vad's
+own wrapper feeds it), each row with its channel's state.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-from typing import Sequence
+import time
+from dataclasses import dataclass, field
+from typing import Hashable, Sequence
 
 import numpy as np
 
-from service.inference.base import MODEL_SAMPLE_RATE, EmotionModel, NotSpeech, WindowScores
+from service.inference.base import MODEL_SAMPLE_RATE, EmotionModel, NotSpeech, StreamSpan, WindowScores
 
 log = logging.getLogger(__name__)
 
 CHUNK = 512
 """Samples per detector step at 16 kHz (32 ms): what silero-vad takes at that rate."""
+CONTEXT = 64
+"""Samples before each chunk that silero-vad's 16 kHz network sees with it."""
 SPEECH_PROBABILITY = 0.5
 """A chunk whose speech probability is at least this is speech (silero-vad's own default)."""
+HISTORY_CHUNKS = 160
+"""Answers kept per channel (5.1 s): more than a window and its left context, so a window's earlier chunks are known."""
+MAX_STREAMS = 20_000
+"""Channels whose state is kept; past it the least recently used is forgotten (it starts afresh if it comes back)."""
+STREAM_IDLE_S = 300.0
+"""A channel with no window for this long is forgotten (its call has most likely ended)."""
+
+
+@dataclass
+class _Stream:
+    """One channel's detector state."""
+
+    state: object
+    """silero-vad's recurrent state for this channel, (2, 128) on the detector's device."""
+    context: np.ndarray
+    """The 64 samples before `position`."""
+    position: int
+    """Where the channel's next unseen chunk starts (16 kHz samples)."""
+    used: float
+    answers: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_CHUNKS))
+    """(chunk start, speech probability) of the channel's latest chunks, oldest first."""
+
+
+@dataclass
+class _Plan:
+    """What one window runs: `chunks` new chunks from `offset` in its audio."""
+
+    index: int
+    stream: _Stream | None
+    start: int
+    offset: int
+    chunks: int
+    context: np.ndarray
 
 
 class SpeechDetector:
-    """silero-vad over whole windows: the share of each window's 32 ms chunks that are speech."""
+    """silero-vad over windows: the share of each window's 32 ms chunks that are speech, carrying each channel's
+    state from one of its windows to the next."""
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", max_streams: int = MAX_STREAMS, idle_s: float = STREAM_IDLE_S) -> None:
         import torch
         from silero_vad import load_silero_vad
 
         self._torch = torch
         self.device = device
-        self._model = load_silero_vad(onnx=False).to(device)
-        self._model.eval()
+        wrapper = load_silero_vad(onnx=False).to(device)
+        wrapper.eval()
+        # The wrapper keeps one state for one batch of streams; its 16 kHz network takes (chunk with context, state)
+        # and returns (probability, state), which lets every row of a batch carry its own channel's state.
+        self._net = wrapper._model
+        self._fresh = torch.zeros(2, 128, device=device)
+        self._streams: collections.OrderedDict[Hashable, _Stream] = collections.OrderedDict()
+        self.max_streams = max_streams
+        self.idle_s = idle_s
 
-    def speech_shares(self, windows: Sequence[np.ndarray]) -> list[float]:
+    @property
+    def streams(self) -> int:
+        """Channels whose state is kept now."""
+        return len(self._streams)
+
+    def speech_shares(self, windows: Sequence[np.ndarray], spans: Sequence[StreamSpan | None] | None = None) -> list[float]:
         """For each 16 kHz float window, the share of its whole 32 ms chunks that are speech (0.0 for a window
-        shorter than one chunk)."""
-        torch = self._torch
+        shorter than one chunk). Windows of one channel are taken in the order given."""
+        spans = list(spans) if spans is not None else [None] * len(windows)
+        if len(spans) != len(windows):
+            raise ValueError(f"{len(spans)} spans for {len(windows)} windows")
+        now = time.monotonic()
+        # A channel's second window in one batch needs the state its first leaves: it goes in the next round.
+        rounds: list[list[int]] = []
+        seen: dict[Hashable, int] = {}
+        for i, span in enumerate(spans):
+            r = 0
+            if span is not None:
+                r = seen.get(span.stream, 0)
+                seen[span.stream] = r + 1
+            if r == len(rounds):
+                rounds.append([])
+            rounds[r].append(i)
         shares = [0.0] * len(windows)
-        groups: dict[int, list[int]] = {}
-        for i, window in enumerate(windows):
-            chunks = len(window) // CHUNK
-            if chunks:
-                groups.setdefault(chunks, []).append(i)
-        with torch.inference_mode():
-            for chunks, members in groups.items():
-                batch = np.stack([np.asarray(windows[i][: chunks * CHUNK], dtype=np.float32) for i in members])
-                x = torch.from_numpy(batch).to(self.device)
-                self._model.reset_states()
-                speech = torch.zeros(len(members), device=self.device)
-                for k in range(chunks):
-                    probability = self._model(x[:, k * CHUNK : (k + 1) * CHUNK], MODEL_SAMPLE_RATE)
-                    speech += (probability.reshape(-1) >= SPEECH_PROBABILITY).float()
-                for i, value in zip(members, (speech / chunks).tolist()):
-                    shares[i] = float(value)
+        with self._torch.inference_mode():
+            for members in rounds:
+                self._round(windows, spans, members, shares, now)
+        self._forget(now)
         return shares
+
+    def _round(self, windows, spans, members: list[int], shares: list[float], now: float) -> None:
+        plans: dict[int, list[_Plan]] = {}
+        for i in members:
+            plan = self._plan(i, np.asarray(windows[i], dtype=np.float32), spans[i], now)
+            if plan.chunks:
+                plans.setdefault(plan.chunks, []).append(plan)
+        answers: dict[int, np.ndarray] = {}
+        for chunks, group in plans.items():
+            for plan, speech in zip(group, self._run(windows, group, chunks)):
+                answers[plan.index] = speech
+        for i in members:
+            window, span = windows[i], spans[i]
+            end_chunks = len(window) // CHUNK
+            if span is None:
+                speech = answers.get(i)
+                shares[i] = float((speech >= SPEECH_PROBABILITY).mean()) if speech is not None and end_chunks else 0.0
+                continue
+            stream = self._streams[span.stream]
+            last = span.start + len(window) - CHUNK
+            known = [p >= SPEECH_PROBABILITY for at, p in stream.answers if span.start <= at <= last]
+            shares[i] = float(np.mean(known)) if known else 0.0
+
+    def _plan(self, i: int, window: np.ndarray, span: StreamSpan | None, now: float) -> _Plan:
+        if span is None:
+            return _Plan(i, None, 0, 0, len(window) // CHUNK, np.zeros(CONTEXT, np.float32))
+        stream = self._streams.get(span.stream)
+        if stream is None:
+            stream = _Stream(self._fresh, np.zeros(CONTEXT, np.float32), span.start, now)
+            self._streams[span.stream] = stream
+        self._streams.move_to_end(span.stream)
+        stream.used = now
+        end = span.start + len(window)
+        if span.start <= stream.position:  # the window goes on from what the channel's earlier windows covered
+            offset = stream.position - span.start
+            context = window[offset - CONTEXT:offset] if offset >= CONTEXT else stream.context
+        else:  # audio no window carried lies between: go on from the state the channel was left in
+            offset, context = 0, np.zeros(CONTEXT, np.float32)
+            stream.position = span.start
+        chunks = max(0, (end - stream.position) // CHUNK)
+        return _Plan(i, stream, stream.position, offset, chunks, context)
+
+    def _run(self, windows, group: list[_Plan], chunks: int) -> list[np.ndarray]:
+        """Each plan's new chunks through the detector from its channel's state: their speech probabilities, (plans,
+        chunks); the states and answers are kept."""
+        torch = self._torch
+        audio = np.stack([np.asarray(windows[p.index], dtype=np.float32)[p.offset:p.offset + chunks * CHUNK] for p in group])
+        context = np.stack([p.context for p in group])
+        x = torch.from_numpy(np.concatenate([context, audio], axis=1)).to(self.device)
+        state = torch.stack([p.stream.state if p.stream is not None else self._fresh for p in group], dim=1)
+        probabilities = []
+        for k in range(chunks):
+            out, state = self._net(x[:, k * CHUNK:k * CHUNK + CHUNK + CONTEXT], state)
+            probabilities.append(out.reshape(-1))
+        speech = torch.stack(probabilities, dim=1).float().cpu().numpy()
+        for row, plan in enumerate(group):
+            stream = plan.stream
+            if stream is None:
+                continue
+            stream.state = state[:, row].clone()
+            stream.context = audio[row, -CONTEXT:].copy()
+            stream.answers.extend(zip(range(plan.start, plan.start + chunks * CHUNK, CHUNK), speech[row].tolist()))
+            stream.position = plan.start + chunks * CHUNK
+        return list(speech)
+
+    def _forget(self, now: float) -> None:
+        streams = self._streams
+        while streams:
+            key, oldest = next(iter(streams.items()))
+            if len(streams) <= self.max_streams and now - oldest.used < self.idle_s:
+                return
+            del streams[key]
 
 
 class SpeechCheckedModel(EmotionModel):
@@ -89,8 +223,12 @@ class SpeechCheckedModel(EmotionModel):
         self.model.return_embeddings = value
 
     def score_batch(self, windows: Sequence[np.ndarray]) -> list[WindowScores | NotSpeech | Exception]:
+        return self.score_spans(windows, [None] * len(windows))
+
+    def score_spans(self, windows: Sequence[np.ndarray],
+                    spans: Sequence[StreamSpan | None]) -> list[WindowScores | NotSpeech | Exception]:
         try:
-            shares = self.detector.speech_shares(windows)
+            shares = self.detector.speech_shares(windows, spans)
         except Exception:  # noqa: BLE001 - a broken detector must not stop scoring
             log.exception("the speech detector failed a batch; its windows are scored unchecked")
             return self.model.score_batch(windows)
