@@ -1,6 +1,6 @@
 """What the service takes for speech, evaluated on a labelled development set: music, tones, speech.
 
-    python -m clients.eval_signal [--music-dir DIR ...] [--seconds 60] [--skip 20] [--no-espeak] [--json FILE]
+    python -m clients.eval_signal [--music-dir DIR ...] [--seconds 60] [--skip 20] [--no-espeak] [--check 0.2] [--json FILE]
 
 Each clip is brought to 8 kHz mono 16-bit (telephone band, as a bridge sends it) and run through the
 service's per-channel front end: webrtcvad (aggressiveness 2, 20 ms frames), then the steady-sound gate
@@ -14,7 +14,9 @@ English; one per character for Mandarin, voiced from pinyin), beside the de Jong
 Praat through praat-parselmouth (clients/dejong_wempe.praat; a dev dependency), and, with the real call in
 ../shared/audio, the service against that reference per utterance of real speech. Last, interruptions and
 back-channels of two-speaker scenes voiced with espeak-ng (SCENES: turns, back-channels, take-overs and a
-contested overlap, labelled by construction) as the batch analysis counts them, against the labels.
+contested overlap, labelled by construction) as the batch analysis counts them, against the labels. With
+`--check` (0.2 unless 0), every clip also runs as a call through the batch analysis (constant model), and it
+prints per class the windows sent to the emotion model without the engine's speech check and with it.
 
 The set, all reachable here (nothing from Asterisk's sound or music-on-hold packages, kept apart as an
 independent check):
@@ -158,16 +160,18 @@ def generated_music() -> list[tuple[str, np.ndarray]]:
     return [(f"chords, melody, drums (seed {seed})", signals.int16(signals.music(20.0, seed=seed))) for seed in (0, 5, 7)]
 
 
+def stereo_calls() -> list[str]:
+    """The two-channel calls of the speech set: the bundled one, and the real one in ../shared/audio when present."""
+    return [str(ROOT / "clients" / "samples" / "call_stereo_8k.wav")] + ([str(REAL_CALL)] if REAL_CALL.exists() else [])
+
+
 def speech_clips(work: str, espeak: bool) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     """(name, samples, speaking flags or None): stereo calls are read with the service's near-silence and crosstalk
     corrections, so that the other side's voice leaking in is not counted as this side's speech."""
     from service.analytics.crosstalk import speaking_frames
 
     clips: list[tuple[str, np.ndarray, np.ndarray | None]] = []
-    stereo = [str(ROOT / "clients" / "samples" / "call_stereo_8k.wav")]
-    if REAL_CALL.exists():
-        stereo.append(str(REAL_CALL))
-    for path in stereo:
+    for path in stereo_calls():
         channels = _mono8k(path)
         n = min(len(c) for c in channels) // FRAME
         voiced = np.stack([vad_flags(c[: n * FRAME]) for c in channels], axis=1)
@@ -384,24 +388,66 @@ def conversation_scenes(work: str) -> dict | None:
     return {"scenes": rows, "labelled_found": found, "labelled_missed": missed, "unlabelled_counted": extra}
 
 
+def windows_to_the_model(clips: dict[str, list[tuple[str, np.ndarray]]], work: str, share: float) -> dict:
+    """Per class, the clips run as calls through the batch analysis (constant model, every channel scored): the windows
+    sent to the emotion model without the engine's speech check, and with it at `share` (silero-vad carrying each
+    channel's state from window to window), with the windows it held back. A clip is a mono call, or a stereo call
+    when its samples have two columns."""
+    from clients.wavfile import write_wav
+    from service.batch import AnalyzeOptions, analyze
+    from service.config import load_config
+    from service.domain import Role
+    from service.inference.constant import ConstantEmotionModel
+    from service.inference.speech import SpeechCheckedModel, SpeechDetector
+
+    figures = {}
+    config = load_config(environ={})
+    for kind, members in clips.items():
+        paths = []
+        for index, (_, x) in enumerate(members):
+            paths.append(os.path.join(work, f"calls-{len(figures)}-{index}.wav"))
+            write_wav(paths[-1], RATE, x if x.ndim == 2 else x[:, None])
+        counts = {}
+        for label, model in (("without", ConstantEmotionModel()),
+                             ("with", SpeechCheckedModel(ConstantEmotionModel(), SpeechDetector(), share))):
+            options = AnalyzeOptions(out_dir=os.path.join(work, f"windows-{len(figures)}-{label}"),
+                                     roles=(Role.CUSTOMER, Role.AGENT), jobs=2, progress=False)
+            speakers = [speaker for result in analyze(paths, options, config, model=model) if result.status == "ok"
+                        for speaker in result.summary["speakers"]]
+            counts[label] = (sum(sp["windows_scored"] for sp in speakers), sum(sp.get("windows_not_speech", 0) for sp in speakers))
+        figures[kind] = {"calls": len(members), "scored_without_check": counts["without"][0], "scored_with_check": counts["with"][0],
+                         "not_speech": counts["with"][1]}
+    return {"share": share, "classes": figures}
+
+
 def _row(name: str, voiced: int, steady: int, extra: dict | None) -> dict:
     return {"clip": name, "voiced": voiced, "steady": steady, **(extra or {})}
 
 
-def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, silero: bool = False) -> dict:
+def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, silero: bool = False,
+             check: float | None = None) -> dict:
     """Per class: clips, voiced frames and the share of them taken as steady sound, with the per-clip figures (with
-    `silero`, also the share silero-vad calls speech and the share left as speech by the gate and silero-vad together)."""
+    `silero`, also the share silero-vad calls speech and the share left as speech by the gate and silero-vad together;
+    with `check`, the windows that reach the emotion model without and with the engine's speech check at that share)."""
     rows: dict[str, list[dict]] = {"music (Debian packages)": [], "music (generated)": [], "tones": [], "speech": []}
+    calls: dict[str, list[tuple[str, np.ndarray]]] = {kind: [] for kind in rows}
     with tempfile.TemporaryDirectory(prefix="callpulse-eval-") as work:
         have_sox = shutil.which("sox") is not None
         for name, x in music_clips(music_dirs, skip, seconds, work) if have_sox else []:
             rows["music (Debian packages)"].append(_row(name, *gate_figures(x, silero=silero)))
+            calls["music (Debian packages)"].append((name, x))
         for name, x in generated_music():
             rows["music (generated)"].append(_row(name, *gate_figures(x, silero=silero)))
+            calls["music (generated)"].append((name, x))
         for name, x in tone_clips():
             rows["tones"].append(_row(name, *gate_figures(x, silero=silero)))
+            calls["tones"].append((name, x))
         for name, x, speaking in speech_clips(work, espeak and have_sox):
             rows["speech"].append(_row(name, *gate_figures(x, speaking, silero=silero)))
+        for path in stereo_calls():  # as the calls they are: each channel's speech with the other's bleed beside it
+            calls["speech"].append((Path(path).stem, np.stack(_mono8k(path), axis=1)))
+        calls["speech"] += [(name, x) for name, x, speaking in speech_clips(work, espeak and have_sox) if speaking is None]
+        windows = windows_to_the_model(calls, work, check) if check else None
         rate = speech_rate_error(work) if espeak else None
         scenes = conversation_scenes(work) if espeak else None
         real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
@@ -414,7 +460,8 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
         if clips and voiced and all("silero" in c for c in clips):
             summary[kind]["silero_speech_share"] = round(sum(c["silero"] for c in clips) / voiced, 4)
             summary[kind]["left_as_speech_share"] = round(sum(c["left"] for c in clips) / voiced, 4)
-    return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes}
+    return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes,
+            "windows": windows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,10 +472,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-espeak", action="store_true", help="leave out the espeak-ng sentences")
     parser.add_argument("--silero", action="store_true",
                         help="also run silero-vad (pip install silero-vad) on every clip: what a trained detector would add")
+    parser.add_argument("--check", type=float, default=0.2,
+                        help="run every clip as a call and count the windows that reach the emotion model without and with the "
+                             "engine's speech check at this share (0: skip; default 0.2, the service's default)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     result = evaluate(args.music_dir or [d for d in DEFAULT_MUSIC_DIRS if os.path.isdir(d)], args.skip, args.seconds, not args.no_espeak,
-                      silero=args.silero)
+                      silero=args.silero, check=args.check)
     with_silero = any("silero_speech_share" in f for f in result["classes"].values())
     print("| class | clips | voiced frames (webrtcvad) | share the gate takes as steady sound | clips >= 80% steady |"
           + (" silero-vad: share it calls speech | left as speech by the gate and silero-vad |" if with_silero else ""))
@@ -439,6 +489,13 @@ def main(argv: list[str] | None = None) -> int:
         if with_silero:
             line += "".join(f" {100 * figures[k]:.1f}% |" if k in figures else " - |" for k in ("silero_speech_share", "left_as_speech_share"))
         print(line)
+    windows = result.get("windows")
+    if windows:
+        print(f"\n| class | calls | windows sent to the emotion model | with the speech check at {windows['share']:g} | held back as not speech |")
+        print("| --- | --- | --- | --- | --- |")
+        for kind, figures in windows["classes"].items():
+            print(f"| {kind} | {figures['calls']} | {figures['scored_without_check']} | {figures['scored_with_check']} | "
+                  f"{figures['not_speech']} |")
     rate = result["speech_rate"]
     if rate:
         print("\n| espeak-ng | words/min | syllables/min (truth) | the service | de Jong & Wempe (Praat) |")

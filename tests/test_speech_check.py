@@ -283,3 +283,17 @@ async def test_the_engine_names_a_workers_stream_by_the_worker_and_its_id(tmp_pa
     finally:
         await client.close()
         await engine.close()
+
+
+def test_the_signal_evaluation_counts_the_windows_the_check_holds_back(tmp_path):
+    """clients.eval_signal runs clips as calls without and with the check: fast music's windows reach the emotion model
+    without it and none with it, while at least nine in ten of the bundled stereo call's windows still do."""
+    from clients.eval_signal import ROOT, _mono8k, windows_to_the_model
+
+    call = np.stack(_mono8k(str(ROOT / "clients" / "samples" / "call_stereo_8k.wav")), axis=1)
+    result = windows_to_the_model({"music": [("arpeggio", signals.int16(arpeggio(10.0)))], "speech": [("call", call)]},
+                                  str(tmp_path), 0.2)
+    music, speech = result["classes"]["music"], result["classes"]["speech"]
+    assert music["scored_without_check"] >= 10 and music["scored_with_check"] == 0
+    assert music["not_speech"] == music["scored_without_check"]
+    assert speech["scored_without_check"] >= 10 and speech["scored_with_check"] >= 0.9 * speech["scored_without_check"]
