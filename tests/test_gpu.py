@@ -155,3 +155,24 @@ def test_an_eager_pass_that_grows_funasrs_alibi_cache_leaves_the_graphs_right(te
     torch.cuda.synchronize()
     assert max_diff(model.score_batch(rows), before) == 0.0
     assert model.graphs.replays == 2 and len(junk) == 256
+
+
+def test_the_speech_check_on_cuda_carries_channel_state_as_on_the_cpu():
+    """The speech detector on CUDA, channels batched together with their states on the device, gives each window the
+    share the CPU gives (within one chunk of a window, where a probability sits at the threshold)."""
+    from service.inference.base import StreamSpan
+    from service.inference.speech import SpeechDetector
+
+    audio = np.concatenate(speech(4 * SECOND, 4 * SECOND))
+    windows = [(audio[i:i + SECOND], i) for i in range(0, len(audio) - SECOND + 1, SECOND // 2)]
+    shares = {}
+    for device in ("cpu", "cuda"):
+        detector = SpeechDetector(device)
+        got = []
+        for k in range(0, len(windows), 2):  # two channels of the same audio in each batch
+            batch = windows[k:k + 2]
+            audios = [w for w, _ in batch] * 2
+            spans = [StreamSpan(c, start) for c in ("a", "b") for _, start in batch]
+            got.append(detector.speech_shares(audios, spans))
+        shares[device] = np.array([x for batch in got for x in batch])
+    assert np.abs(shares["cuda"] - shares["cpu"]).max() <= 1 / 31 + 1e-9

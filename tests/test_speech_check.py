@@ -184,14 +184,16 @@ def test_a_channel_checked_window_by_window_reads_as_one_run_over_the_whole_chan
 
 def test_channels_batched_together_keep_their_own_state():
     """Two channels' windows interleaved in shared batches, and a channel's two consecutive windows in one batch, get
-    the shares each channel gets checked on its own, one window at a time."""
+    the shares each channel gets checked on its own, one window at a time (there with the whole network run chunk by
+    chunk, here with only its recurrent cell run chunk by chunk)."""
     speech = speech_16k()
     music = soxr.resample(signals.int16(arpeggio(4.0)).astype(np.float32) / 32768, RATE, 16000).astype(np.float32)
     a, b = channel_windows(speech, "a"), channel_windows(music, "b")
-    alone = SpeechDetector()
+    alone = SpeechDetector(split=False)
     expected_a = [alone.speech_shares([w], [s])[0] for w, s in a]
     expected_b = [alone.speech_shares([w], [s])[0] for w, s in b]
     together = SpeechDetector()
+    assert together.split and not alone.split
     got_a, got_b = [], []
     for k in range(0, max(len(a), len(b)), 2):
         batch = a[k:k + 2] + b[k:k + 2]  # two windows of each channel in one batch
