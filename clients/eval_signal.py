@@ -442,11 +442,12 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
         for name, x in tone_clips():
             rows["tones"].append(_row(name, *gate_figures(x, silero=silero)))
             calls["tones"].append((name, x))
-        for name, x, speaking in speech_clips(work, espeak and have_sox):
-            rows["speech"].append(_row(name, *gate_figures(x, speaking, silero=silero)))
         for path in stereo_calls():  # as the calls they are: each channel's speech with the other's bleed beside it
             calls["speech"].append((Path(path).stem, np.stack(_mono8k(path), axis=1)))
-        calls["speech"] += [(name, x) for name, x, speaking in speech_clips(work, espeak and have_sox) if speaking is None]
+        for name, x, speaking in speech_clips(work, espeak and have_sox):
+            rows["speech"].append(_row(name, *gate_figures(x, speaking, silero=silero)))
+            if speaking is None:  # a mono clip (the stereo calls' channels are in as their calls)
+                calls["speech"].append((name, x))
         windows = windows_to_the_model(calls, work, check) if check else None
         rate = speech_rate_error(work) if espeak else None
         scenes = conversation_scenes(work) if espeak else None

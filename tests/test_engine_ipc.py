@@ -3,6 +3,7 @@ away fails its windows at once and is picked up again when it comes back."""
 
 import asyncio
 import concurrent.futures
+import contextlib
 import time
 
 import numpy as np
@@ -54,6 +55,20 @@ class Engine:
         self.server.close()
         self.batcher.stop()
         self.context.term()
+
+
+@contextlib.asynccontextmanager
+async def engine_link(endpoint, model):
+    """An Engine serving `model` at `endpoint` and a RemoteScoringClient that has heard it is ready; both closed after."""
+    engine = Engine(endpoint, model)
+    client = RemoteScoringClient(endpoint, worker=0)
+    await client.start()
+    try:
+        await client.wait_ready(10)
+        yield client
+    finally:
+        await client.close()
+        await engine.close()
 
 
 async def test_scores_through_the_engine_equal_in_process_scores(model, tmp_path):
@@ -173,13 +188,8 @@ async def test_a_burst_of_windows_is_answered_in_full_with_cancelled_ones_left_o
     and the cancelled ones are withdrawn without an answer."""
     from service.inference.constant import ConstantEmotionModel
 
-    endpoint = f"ipc://{tmp_path}/engine.sock"
     model = ConstantEmotionModel()
-    engine = Engine(endpoint, model)
-    client = RemoteScoringClient(endpoint, worker=0)
-    await client.start()
-    try:
-        await client.wait_ready(10)
+    async with engine_link(f"ipc://{tmp_path}/engine.sock", model) as client:
         futures = [client.submit(np.zeros(16000, np.float32)) for _ in range(64)]
         for future in futures[::8]:
             future.cancel()
@@ -187,6 +197,3 @@ async def test_a_burst_of_windows_is_answered_in_full_with_cancelled_ones_left_o
         results = [task.result() for task in done]
         assert len(results) == 56 and all(r.scores.shape == (len(model.labels),) for r in results)
         assert all(f.cancelled() for f in futures[::8])
-    finally:
-        await client.close()
-        await engine.close()

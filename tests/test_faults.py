@@ -108,6 +108,9 @@ def test_fifty_concurrent_calls_half_of_them_garbage(redis_server, test_models, 
     """25 healthy calls and 25 calls that turn to garbage run at once: every healthy call gets its one alert on its agent
     channel and its summary; every garbage call ends with a documented close code, none with an internal error."""
     config = service_config(redis_server.url, test_models["angry"])
+    # 25 replays at full speed beside the garbage load this 2-core machine for seconds: a start that waits past the
+    # 5 s handshake timeout gets 4408, which is right but not what this test is about.
+    config = replace(config, server=replace(config.server, handshake_timeout_s=60.0))
     server = start_server(replace(config, windows=WindowConfig(max_pending_windows=512)))
     sub = subscribe([f"{server.prefix}:agent:h{i}" for i in range(25)])
     results: dict[int, object] = {}
@@ -127,7 +130,7 @@ def test_fifty_concurrent_calls_half_of_them_garbage(redis_server, test_models, 
     codes = asyncio.run(garbage())
     for t in threads:
         t.join(300)
-    assert all(code in (1008, 1009) for code in codes), codes
+    assert all(code in (1008, 1009) for code in codes), str(codes)
     assert sorted(results) == list(range(25))
     for i, result in results.items():
         assert result.error is None, (i, result.error)

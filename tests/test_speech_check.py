@@ -105,24 +105,16 @@ async def test_fast_music_on_the_customer_channel_raises_no_alert_behind_the_che
 async def test_a_window_that_is_not_speech_comes_back_over_the_engine_ipc_as_not_speech(detector, tmp_path):
     """Through the engine's ZeroMQ link, a music window is answered NotSpeech with its speech share and a speech window
     with scores."""
-    from service.inference.remote import RemoteScoringClient
-    from tests.test_engine_ipc import Engine
+    from tests.test_engine_ipc import engine_link
 
-    endpoint = f"ipc://{tmp_path}/engine.sock"
-    engine = Engine(endpoint, SpeechCheckedModel(scripted_model(), detector, min_share=0.5))
-    client = RemoteScoringClient(endpoint, worker=0)
-    await client.start()
-    try:
-        await client.wait_ready(10)
+    checked = SpeechCheckedModel(scripted_model(), detector, min_share=0.5)
+    async with engine_link(f"ipc://{tmp_path}/engine.sock", checked) as client:
         speech = windows_16k(np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16))[0]
         music = windows_16k(signals.int16(arpeggio(2.0)))[0]
         got_music, got_speech = await asyncio.gather(asyncio.wrap_future(client.submit(music)),
                                                      asyncio.wrap_future(client.submit(speech)))
         assert isinstance(got_music, NotSpeech) and 0.0 <= got_music.speech < 0.3
         assert isinstance(got_speech, WindowScores) and got_speech.scores.shape == (len(client.labels),)
-    finally:
-        await client.close()
-        await engine.close()
 
 
 def test_the_speech_check_is_configured_by_its_share_and_wraps_the_loaded_model():
@@ -263,16 +255,10 @@ async def test_the_engine_names_a_workers_stream_by_the_worker_and_its_id(tmp_pa
     """A window's span crosses the engine's ZeroMQ link: the model sees the worker's stream id paired with the worker's
     connection and the same start; a window without a span arrives without one, and a stream that is not an int is
     refused before it is sent."""
-    from service.inference.remote import RemoteScoringClient
-    from tests.test_engine_ipc import Engine
+    from tests.test_engine_ipc import engine_link
 
-    endpoint = f"ipc://{tmp_path}/engine.sock"
     model = SpanRecordingModel()
-    engine = Engine(endpoint, model)
-    client = RemoteScoringClient(endpoint, worker=0)
-    await client.start()
-    try:
-        await client.wait_ready(10)
+    async with engine_link(f"ipc://{tmp_path}/engine.sock", model) as client:
         audio = np.zeros(16000, np.float32)
         await asyncio.wrap_future(client.submit(audio, span=StreamSpan(5, 1234)))
         await asyncio.wrap_future(client.submit(audio))
@@ -282,9 +268,6 @@ async def test_the_engine_names_a_workers_stream_by_the_worker_and_its_id(tmp_pa
         assert isinstance(identity, bytes) and identity and stream == 5
         with pytest.raises(TypeError, match="must be an int"):
             client.submit(audio, span=StreamSpan("call-1/customer", 0))
-    finally:
-        await client.close()
-        await engine.close()
 
 
 def test_the_signal_evaluation_counts_the_windows_the_check_holds_back(tmp_path):
