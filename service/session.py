@@ -112,6 +112,15 @@ class SessionContext:
 
 
 @dataclass(frozen=True)
+class _Skipped:
+    """A scored speaker's window that is not sent to the model, queued behind the windows ahead of it (waiting to be
+    sent or being scored) so that the rules see each speaker's windows in order."""
+
+    window: AnalysisWindow
+    outcome: str
+
+
+@dataclass(frozen=True)
 class WindowAnalytics:
     """What was measured over a window when it was cut."""
 
@@ -241,8 +250,8 @@ class CallSession:
         self._slice = SLICE_MS * fmt.sample_rate // 1000
         self._rate = fmt.sample_rate
         self._max_duration_s = ctx.ingest.max_call_duration_s
-        self._pending: asyncio.Queue[tuple[AnalysisWindow, asyncio.Future] | None] = asyncio.Queue()
-        self._ready: deque[AnalysisWindow] = deque()
+        self._pending: asyncio.Queue[tuple[AnalysisWindow, asyncio.Future] | _Skipped | None] = asyncio.Queue()
+        self._ready: deque[AnalysisWindow | _Skipped] = deque()
         self._waiting: dict[Role, tuple[AnalysisWindow, concurrent.futures.Future]] = {}
         self._superseded: set[int] = set()
         self._merged: set[int] = set()
@@ -665,7 +674,7 @@ class CallSession:
                 task.cancel()
         while not self._pending.empty():
             item = self._pending.get_nowait()
-            if item is not None:
+            if isinstance(item, tuple):
                 item[1].cancel()
         self._events.close()
         self._ctx.publisher.publish_call_event(self._lifecycle_document("call_ended", reason=reason))
@@ -735,7 +744,11 @@ class CallSession:
             # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
             # in, or near silence), or its new audio is mostly a tone or music: the model would score
             # someone else's voice or no voice at all.
-            self._skip(window, "skipped_steady_sound" if steady else "skipped_no_speech")
+            skipped = _Skipped(window, "skipped_steady_sound" if steady else "skipped_no_speech")
+            if self._ready or self._in_flight:
+                self._ready.append(skipped)  # behind the windows cut before it
+            else:
+                self._skip(skipped.window, skipped.outcome)
         else:
             self._ready.append(window)
 
@@ -830,6 +843,10 @@ class CallSession:
         live = self.config.realtime and self._state != "ending"
         while self._ready:
             window = self._ready[0]
+            if isinstance(window, _Skipped):  # costs the model nothing: it only keeps its place in the order
+                self._ready.popleft()
+                self._pending.put_nowait(window)
+                continue
             timeline = self._timelines[window.role]
             if live:
                 window = self._supersede(window)
@@ -890,6 +907,9 @@ class CallSession:
             item = await self._pending.get()
             if item is None:
                 return
+            if isinstance(item, _Skipped):
+                self._skip(item.window, item.outcome)
+                continue
             window, future = item
             outcome = "failed"
             try:

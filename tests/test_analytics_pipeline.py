@@ -37,15 +37,15 @@ def scripted_model() -> FakeEmotionModel:
 
 async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(Role.CUSTOMER,), chunk_ms=100,
                       analytics: AnalyticsConfig = AnalyticsConfig(), score_roles=(Role.CUSTOMER,), transcript=(),
-                      warnings: list | None = None, model=None):
-    """Replay int16 audio (frames x channels) through a CallSession (`model`: scripted_model() when None), each
-    transcript segment pushed once the audio it covers was; returns (alerts, updates, summary) and collects Warning
-    events into `warnings`."""
+                      warnings: list | None = None, model=None, rule_engine=RuleEngine):
+    """Replay int16 audio (frames x channels) through a CallSession (`model`: scripted_model() when None; rules run by
+    a `rule_engine`), each transcript segment pushed once the audio it covers was; returns (alerts, updates, summary)
+    and collects Warning events into `warnings`."""
     model = model or scripted_model()
     batcher = InferenceBatcher(model, max_batch=8, max_wait_ms=1, queue_size=256)
     batcher.start()
     rules = parse_rules(rules_text) if rules_text else load_rules(DEFAULT_RULES_PATH)
-    engine = RuleEngine(rules)
+    engine = rule_engine(rules)
     ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(), scorer=LocalScoringClient(model, batcher),
                          rules=lambda: engine, publisher=MemorySink(), model_name=model.name, labels=model.labels,
                          analytics=analytics)
@@ -230,6 +230,31 @@ async def test_a_window_after_skipped_leakage_in_the_same_segment_is_not_degrade
     own = [u for u in updates if u.speaker is Role.CUSTOMER]
     assert own and all(u.window_end_ms > n * 1000 // RATE for u in own)
     assert not any(u.degraded for u in own)
+
+
+class RecordingRuleEngine(RuleEngine):
+    """The real rule engine, recording which windows it was given, in order: (speaker, end_ms, scored)."""
+
+    seen: list[tuple[Role, int, bool]] = []
+
+    def evaluate_window(self, state, window):
+        RecordingRuleEngine.seen.append((window.speaker, window.end_ms, window.scores is not None))
+        return super().evaluate_window(state, window)
+
+
+async def test_the_rules_see_a_speakers_windows_in_order_when_some_are_not_scored():
+    """Speech, a held tone (its windows are not sent to the model) and speech again on the customer's channel, with a
+    model slow enough that the speech windows are still being scored when the tone's windows are cut: the rules get
+    the customer's windows in the order of their ends, the unscored ones in their place."""
+    speech = speech_8k()
+    tone = 0.3 * 32767 * np.sin(2 * np.pi * 440 * np.arange(4 * RATE) / RATE)
+    audio = _int16(np.concatenate([speech, tone, speech, np.zeros(RATE, np.float32)]))[:, None]
+    slow = FakeEmotionModel(lambda audio: one_hot("neutral"), delay_s=0.25)
+    RecordingRuleEngine.seen = []
+    await run_session(audio, model=slow, rule_engine=RecordingRuleEngine)
+    seen = [(end, scored) for speaker, end, scored in RecordingRuleEngine.seen if speaker is Role.CUSTOMER]
+    assert sum(scored for _, scored in seen) > 4 and sum(not scored for _, scored in seen) > 4
+    assert [end for end, _ in seen] == sorted(end for end, _ in seen)
 
 
 async def test_a_quieter_speaker_talking_over_the_other_still_interrupts():
