@@ -10,6 +10,9 @@
     the largest difference between the graph's and the eager scores;
 (2) naive peer: funasr `AutoModel.generate` on the GPU, one window at a time, over the windows the service would
     score for the bundled call (full re-encoding), as clients/bench.py measures it;
+(2') speech check: the engine's silero-vad check (service/inference/speech.py) on the device, batches of 1..256
+    channels each bringing 0.5 s of new audio per 1 s window (the service's hop) from its carried state: ms per
+    batch and windows per second;
 (3) service ladder: `python -m service serve --workers N` on the GPU under clients.loadgen's `run_load` (P
     processes, one gRPC connection per CALLS_PER_CHANNEL calls) with 100, 250, 500, 1000 and 2000 live calls,
     stopping at the first step that fails (EmotionUpdate p99 < 1 s, <= 1% windows dropped, send lag < 500 ms, no
@@ -57,11 +60,12 @@ LAG_LIMIT_MS = 500.0
 FULL = dict(size="large", precisions=("bf16", "fp16", "fp32"), chunks_s=(1.0, 3.0),
             batches=(1, 2, 4, 8, 16, 32, 64, 128, 256), min_s=0.3, naive_windows=0,
             ladder=(100, 250, 500, 1000, 2000), ladder_big=(500, 1000, 1500, 2000), ladder_one=(25, 50, 100, 150),
-            trial_s=15.0, budget_s=420.0, chunk_ms=20, big_chunk_ms=100)
+            trial_s=15.0, budget_s=420.0, chunk_ms=20, big_chunk_ms=100, speech_batches=(1, 8, 32, 64, 128, 256))
 CEILING_SHARE = 0.45
 """The ceiling may use this share of the budget; the naive peer and the ladder get the rest."""
 SMOKE = dict(size="tiny", precisions=("fp32",), chunks_s=(1.0, 3.0), batches=(1, 2), min_s=0.02, naive_windows=4,
-             ladder=(1, 2), ladder_big=(1, 2), ladder_one=(1,), trial_s=10.0, budget_s=240.0, chunk_ms=20, big_chunk_ms=100)
+             ladder=(1, 2), ladder_big=(1, 2), ladder_one=(1,), trial_s=10.0, budget_s=240.0, chunk_ms=20, big_chunk_ms=100,
+             speech_batches=(1, 4))
 CALLS_PER_CHANNEL = 5
 """The ladder's load opens one gRPC connection per this many calls by default: SO_REUSEPORT spreads connections
 over the workers, so fewer, fuller connections load some workers more than others (on the H200 on 2026-11-28,
@@ -232,6 +236,36 @@ def measure_ceiling(path: str, device: str, settings: dict, budget: Budget, emul
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
     return out
+
+
+def measure_speech_check(device: str, settings: dict) -> dict[str, Any]:
+    """The speech check's cost on `device`: per batch size, ms per call of SpeechDetector.speech_shares when every row
+    is a channel that brings 0.5 s of new audio in a 1 s window (after each channel's first window), and windows/s."""
+    from service.inference.base import StreamSpan
+    from service.inference.speech import CHUNK, SpeechDetector
+
+    detector = SpeechDetector(device)
+    audio = np.random.default_rng(1).normal(0, 0.1, 16000 * 40).astype(np.float32)
+    rows = []
+    for batch in settings["speech_batches"]:
+        position = 0
+
+        def step() -> None:
+            nonlocal position
+            window = audio[position:position + 16000]
+            detector.speech_shares([window] * batch, [StreamSpan((batch, i), position) for i in range(batch)])
+            position += 8000
+
+        step()  # each channel's first window runs all of its chunks
+        reps, started = 0, time.perf_counter()
+        while (reps < 3 or time.perf_counter() - started < settings["min_s"]) and position + 16000 <= len(audio):
+            step()
+            reps += 1
+        ms = (time.perf_counter() - started) / reps * 1000
+        rows.append({"batch": batch, "ms_per_batch": round(ms, 3), "windows_per_s": round(batch / ms * 1000, 1),
+                     "new_chunks_per_window": 8000 // CHUNK})
+    return {"device": device, "split": detector.split, "rows": rows,
+            "method": "SpeechDetector.speech_shares wall time per call, random audio, every row its own channel"}
 
 
 def customer_windows(full: bool) -> tuple[list[np.ndarray], float]:
@@ -658,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-log", help="copy the served process's stderr (its whole log) to this file at the end")
     parser.add_argument("--py-spy", metavar="DIR", help=f"sample the pod with py-spy for {PROFILE_S} s in each ladder step "
                                                          "into DIR (collapsed stacks)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ceiling, naive, ladder, ladder_big_chunks, "
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: ceiling, naive, speech_check, ladder, ladder_big_chunks, "
                                                    "ladder_one")
     args = parser.parse_args(argv)
 
@@ -701,7 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(device),
         "model": {"path": path, "size": None if args.model else (args.size or settings["size"]), "untrained_test_model": not args.model},
         "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()},
-        "ceiling": None, "naive": None, "ladder": None, "ladder_big_chunks": None, "ladder_one_worker": None,
+        "ceiling": None, "naive": None, "speech_check": None, "ladder": None, "ladder_big_chunks": None, "ladder_one_worker": None,
     }
 
     def write() -> None:
@@ -721,6 +755,12 @@ def main(argv: list[str] | None = None) -> int:
             result["naive"] = measure_naive(path, device, settings["naive_windows"])
         except Exception as exc:  # noqa: BLE001 - recorded
             result["naive"] = {"error": _error(exc)}
+        write()
+    if "speech_check" not in skip:
+        try:
+            result["speech_check"] = measure_speech_check(device, settings)
+        except Exception as exc:  # noqa: BLE001 - recorded
+            result["speech_check"] = {"error": _error(exc)}
         write()
     if "ladder" not in skip:
         result["ladder"] = run_ladder(path, device, settings, budget, workers, extra_env, processes,

@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 @pytest.mark.timeout(420)
 def test_smoke_run_writes_every_part_of_the_json(tmp_path):
     """The smoke run exits 0 and its JSON has the ceiling (eager and graph per precision, chunk and batch), the
-    capture report, the naive peer, and the ladders' steps (20 and 100 ms chunks, one worker) with GPU, server CPU per
+    capture report, the naive peer, the speech check's cost per batch size, and the ladders' steps (20 and 100 ms chunks, one worker) with GPU, server CPU per
     process and engine batching fields."""
     out = tmp_path / "bench_gpu.json"
     profiles = tmp_path / "profiles"
@@ -37,6 +37,11 @@ def test_smoke_run_writes_every_part_of_the_json(tmp_path):
 
     naive = result["naive"]
     assert naive["ms_per_window"] > 0 and naive["realtime_calls"] > 0 and naive["device"] == "cpu"
+
+    check = result["speech_check"]
+    assert check["device"] == "cpu" and check["split"] is True
+    assert [r["batch"] for r in check["rows"]] == settings["speech_batches"]
+    assert all(r["ms_per_batch"] > 0 and r["windows_per_s"] > 0 and r["new_chunks_per_window"] == 15 for r in check["rows"])
 
     ladder = result["ladder"]
     assert ladder["error"] is None and ladder["steps_planned"] == settings["ladder"]
