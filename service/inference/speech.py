@@ -100,9 +100,10 @@ class SpeechDetector:
         self._streams: collections.OrderedDict[Hashable, _Stream] = collections.OrderedDict()
         self.max_streams = max_streams
         self.idle_s = idle_s
-        self.split = split and all(hasattr(part, name) for part, name in (
-            (self._net, "encoder"), (self._net, "run_extractors"), (self._net, "decoder")))
-        self.split = self.split and hasattr(self._net.decoder, "rnn") and hasattr(self._net.decoder, "decoder")
+        decoder = getattr(self._net, "decoder", None)
+        laid_out = hasattr(self._net, "encoder") and hasattr(self._net, "run_extractors") and hasattr(decoder, "rnn") \
+            and hasattr(decoder, "decoder")
+        self.split = split and laid_out
         if split and not self.split:
             log.warning("silero-vad's network is not laid out as expected: the speech check runs it whole, step by step")
 
@@ -115,6 +116,7 @@ class SpeechDetector:
         """For each 16 kHz float window, the share of its whole 32 ms chunks that are speech (0.0 for a window
         shorter than one chunk). Windows of one channel are taken in the order given."""
         spans = list(spans) if spans is not None else [None] * len(windows)
+        windows = [np.asarray(window, dtype=np.float32) for window in windows]
         if len(spans) != len(windows):
             raise ValueError(f"{len(spans)} spans for {len(windows)} windows")
         now = time.monotonic()
@@ -139,7 +141,7 @@ class SpeechDetector:
     def _round(self, windows, spans, members: list[int], shares: list[float], now: float) -> None:
         plans: dict[int, list[_Plan]] = {}
         for i in members:
-            plan = self._plan(i, np.asarray(windows[i], dtype=np.float32), spans[i], now)
+            plan = self._plan(i, windows[i], spans[i], now)
             if plan.chunks:
                 plans.setdefault(plan.chunks, []).append(plan)
         answers: dict[int, np.ndarray] = {}
@@ -181,7 +183,7 @@ class SpeechDetector:
         """Each plan's new chunks through the detector from its channel's state: their speech probabilities, (plans,
         chunks); the states and answers are kept."""
         torch = self._torch
-        audio = np.stack([np.asarray(windows[p.index], dtype=np.float32)[p.offset:p.offset + chunks * CHUNK] for p in group])
+        audio = np.stack([windows[p.index][p.offset:p.offset + chunks * CHUNK] for p in group])
         context = np.stack([p.context for p in group])
         x = torch.from_numpy(np.concatenate([context, audio], axis=1)).to(self.device)
         state = torch.stack([p.stream.state if p.stream is not None else self._fresh for p in group], dim=1)
