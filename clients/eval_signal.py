@@ -391,8 +391,9 @@ def conversation_scenes(work: str) -> dict | None:
 def windows_to_the_model(clips: dict[str, list[tuple[str, np.ndarray]]], work: str, share: float) -> dict:
     """Per class, the clips run as calls through the batch analysis (constant model, every channel scored): the windows
     sent to the emotion model without the engine's speech check, and with it at `share` (silero-vad carrying each
-    channel's state from window to window), with the windows it held back. A clip is a mono call, or a stereo call
-    when its samples have two columns."""
+    channel's state from window to window), with the windows it held back, and the talk time of all the calls without
+    and with the check (a window it finds not speech latches its channel out of talk time). A clip is a mono call, or
+    a stereo call when its samples have two columns."""
     from clients.wavfile import write_wav
     from service.batch import AnalyzeOptions, analyze
     from service.config import load_config
@@ -412,11 +413,13 @@ def windows_to_the_model(clips: dict[str, list[tuple[str, np.ndarray]]], work: s
                              ("with", SpeechCheckedModel(ConstantEmotionModel(), SpeechDetector(), share))):
             options = AnalyzeOptions(out_dir=os.path.join(work, f"windows-{len(figures)}-{label}"),
                                      roles=(Role.CUSTOMER, Role.AGENT), jobs=2, progress=False)
-            speakers = [speaker for result in analyze(paths, options, config, model=model) if result.status == "ok"
-                        for speaker in result.summary["speakers"]]
-            counts[label] = (sum(sp["windows_scored"] for sp in speakers), sum(sp.get("windows_not_speech", 0) for sp in speakers))
+            summaries = [result.summary for result in analyze(paths, options, config, model=model) if result.status == "ok"]
+            speakers = [speaker for summary in summaries for speaker in summary["speakers"]]
+            talk_ms = sum(sum(summary["conversation"]["talk_ms"].values()) for summary in summaries)
+            counts[label] = (sum(sp["windows_scored"] for sp in speakers), sum(sp.get("windows_not_speech", 0) for sp in speakers), talk_ms)
         figures[kind] = {"calls": len(members), "scored_without_check": counts["without"][0], "scored_with_check": counts["with"][0],
-                         "not_speech": counts["with"][1]}
+                         "not_speech": counts["with"][1], "talk_s_without_check": round(counts["without"][2] / 1000, 1),
+                         "talk_s_with_check": round(counts["with"][2] / 1000, 1)}
     return {"share": share, "classes": figures}
 
 
@@ -492,11 +495,12 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     windows = result.get("windows")
     if windows:
-        print(f"\n| class | calls | windows sent to the emotion model | with the speech check at {windows['share']:g} | held back as not speech |")
-        print("| --- | --- | --- | --- | --- |")
+        print(f"\n| class | calls | windows sent to the emotion model | with the speech check at {windows['share']:g} | held back as not speech "
+              "| talk time (s) | with the check |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for kind, figures in windows["classes"].items():
             print(f"| {kind} | {figures['calls']} | {figures['scored_without_check']} | {figures['scored_with_check']} | "
-                  f"{figures['not_speech']} |")
+                  f"{figures['not_speech']} | {figures['talk_s_without_check']} | {figures['talk_s_with_check']} |")
     rate = result["speech_rate"]
     if rate:
         print("\n| espeak-ng | words/min | syllables/min (truth) | the service | de Jong & Wempe (Praat) |")

@@ -162,6 +162,7 @@ class App:
             deadline_s=self.config.inference.deadline_ms / 1000,
             analytics=self.config.analytics,
             on_summary=self._write_report if self.config.analytics.reports_dir else None,
+            speech_check=self.config.inference.speech_check > 0,  # the engine loads its model with the same setting
         )
         return CallSession(call_config, ctx)
 

@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from service.inference import ipc
-from service.inference.base import NotSpeech, StreamSpan
+from service.inference.base import NotSpeech, Spoken, StreamSpan
 from service.inference.batcher import QueueFull, StaleWindow
 from service.inference.scoring import LocalScoringClient
 
@@ -89,7 +89,7 @@ class EngineServer:
         audio = ipc.frame_array(audio_frame)  # a view of the received frame: no copy
         try:
             # A worker's stream ids are its own: with its identity they name one channel among all the workers'.
-            span = None if message.stream is None else StreamSpan((identity, message.stream), message.start)
+            span = None if message.stream is None else StreamSpan((identity, message.stream), message.start, message.check_only)
             future = self.scorer.submit(audio, deadline=message.deadline, span=span)
         except QueueFull as exc:
             self._reply(identity, ipc.Failed(message.id, "full", str(exc)))
@@ -123,6 +123,8 @@ class EngineServer:
         result = future.result() if error is None else None
         if isinstance(result, NotSpeech):
             self._reply(identity, ipc.Unspoken(window, result.speech))
+        elif isinstance(result, Spoken):
+            self._reply(identity, ipc.Spoken(window, result.speech))
         elif error is None:
             frames = [ipc.array_frame(result.scores), ipc.array_frame(result.frame_logits)]
             if result.embedding is not None:

@@ -40,7 +40,7 @@ from service import metrics
 from service.alerts import EventSink, build_alert, wall_time_iso
 from service.analytics.conversation import ConversationSnapshot, ConversationTracker
 from service.analytics.crosstalk import speaking_frames
-from service.analytics.gate import BLOCK_FRAMES, FrameMarks, SteadyGate
+from service.analytics.gate import BLOCK_FRAMES, SUSPECT_MS, UNSPOKEN_MIN_DBFS, UNSPOKEN_VERDICTS, FrameMarks, SteadyGate
 from service.analytics.frames import FrameTrack
 from service.analytics.prosody import ProsodyFigures, ProsodyTrack
 from service.analytics.timeline import ChannelTimeline
@@ -62,7 +62,7 @@ from service.domain import (
     Warning,
 )
 from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument, ServiceUnavailable
-from service.inference.base import MODEL_SAMPLE_RATE, NotSpeech, StreamSpan, WindowScores
+from service.inference.base import MODEL_SAMPLE_RATE, NotSpeech, Spoken, StreamSpan, WindowScores
 from service.inference.batcher import QueueFull, StaleWindow
 from service.inference.scoring import EngineUnavailable, ScoringClient
 from service.rules import CallRuleState, RuleEngine, RuleMatch, ScoredWindow
@@ -109,6 +109,10 @@ class SessionContext:
     """Prosody, turn-taking and summary settings."""
     on_summary: Callable[[dict], None] | None = None
     """Called with every call summary document (writes the QA report when configured); must not block."""
+    speech_check: bool = False
+    """The scorer's model checks each window for speech (service/inference/speech.py). A replay then waits for every
+    window's answer before it goes on, so that a not-speech latch (SteadyGate.hear) falls on the same frames in every
+    run; a live call takes each answer when it comes."""
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,8 @@ class CallSession:
             if analytics.steady_gate else []
         self._marks = [FrameMarks(history_ms // frame_ms) for _ in fmt.channel_roles] if self._gates else []
         self._steady_frames = [0] * len(fmt.channel_roles)
+        self._latched_frames = [0] * len(fmt.channel_roles)  # voiced frames taken out of speech by the check's latch
+        self._unheard = [0] * len(fmt.channel_roles)  # loud windows in a row the check found not to be speech
         # Scored windows of a channel whose gate is still deciding whether what it hears is steady sound wait
         # here (in order) until it has decided; at most a few blocks of 80 ms.
         self._deferred: list[deque[AnalysisWindow]] = [deque() for _ in fmt.channel_roles]
@@ -256,6 +262,11 @@ class CallSession:
         self._superseded: set[int] = set()
         self._merged: set[int] = set()
         self._in_flight = 0
+        self._checks = 0  # unscored windows out to the engine's speech check (_check)
+        # Unscored channels whose windows the engine's speech check may hear (only while the gate suspects music).
+        self._checked_channels = [index for index, p in enumerate(self._pipelines) if not p.scored] \
+            if ctx.speech_check and self._gates else []
+        self._suspect_frames = SUSPECT_MS // frame_ms
         self._overloaded = False
         self._warned_at: dict[str, int] = {}
         self._audio_frames = 0  # call position (received audio plus holes)
@@ -397,12 +408,13 @@ class CallSession:
             if delay > 0:
                 await asyncio.sleep(delay)
             return
-        while self._ready or self._in_flight >= self._ctx.windows.max_pending_windows:
+        limit = 1 if self._ctx.speech_check else self._ctx.windows.max_pending_windows
+        while self._ready or self._in_flight + self._checks >= limit:
             if self._state != "open":
                 return
             self._capacity.clear()
             self._submit_ready()
-            if self._ready or self._in_flight >= self._ctx.windows.max_pending_windows:
+            if self._ready or self._in_flight + self._checks >= limit:
                 try:  # woken by a finished window; the timeout retries a full inference queue
                     await asyncio.wait_for(self._capacity.wait(), 0.05)
                 except asyncio.TimeoutError:
@@ -501,7 +513,7 @@ class CallSession:
     def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
         """Prosody and turn-taking for the next whole VAD frames of every channel (steady sound, near silence and
         crosstalk removed)."""
-        present = steady = state = None
+        present = steady = state = unspoken_marks = None
         if self._gates:
             states = [gate.push(block, len(vad), vad[:, index]) for index, (gate, block) in enumerate(zip(self._gates, blocks))]
             if any(state.any() for state in states):
@@ -509,18 +521,30 @@ class CallSession:
                 steady = state & vad
                 present = steady.any(axis=1)  # a tone or music sounding: the line is not dead
                 vad = vad & ~steady
-                for index in range(len(blocks)):
-                    self._steady_frames[index] += int(np.count_nonzero(steady[:, index]))
+                for index, gate in enumerate(self._gates):
+                    column = steady[:, index]
+                    if gate.last_unspoken.any():  # latched by the engine's speech check, not steady to the gate itself
+                        latched = column & gate.last_unspoken
+                        unspoken_marks = np.zeros_like(steady) if unspoken_marks is None else unspoken_marks
+                        unspoken_marks[:, index] = latched
+                        self._latched_frames[index] += int(np.count_nonzero(latched))
+                        column = column & ~latched
+                    self._steady_frames[index] += int(np.count_nonzero(column))
         speaking, crosstalk = speaking_frames(blocks, vad, self._frame_samples, self._ctx.analytics.crosstalk_margin_db)
         for index, track in enumerate(self._channel_prosody):
             column = speaking[:, index]
             track.push(blocks[index], column)
             self._voiced_frames[index] += int(np.count_nonzero(column))
             self._crosstalk_frames[index] += int(np.count_nonzero(crosstalk[:, index]))
+        for index in self._checked_channels:
+            self._pipelines[index].carry_audio = self._gates[index].suspect(self._suspect_frames)
         if self._marks:
             none = np.zeros(len(speaking), dtype=bool)
             for index, marks in enumerate(self._marks):
-                marks.push(speaking[:, index], none if steady is None else steady[:, index])
+                if unspoken_marks is None:
+                    marks.push(speaking[:, index], none if steady is None else steady[:, index])
+                else:
+                    marks.push(speaking[:, index], steady[:, index] & ~unspoken_marks[:, index], unspoken_marks[:, index])
                 for first, end in self._gates[index].take_entries():
                     marks.mark_steady(first, end)  # the start of a tone or music, taken for speech until the gate knew
         return self._conversation.push(speaking, present, state)
@@ -730,6 +754,8 @@ class CallSession:
             window = dataclasses.replace(window, analytics=WindowAnalytics(figures, snapshot, speech_ms))
             if not window.scored:
                 self._evaluate(window, None, degraded=False)
+                if len(window.samples):  # its channel may be playing music (carry_audio)
+                    self._check(window)
                 continue
             index = self._channel_of[window.role]
             if self._gates and (self._deferred[index] or self._could_turn_steady(window)):
@@ -740,7 +766,7 @@ class CallSession:
     def _route(self, window: AnalysisWindow) -> None:
         """A scored window to the model, or to the rules alone when it holds no speech of the speaker's own."""
         steady = self._mostly_steady(window)
-        if window.analytics.prosody.voiced_ms == 0 or steady:
+        if (window.analytics.prosody.voiced_ms == 0 and not self._latched_speech(window)) or steady:
             # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
             # in, or near silence), or its new audio is mostly a tone or music: the model would score
             # someone else's voice or no voice at all.
@@ -762,9 +788,76 @@ class CallSession:
         self._evaluate(window, None, degraded=False)
 
     def _not_speech(self, window: AnalysisWindow) -> None:
-        """A window the engine's speech check found not to be speech (music the gate let through): skipped."""
+        """A window the engine's speech check found not to be speech (music the gate let through): skipped, and the
+        rules see no prosody for it. If its new audio counted as the speaker's speech and is loud (not the near silence
+        or the other side's bleed that the check also holds back), the channel is latched as not speech: its voiced
+        frames stop counting as speech until the check hears speech on it again (SteadyGate.hear)."""
         self._not_speech_windows[window.role] += 1
-        self._skip(window, "skipped_not_speech")
+        self._skipped_windows[window.role] += 1
+        step = window.frame_samples
+        self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
+        metrics.window("skipped_not_speech")
+        self._evaluate(window, None, degraded=False, heard=False)
+        self._latch(window)
+
+    def _latch(self, window: AnalysisWindow) -> None:
+        """A window the speech check found not to be speech: latch its channel as not speech once UNSPOKEN_VERDICTS such
+        windows in a row had new audio that counted as the speaker's speech (or was already latched) and was loud."""
+        if not self._gates:
+            return
+        index, step = self._channel_of[window.role], window.frame_samples
+        first, end = window.new_from_sample // step, window.end_sample // step
+        counted = self._marks[index].count(first, end)[0] + self._marks[index].unspoken(first, end)
+        if counted and window.analytics.prosody.loudness_dbfs >= UNSPOKEN_MIN_DBFS:
+            self._unheard[index] += 1
+            if self._unheard[index] >= UNSPOKEN_VERDICTS:
+                self._gates[index].hear(speech=False)
+
+    def _check(self, window: AnalysisWindow) -> None:
+        """Send an unscored speaker's window to the engine's speech check only (never scored): its answer latches or
+        releases the channel as the answers on scored windows do. No answer (a full queue, no engine) releases it."""
+        live = self.config.realtime and self._state != "ending"
+        span = StreamSpan(self._streams[window.role], window.encode_from_sample * MODEL_SAMPLE_RATE // window.sample_rate,
+                          check_only=True)
+        try:
+            future = self._ctx.scorer.submit(to_model_input(window.samples, window.sample_rate),
+                                             deadline=window.arrival + self._ctx.deadline_s if live else None, span=span)
+        except (QueueFull, EngineUnavailable):
+            self._heard(window, None)
+            return
+        self._checks += 1
+        asyncio.wrap_future(future).add_done_callback(lambda done: self._checked(window, done))
+
+    def _checked(self, window: AnalysisWindow, done: asyncio.Future) -> None:
+        """The engine's speech check answered on an unscored window (on the event loop)."""
+        self._checks -= 1
+        self._capacity.set()
+        if self._state == "closed":
+            return
+        result = None if done.cancelled() or done.exception() is not None else done.result()
+        if isinstance(result, NotSpeech):
+            self._not_speech_windows[window.role] += 1
+            metrics.window("checked_not_speech")
+            self._latch(window)
+        else:
+            self._heard(window, True if isinstance(result, Spoken) else None)
+
+    def _heard(self, window: AnalysisWindow, speech: bool | None) -> None:
+        """The engine's answer on a scored window: speech releases its channel's not-speech latch; no answer at all (a
+        window dropped or failed, not replaced by a newer one) releases it too, as a voice counts as speech when
+        unsure."""
+        if self._gates and speech is not False:
+            index = self._channel_of[window.role]
+            self._unheard[index] = 0
+            self._gates[index].hear(speech=True)
+
+    def _latched_speech(self, window: AnalysisWindow) -> bool:
+        """Some of the window's new audio was voiced but taken out of speech by the speech check's latch: the window
+        goes to the engine anyway, whose check is what can release the latch."""
+        if not self._marks:
+            return False
+        step = window.frame_samples
+        return self._marks[self._channel_of[window.role]].unspoken(window.new_from_sample // step, window.end_sample // step) > 0
 
     def _release_deferred(self, final: bool = False) -> None:
         """Route the deferred windows of every channel whose gate has decided (all of them when `final`)."""
@@ -796,7 +889,8 @@ class CallSession:
         speech, steady = self._marks[self._channel_of[window.role]].count(window.new_from_sample // step, window.end_sample // step)
         return steady > 0 and steady >= speech
 
-    def _evaluate(self, window: AnalysisWindow, scores: dict[str, float] | None, degraded: bool) -> None:
+    def _evaluate(self, window: AnalysisWindow, scores: dict[str, float] | None, degraded: bool, heard: bool = True) -> None:
+        """The rules on one window (`heard` False: the engine's speech check found no speech in it, so no prosody)."""
         analytics: WindowAnalytics = window.analytics
         observed = ScoredWindow(
             speaker=window.role,
@@ -805,7 +899,7 @@ class CallSession:
             new_from_ms=window.new_from_sample * 1000 // window.sample_rate,
             scores=scores,
             degraded=degraded,
-            prosody=analytics.prosody,
+            prosody=analytics.prosody if heard else None,
             conversation=analytics.conversation,
             speech_ms=analytics.speech_ms,
         )
@@ -855,6 +949,7 @@ class CallSession:
                     return
                 self._ready.popleft()
                 self._drop(timeline, "dropped_call_backlog")
+                self._heard(window, None)
                 continue
             deadline = window.arrival + self._ctx.deadline_s if live else None
             try:
@@ -865,10 +960,12 @@ class CallSession:
                     return
                 self._ready.popleft()
                 self._drop(timeline, "dropped_queue_full")
+                self._heard(window, None)
                 continue
             except EngineUnavailable:  # live or not: the call goes on without scores until the engine is back
                 self._ready.popleft()
                 self._drop(timeline, "dropped_engine_unavailable")
+                self._heard(window, None)
                 continue
             self._ready.popleft()
             self._waiting[window.role] = (window, future)
@@ -949,7 +1046,10 @@ class CallSession:
                     metrics.window("merged")
                 else:
                     self._drop(self._timelines[window.role], outcome)
+                if outcome not in ("merged", "dropped_superseded"):  # a newer window carries the verdict otherwise
+                    self._heard(window, None)
                 continue
+            self._heard(window, True)
             self._handle_scores(window, result)
 
     def _window_scores(self, window: AnalysisWindow, result: WindowScores) -> tuple[np.ndarray, bool]:
@@ -1035,11 +1135,13 @@ class CallSession:
         return summary
 
     def _steady_summary(self, index: int) -> dict:
-        """A speaker's steady sound (tones, music) taken out of their speech, and their holds."""
+        """A speaker's steady sound (tones, music) taken out of their speech, the voiced sound the engine's speech check
+        latched as not speech (music the gate let through), and their holds."""
         if not self._gates:
             return {}
         gate = self._gates[index]
         return {"steady_sound_ms": self._steady_frames[index] * self._frame_ms,
+                "not_speech_ms": self._latched_frames[index] * self._frame_ms,
                 "hold": {"ms": gate.hold_frames * self._frame_ms, "count": gate.holds}}
 
     def _summary(self, reason: str) -> CallSummary:

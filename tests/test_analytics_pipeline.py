@@ -48,7 +48,7 @@ async def run_session(audio: np.ndarray, rules_text: str | None = None, roles=(R
     engine = rule_engine(rules)
     ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(), scorer=LocalScoringClient(model, batcher),
                          rules=lambda: engine, publisher=MemorySink(), model_name=model.name, labels=model.labels,
-                         analytics=analytics)
+                         analytics=analytics, speech_check=model.checks_speech)
     call = CallConfig("analytics-1", "a", "t", "", AudioFormat(Encoding.PCM16LE, RATE, roles), score_roles=score_roles,
                       realtime=False)
     session = CallSession(call, ctx)

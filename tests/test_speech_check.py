@@ -11,7 +11,7 @@ import soxr
 from clients import signals
 from service.analytics.gate import SteadyGate
 from service.domain import Role
-from service.inference.base import NotSpeech, StreamSpan, WindowScores
+from service.inference.base import NotSpeech, Spoken, StreamSpan, WindowScores
 from service.inference.speech import CHUNK, SPEECH_PROBABILITY, SpeechCheckedModel, SpeechDetector
 from tests.fakes import FakeEmotionModel, one_hot
 from tests.test_analytics_pipeline import RATE, run_session, scripted_model, speech_8k
@@ -65,7 +65,8 @@ def test_fast_music_and_noise_pass_webrtcvad_and_the_gate_but_not_the_speech_det
 
 def test_the_checked_model_scores_only_the_speech_windows(detector):
     """A batch of a speech window and a music window: the music one is answered NotSpeech and never reaches the model,
-    the speech one gets the model's scores, in the batch's order."""
+    the speech one gets the model's scores, in the batch's order; windows sent to be checked only are answered Spoken
+    or NotSpeech and never scored."""
     seen = []
 
     def script(audio: np.ndarray) -> np.ndarray:
@@ -79,6 +80,9 @@ def test_the_checked_model_scores_only_the_speech_windows(detector):
     assert isinstance(results[0], NotSpeech) and results[0].speech < 0.3
     assert isinstance(results[1], WindowScores) and isinstance(results[2], NotSpeech) and results[2].speech == 0.0
     assert seen == [len(speech)]
+    only = checked.score_spans([speech, music], [StreamSpan("a", 0, check_only=True), StreamSpan("b", 0, check_only=True)])
+    assert isinstance(only[0], Spoken) and only[0].speech >= 0.5 and isinstance(only[1], NotSpeech)
+    assert seen == [len(speech)]  # a window sent to be checked only never reaches the model
     with pytest.raises(ValueError, match="min_share"):
         SpeechCheckedModel(FakeEmotionModel(script), detector, min_share=0.0)
 
@@ -104,7 +108,7 @@ async def test_fast_music_on_the_customer_channel_raises_no_alert_behind_the_che
 
 async def test_a_window_that_is_not_speech_comes_back_over_the_engine_ipc_as_not_speech(detector, tmp_path):
     """Through the engine's ZeroMQ link, a music window is answered NotSpeech with its speech share and a speech window
-    with scores."""
+    with scores, or Spoken (not scored) when it was sent to be checked only."""
     from tests.test_engine_ipc import engine_link
 
     checked = SpeechCheckedModel(scripted_model(), detector, min_share=0.5)
@@ -115,6 +119,10 @@ async def test_a_window_that_is_not_speech_comes_back_over_the_engine_ipc_as_not
                                                      asyncio.wrap_future(client.submit(speech)))
         assert isinstance(got_music, NotSpeech) and 0.0 <= got_music.speech < 0.3
         assert isinstance(got_speech, WindowScores) and got_speech.scores.shape == (len(client.labels),)
+        only = [StreamSpan(7, 0, check_only=True), StreamSpan(8, 0, check_only=True)]
+        checked_music, checked_speech = await asyncio.gather(asyncio.wrap_future(client.submit(music, span=only[0])),
+                                                             asyncio.wrap_future(client.submit(speech, span=only[1])))
+        assert isinstance(checked_music, NotSpeech) and isinstance(checked_speech, Spoken) and checked_speech.speech >= 0.5
 
 
 def test_the_speech_check_is_configured_by_its_share_and_wraps_the_loaded_model():
@@ -272,7 +280,8 @@ async def test_the_engine_names_a_workers_stream_by_the_worker_and_its_id(tmp_pa
 
 def test_the_signal_evaluation_counts_the_windows_the_check_holds_back(tmp_path):
     """clients.eval_signal runs clips as calls without and with the check: fast music's windows reach the emotion model
-    without it and none with it, while at least nine in ten of the bundled stereo call's windows still do."""
+    and count as talk without it and neither (but for its first second) with it, while at least nine in ten of the
+    bundled stereo call's windows still do and its talk time stays within a second."""
     from clients.eval_signal import ROOT, _mono8k, windows_to_the_model
 
     call = np.stack(_mono8k(str(ROOT / "clients" / "samples" / "call_stereo_8k.wav")), axis=1)
@@ -282,3 +291,73 @@ def test_the_signal_evaluation_counts_the_windows_the_check_holds_back(tmp_path)
     assert music["scored_without_check"] >= 10 and music["scored_with_check"] == 0
     assert music["not_speech"] == music["scored_without_check"]
     assert speech["scored_without_check"] >= 10 and speech["scored_with_check"] >= 0.9 * speech["scored_without_check"]
+    assert music["talk_s_without_check"] >= 9 and music["talk_s_with_check"] <= 1
+    assert abs(speech["talk_s_with_check"] - speech["talk_s_without_check"]) <= 1 and speech["talk_s_with_check"] >= 5
+
+
+def test_a_not_speech_verdict_latches_the_channel_until_speech_quiet_or_a_gap():
+    """hear(speech=False) makes every later frame of loud unsteady sound part of the steady state (and of a hold), marked
+    as the latch's; hear(speech=True), 2 s of quiet and a stretch without audio each release it."""
+    frame = RATE // 50
+    music = signals.int16(arpeggio(8.0))
+    gate = SteadyGate(frame, 20, hold_min_ms=5000)
+    assert not gate.push(music[:2 * RATE], 100).any()  # the gate itself does not take fast notes for steady sound
+    gate.hear(speech=False)
+    state = gate.push(music[2 * RATE:8 * RATE], 300)
+    assert gate.unspoken and state.all() and gate.last_unspoken.all()
+    assert gate.holds == 1 and gate.hold_frames == 300
+    gate.hear(speech=True)
+    assert not gate.push(music[:RATE], 50).any() and not gate.last_unspoken.any()
+    gate.hear(speech=False)
+    quiet = np.zeros(3 * RATE, np.int16)
+    state = gate.push(quiet, 150)
+    assert not gate.unspoken and not state[-20:].any()  # released after 25 quiet blocks
+    gate.hear(speech=False)
+    gate.skip(10)
+    assert not gate.unspoken and not gate.push(music[:RATE], 50).any()
+
+
+async def test_music_the_check_finds_latches_the_channel_out_of_talk_time_and_speech_after_it_counts(detector):
+    """Fast music that webrtcvad and the gate take for speech counts as 12 s of talk without the check; with it the
+    channel is latched as not speech after the first verdicts (most of the music counts as not_speech_ms and as a hold,
+    not as talk), and the customer's speech after the music is still talk and still alerts."""
+    music = signals.int16(np.concatenate([arpeggio(12.0), np.zeros(RATE // 2)]))
+    speech = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)
+    call = np.concatenate([music, speech])[:, None]
+    _, _, plain = await run_session(call, rules_text=ANGRY_RULE)
+    _, _, alone = await run_session(speech[:, None], rules_text=ANGRY_RULE)
+    alerts, updates, summary = await run_session(call, rules_text=ANGRY_RULE,
+                                                 model=SpeechCheckedModel(scripted_model(), detector, min_share=0.5))
+    talk = lambda s: s.document["conversation"]["talk_ms"]["customer"]  # noqa: E731
+    customer = summary.document["speakers"][0]
+    assert talk(plain) > talk(alone) + 10_000  # the music counted as talk
+    assert talk(summary) < talk(alone) + 3_000  # only until the first verdicts
+    assert talk(summary) > talk(alone) - 1_500  # the speech after it still counts (the latch ends on its first window)
+    assert customer["not_speech_ms"] >= 8_000 and customer["steady_sound_ms"] < 1_000
+    assert customer["hold"]["count"] == 1 and summary.document["conversation"]["hold"]["ms"] >= 5_000
+    assert [a.rule_id for a in alerts] == ["angry"]
+    assert all(u.window_end_ms > len(music) * 1000 // RATE for u in updates)
+
+
+async def test_hold_music_on_the_unscored_agent_channel_is_checked_and_neither_talks_over_nor_interrupts(detector):
+    """Hold music on the agent's channel (not scored) whose fast passages the gate misses: without the check they count
+    as the agent talking over the customer and interrupting; with it the suspect channel's windows go to the check
+    only, which latches it: no over-talk, no interruption, one unbroken hold, and the customer's speech still alerts."""
+    speech = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)
+    agent = signals.int16(np.concatenate([signals.music(4.0), arpeggio(10.0), signals.music(2.0), arpeggio(6.0), np.zeros(RATE)]))
+    customer = np.zeros(len(agent), np.int16)
+    for at in (6, 15):
+        customer[at * RATE:at * RATE + len(speech)] = speech
+    call = np.stack([customer, agent], axis=1)
+    roles = (Role.CUSTOMER, Role.AGENT)
+    _, _, plain = await run_session(call, rules_text=ANGRY_RULE, roles=roles)
+    assert plain.document["conversation"]["talk_ms"]["agent"] > 10_000 and plain.document["conversation"]["overtalk_ms"] > 2_000
+    assert plain.document["conversation"]["hold"]["count"] != 1
+    alerts, _, summary = await run_session(call, rules_text=ANGRY_RULE, roles=roles,
+                                           model=SpeechCheckedModel(scripted_model(), detector, min_share=0.2))
+    conversation, agent_summary = summary.document["conversation"], summary.document["speakers"][1]
+    assert conversation["talk_ms"]["agent"] < 1_500 and conversation["talk_ms"]["customer"] == plain.document["conversation"]["talk_ms"]["customer"]
+    assert conversation["overtalk_ms"] == 0 and conversation["interruptions"]["count"] == 0
+    assert conversation["hold"]["count"] == 1 and conversation["hold"]["ms"] >= 15_000
+    assert agent_summary["not_speech_ms"] >= 10_000 and agent_summary["windows_not_speech"] > 10 and agent_summary["windows_scored"] == 0
+    assert [a.rule_id for a in alerts] == ["angry"]

@@ -47,6 +47,22 @@ BLOCK_FRAMES = 4
 """VAD frames per compared block (80 ms of 20 ms frames)."""
 QUIET_DBFS = -55.0
 """Blocks at or below this level are too quiet to compare (they count towards leaving)."""
+UNSPOKEN_MIN_DBFS = -35.0
+"""A window the engine's speech check finds not to be speech latches its channel as not speech (`hear`) only if its
+new speech is at least this loud: music is played at speech level, while the windows of real calls that the check
+holds back are near silence or the other side's bleed (-63 and -57 dBFS medians on the real call in ../shared/audio;
+of its windows louder than -35 dBFS the check held back 1 in 200 per channel). Blocks fainter than this, or without a
+voiced frame, count towards releasing the latch (UNSPOKEN_RELEASE_BLOCKS)."""
+UNSPOKEN_VERDICTS = 2
+"""Loud windows in a row that the speech check finds not to be speech before the channel is latched: music goes on,
+while a misread window of speech is one among windows of speech."""
+UNSPOKEN_RELEASE_BLOCKS = 12
+"""Faint or unvoiced blocks in a row (about 1 s) that release the not-speech latch: the music stopped, or what the
+channel carries now is a pause or the other side's bleed, which the latch must not turn into a hold."""
+SUSPECT_MS = 30_000
+"""A channel whose speech is not scored is checked by the engine's speech check only while it is suspect of playing
+music: the gate found steady sound on it in this much of the channel's most recent audio, or the check latched it
+(most music the gate misses comes between the passages it catches; real speech is steady in 0.5% of its frames)."""
 _FULL_SCALE = 32768.0
 
 
@@ -62,6 +78,7 @@ class SteadyGate:
         self._size = BLOCK_FRAMES * frame_samples
         self._window = np.hanning(self._size)
         self._quiet = (10.0 ** (QUIET_DBFS / 10.0)) * (_FULL_SCALE * _FULL_SCALE) * self._size
+        self._faint = (10.0 ** (UNSPOKEN_MIN_DBFS / 10.0)) * (_FULL_SCALE * _FULL_SCALE) * self._size
         self._pending = np.zeros(0, dtype=np.int16)  # samples of the block being filled
         self._pending_flags = np.zeros(0, dtype=bool)  # and the VAD flags of its frames
         self._previous: np.ndarray | None = None  # normalised spectrum of the last loud block
@@ -72,6 +89,12 @@ class SteadyGate:
         self._block_first = 0  # channel frame where the block being filled starts
         self._recent: deque[tuple[bool, int]] = deque(maxlen=STEADY_ENTER_OF)  # (steady?, first frame) of the last blocks
         self._entries: list[tuple[int, int]] = []
+        self._unspoken = False  # latched by the engine's speech check (hear)
+        self._frames = 0  # frames pushed or skipped
+        self._steady_at: int | None = None  # the last frame the gate itself decided steady
+        self._unspoken_quiet = 0  # quiet blocks in a row towards releasing the latch
+        self.last_unspoken = np.zeros(0, dtype=bool)
+        """Per frame of the last push: in the state only because of the latch (the gate itself not steady)."""
         self.steady_frames = 0
         """Frames decided while steady (voiced or not)."""
         self.hold_frames = 0
@@ -83,6 +106,26 @@ class SteadyGate:
     def steady(self) -> bool:
         """The channel is in the steady state now."""
         return self._steady
+
+    @property
+    def unspoken(self) -> bool:
+        """The engine's speech check found this channel's last loud window not to be speech (see hear)."""
+        return self._unspoken
+
+    def suspect(self, within_frames: int) -> bool:
+        """The channel may be playing music: steady now, latched as not speech, or steady within the last
+        `within_frames` frames."""
+        return self._steady or self._unspoken or (self._steady_at is not None and self._frames - self._steady_at <= within_frames)
+
+    def hear(self, speech: bool) -> None:
+        """What the engine's speech check (silero-vad, service/inference/speech.py) made of a loud window of this
+        channel. Not speech - music the spectral test cannot tell from a voice (a fast passage, singing) - latches the
+        channel in the steady state: from the next frame on its voiced frames are not speech and count towards a hold,
+        as steady sound does. Speech releases it, and so do UNSPOKEN_RELEASE_BLOCKS faint blocks in a row (the music
+        stopped) and a stretch without audio. The caller releases it too when it gets no verdict (a window dropped or
+        failed in the engine): unsure, a voice counts as speech."""
+        self._unspoken = not speech
+        self._unspoken_quiet = 0
 
     @property
     def deciding(self) -> bool:
@@ -123,10 +166,11 @@ class SteadyGate:
         """The next `frames` frames (int16 samples of whole frames) and, optionally, the VAD's flag of each (a block
         with no voiced frame is not compared, like a quiet one: it cannot hold speech to take away, and this halves
         the work on a call); returns per frame whether the channel was in the steady state (a steady sound is
-        playing), each frame with the state the block before its own left. The caller takes VAD-voiced frames in
-        that state as not speech."""
+        playing, or the channel is latched as not speech: see hear and last_unspoken), each frame with the state the
+        block before its own left. The caller takes VAD-voiced frames in that state as not speech."""
         n = frames
         if n == 0:
+            self.last_unspoken = np.zeros(0, dtype=bool)
             return np.zeros(0, dtype=bool)
         samples = np.asarray(samples, dtype=np.int16)[: n * self.frame_samples]
         flags = np.ones(n, dtype=bool) if voiced is None else np.asarray(voiced, dtype=bool)[:n]
@@ -138,15 +182,18 @@ class SteadyGate:
         # Every frame takes the state as it stood when its block began (the state the previous block left), so
         # the decisions do not depend on how the audio is split into pushes.
         decided = np.empty(n, dtype=bool)
+        latched = np.zeros(n, dtype=bool)
         index = 0
         if whole:
             spectra = None
             if not data_flags[: whole * BLOCK_FRAMES].any():  # no voiced frame: every block counts as quiet
                 loud = np.zeros(whole, dtype=bool)
+                strong = loud
             else:
                 blocks = data[: whole * self._size].astype(np.float64).reshape(whole, self._size)
                 power = np.einsum("bs,bs->b", blocks, blocks)
                 loud = (power > self._quiet) & data_flags[: whole * BLOCK_FRAMES].reshape(whole, BLOCK_FRAMES).any(axis=1)
+                strong = loud & (power > self._faint)
             if np.count_nonzero(loud):
                 spectrum = np.fft.rfft(blocks[loud] * self._window, axis=1)
                 spectra = spectrum.real * spectrum.real + spectrum.imag * spectrum.imag
@@ -155,6 +202,8 @@ class SteadyGate:
             for b in range(whole):
                 count = BLOCK_FRAMES - filled if b == 0 else BLOCK_FRAMES
                 decided[index : index + count] = self._steady
+                if self._unspoken and not self._steady:
+                    latched[index : index + count] = True
                 index += count
                 if loud[b]:
                     current = spectra[row]
@@ -164,11 +213,22 @@ class SteadyGate:
                 else:
                     overlap = 0.0
                     self._previous = None
+                if self._unspoken:
+                    self._unspoken_quiet = 0 if strong[b] else self._unspoken_quiet + 1
+                    if self._unspoken_quiet >= UNSPOKEN_RELEASE_BLOCKS:
+                        self._unspoken, self._unspoken_quiet = False, 0
                 self._step(overlap, quiet=not loud[b])
                 self._block_first += BLOCK_FRAMES
         decided[index:] = self._steady
+        latched[index:] = self._unspoken and not self._steady
         self._pending = data[whole * self._size :].copy()
         self._pending_flags = data_flags[whole * BLOCK_FRAMES :].copy()
+        if self._steady or decided.any():
+            self._steady_at = self._frames + int(np.flatnonzero(decided)[-1]) if decided.any() else self._frames + n - 1
+        self._frames += n
+        if self._unspoken or latched.any():
+            decided |= latched
+        self.last_unspoken = latched
         self._account(decided)
         return decided
 
@@ -213,6 +273,7 @@ class SteadyGate:
     def skip(self, frames: int) -> None:
         """`frames` frames of audio that will never come: nothing carries across them."""
         self._block_first += len(self._pending) // self.frame_samples + frames
+        self._frames += frames
         self._pending = np.zeros(0, dtype=np.int16)
         self._pending_flags = np.zeros(0, dtype=bool)
         self._previous = None
@@ -220,13 +281,14 @@ class SteadyGate:
         self._run = self._quiet_run = 0
         self._stretch = 0
         self._recent.clear()
+        self._unspoken, self._unspoken_quiet = False, 0
 
 
 class FrameMarks:
     """Per-frame marks of one channel over its recent frames (a ring by absolute frame index): which frames
     were speech and which were steady sound, for the windows cut over them."""
 
-    NONE, SPEECH, STEADY = 0, 1, 2
+    NONE, SPEECH, STEADY, UNSPOKEN = 0, 1, 2, 3
 
     def __init__(self, capacity: int) -> None:
         if capacity <= 0:
@@ -235,8 +297,9 @@ class FrameMarks:
         self._index = np.full(capacity, -1, dtype=np.int64)
         self._next = 0
 
-    def push(self, speech: np.ndarray, steady: np.ndarray) -> None:
-        """The marks of the next frames (bool arrays of equal length)."""
+    def push(self, speech: np.ndarray, steady: np.ndarray, unspoken: np.ndarray | None = None) -> None:
+        """The marks of the next frames (bool arrays of equal length): speech, steady sound, and voiced frames taken out
+        of speech because the engine's speech check latched the channel (SteadyGate.hear)."""
         n = len(speech)
         if not n:
             return
@@ -246,6 +309,8 @@ class FrameMarks:
         slots = frames % capacity
         marks = np.asarray(speech[n - keep :], dtype=bool).astype(np.uint8)  # SPEECH = 1, NONE = 0
         marks[np.asarray(steady[n - keep :], dtype=bool)] = self.STEADY
+        if unspoken is not None:
+            marks[np.asarray(unspoken[n - keep :], dtype=bool)] = self.UNSPOKEN
         self._marks[slots] = marks
         self._index[slots] = frames
         self._next += n
@@ -275,3 +340,13 @@ class FrameMarks:
         slots = frames % capacity
         marks = self._marks[slots][self._index[slots] == frames]
         return int(np.count_nonzero(marks == self.SPEECH)), int(np.count_nonzero(marks == self.STEADY))
+
+    def unspoken(self, first: int, end: int) -> int:
+        """Voiced frames among the held frames of [first, end) taken out of speech by the speech check's latch."""
+        capacity = len(self._marks)
+        low, high = max(first, self._next - capacity, 0), min(end, self._next)
+        if high <= low:
+            return 0
+        frames = np.arange(low, high, dtype=np.int64)
+        slots = frames % capacity
+        return int(np.count_nonzero(self._marks[slots][self._index[slots] == frames] == self.UNSPOKEN))

@@ -88,6 +88,8 @@ class ChannelPipeline:
         self.role = role
         self.sample_rate = sample_rate
         self.scored = scored
+        self.carry_audio = False
+        """Unscored windows carry their audio too (to be checked for speech), while the owner sets this."""
         self._vad = webrtcvad.Vad(vad.aggressiveness)
         self._frame = sample_rate * vad.frame_ms // 1000
         ms = sample_rate // 1000
@@ -284,7 +286,7 @@ class ChannelPipeline:
             final=final,
             cut_sample=position,
             arrival=arrival,
-            samples=self._ring.slice(encode_from, end) if self.scored else np.zeros(0, dtype=np.int16),
+            samples=self._ring.slice(encode_from, end) if self.scored or self.carry_audio else np.zeros(0, dtype=np.int16),
             scored=self.scored,
         )
         self._last_window_end = end

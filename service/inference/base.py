@@ -34,6 +34,14 @@ class NotSpeech:
 
 
 @dataclass(frozen=True)
+class Spoken:
+    """A window sent only to be checked for speech (StreamSpan.check_only) that the check found to be speech."""
+
+    speech: float
+    """Share of the window's 32 ms chunks that the detector took for speech."""
+
+
+@dataclass(frozen=True)
 class StreamSpan:
     """Where a window lies in its channel's audio, so that a model with per-channel state (the speech check) can carry
     that state from one window of the channel to the next, as Triton's sequence batcher does with a correlation id."""
@@ -43,6 +51,9 @@ class StreamSpan:
     worker it came from)."""
     start: int
     """The window's first sample in the channel's 16 kHz timeline (samples since the call started)."""
+    check_only: bool = False
+    """Only check the window for speech, never score it: a model with a speech check answers Spoken or NotSpeech
+    (a speaker whose emotion is not scored, whose channel may be playing music)."""
 
 
 class EmotionModel(ABC):
@@ -54,6 +65,8 @@ class EmotionModel(ABC):
     """English labels in the model's own order (masked labels removed)."""
     return_embeddings: bool = False
     """Also return each window's embedding (set before scoring starts; costs a copy per window)."""
+    checks_speech: bool = False
+    """The model answers NotSpeech for windows it finds no speech in (service/inference/speech.py)."""
 
     @abstractmethod
     def score_batch(self, windows: Sequence[np.ndarray]) -> list[WindowScores | NotSpeech | Exception]:

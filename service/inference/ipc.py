@@ -5,10 +5,11 @@ A message is a ZeroMQ multipart message: the encoded struct, then one frame per 
 bytes, sent without a copy and read back with numpy.frombuffer). Workers use DEALER sockets, the
 engine one ROUTER socket (which prefixes each message with the worker's identity).
 
-  worker -> engine:  Hello (who I am), Score(id, deadline, channel stream and start) + audio frame, Cancel(id), Ping
+  worker -> engine:  Hello (who I am), Score(id, deadline, channel stream and start, check only) + audio frame,
+                     Cancel(id), Ping
   engine -> worker:  Ready(engine id, model, labels), Scored(id, frames, labels) + scores + frame logits
-                     frames, Unspoken(id, speech share: not speech by the engine's speech check),
-                     Failed(id, kind, message), Pong(engine id)
+                     frames, Unspoken(id, speech share: not speech by the engine's speech check), Spoken(id, speech
+                     share: a check-only window that is speech), Failed(id, kind, message), Pong(engine id)
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class Score(msgspec.Struct, tag="score"):
     """The window's channel, unique within the worker (base.StreamSpan); None: a window on its own."""
     start: int = 0
     """The window's first sample in its channel's 16 kHz timeline."""
+    check_only: bool = False
+    """Only check the window for speech (base.StreamSpan.check_only): answered Spoken or Unspoken."""
 
 
 class Cancel(msgspec.Struct, tag="cancel"):
@@ -72,6 +75,13 @@ class Unspoken(msgspec.Struct, tag="unspoken"):
     speech: float
 
 
+class Spoken(msgspec.Struct, tag="spoken"):
+    """A window sent only to be checked for speech that the check found to be speech (base.Spoken)."""
+
+    id: int
+    speech: float
+
+
 class Failed(msgspec.Struct, tag="failed"):
     """A window's error: kind is stale (its deadline passed), full (the engine's queue), or failed (the model)."""
 
@@ -88,7 +98,7 @@ class Pong(msgspec.Struct, tag="pong"):
 
 
 ToEngine = Union[Hello, Score, Cancel, Ping]
-ToWorker = Union[Ready, Scored, Unspoken, Failed, Pong]
+ToWorker = Union[Ready, Scored, Unspoken, Spoken, Failed, Pong]
 
 _encoder = msgspec.msgpack.Encoder()
 _to_engine = msgspec.msgpack.Decoder(ToEngine)

@@ -21,7 +21,7 @@ import zmq
 import zmq.asyncio
 
 from service.inference import ipc
-from service.inference.base import NotSpeech, StreamSpan, WindowScores
+from service.inference.base import NotSpeech, Spoken, StreamSpan, WindowScores
 from service.inference.batcher import QueueFull, StaleWindow
 from service.inference.scoring import EngineUnavailable, ScoringClient
 
@@ -96,7 +96,7 @@ class RemoteScoringClient(ScoringClient):
             return ipc.Score(window, deadline)
         if not isinstance(span.stream, int):
             raise TypeError(f"a window's stream must be an int to cross to the engine, got {type(span.stream).__name__}")
-        return ipc.Score(window, deadline, span.stream, span.start)
+        return ipc.Score(window, deadline, span.stream, span.start, span.check_only)
 
     def _withdrawn(self, window: int, future: concurrent.futures.Future) -> None:
         if future.cancelled() and self._pending.pop(window, None) is not None and self._socket is not None:
@@ -137,7 +137,7 @@ class RemoteScoringClient(ScoringClient):
                 continue
             if isinstance(message, ipc.Scored):
                 self._scored(message, frames[1:])
-            elif isinstance(message, ipc.Unspoken):
+            elif isinstance(message, (ipc.Unspoken, ipc.Spoken)):
                 self._unspoken(message)
             elif isinstance(message, ipc.Failed):
                 self._failed(message)
@@ -170,10 +170,10 @@ class RemoteScoringClient(ScoringClient):
         embedding = ipc.frame_array(arrays[2]) if message.embedding else None
         future.set_result(WindowScores(scores=scores, frame_logits=logits, embedding=embedding))
 
-    def _unspoken(self, message: ipc.Unspoken) -> None:
+    def _unspoken(self, message: ipc.Unspoken | ipc.Spoken) -> None:
         future = self._pending.pop(message.id, None)
         if future is not None and future.set_running_or_notify_cancel():
-            future.set_result(NotSpeech(message.speech))
+            future.set_result(NotSpeech(message.speech) if isinstance(message, ipc.Unspoken) else Spoken(message.speech))
 
     def _failed(self, message: ipc.Failed) -> None:
         future = self._pending.pop(message.id, None)

@@ -33,7 +33,7 @@ from typing import Hashable, Sequence
 
 import numpy as np
 
-from service.inference.base import MODEL_SAMPLE_RATE, EmotionModel, NotSpeech, StreamSpan, WindowScores
+from service.inference.base import MODEL_SAMPLE_RATE, EmotionModel, NotSpeech, Spoken, StreamSpan, WindowScores
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,8 @@ class SpeechCheckedModel(EmotionModel):
     answered NotSpeech and not scored; the others go to `model` in one batch. A detector error scores every window
     (the check is a filter, not a gate the model depends on)."""
 
+    checks_speech = True
+
     def __init__(self, model: EmotionModel, detector: SpeechDetector, min_share: float) -> None:
         if not 0.0 < min_share <= 1.0:
             raise ValueError(f"min_share must be in (0, 1], got {min_share}")
@@ -258,13 +260,20 @@ class SpeechCheckedModel(EmotionModel):
 
     def score_spans(self, windows: Sequence[np.ndarray],
                     spans: Sequence[StreamSpan | None]) -> list[WindowScores | NotSpeech | Exception]:
+        check_only = [span is not None and span.check_only for span in spans]
         try:
             shares = self.detector.speech_shares(windows, spans)
-        except Exception:  # noqa: BLE001 - a broken detector must not stop scoring
+        except Exception as exc:  # noqa: BLE001 - a broken detector must not stop scoring
             log.exception("the speech detector failed a batch; its windows are scored unchecked")
-            return self.model.score_batch(windows)
-        keep = [i for i, share in enumerate(shares) if share >= self.min_share]
-        results: list[WindowScores | NotSpeech | Exception] = [NotSpeech(share) for share in shares]
+            if not any(check_only):
+                return self.model.score_batch(windows)
+            results: list[WindowScores | NotSpeech | Spoken | Exception] = [exc] * len(windows)
+            keep = [i for i, only in enumerate(check_only) if not only]
+            for i, result in zip(keep, self.model.score_batch([windows[i] for i in keep]) if keep else []):
+                results[i] = result
+            return results
+        keep = [i for i, share in enumerate(shares) if share >= self.min_share and not check_only[i]]
+        results = [(Spoken(share) if only and share >= self.min_share else NotSpeech(share)) for share, only in zip(shares, check_only)]
         if keep:
             scored = self.model.score_batch([windows[i] for i in keep])
             for i, result in zip(keep, scored):
