@@ -61,8 +61,11 @@ UNSPOKEN_RELEASE_BLOCKS = 12
 channel carries now is a pause or the other side's bleed, which the latch must not turn into a hold."""
 SUSPECT_MS = 30_000
 """A channel whose speech is not scored is checked by the engine's speech check only while it is suspect of playing
-music: the gate found steady sound on it in this much of the channel's most recent audio, or the check latched it
-(most music the gate misses comes between the passages it catches; real speech is steady in 0.5% of its frames)."""
+music: the gate heard a steady stretch of at least SUSPECT_STRETCH_MS on it in this much of the channel's most recent
+audio, or the check latched it (most music the gate misses comes between the passages it catches)."""
+SUSPECT_STRETCH_MS = 1000
+"""Steady stretches shorter than this make no channel suspect: real speech is steady in 0.5% of its frames, in
+stretches of a few hundred ms (a held vowel, a hum)."""
 _FULL_SCALE = 32768.0
 
 
@@ -223,13 +226,13 @@ class SteadyGate:
         latched[index:] = self._unspoken and not self._steady
         self._pending = data[whole * self._size :].copy()
         self._pending_flags = data_flags[whole * BLOCK_FRAMES :].copy()
-        if self._steady or decided.any():
-            self._steady_at = self._frames + int(np.flatnonzero(decided)[-1]) if decided.any() else self._frames + n - 1
         self._frames += n
         if self._unspoken or latched.any():
             decided |= latched
         self.last_unspoken = latched
         self._account(decided)
+        if self._stretch * self.frame_ms >= SUSPECT_STRETCH_MS:
+            self._steady_at = self._frames
         return decided
 
     def _step(self, overlap: float, quiet: bool) -> None:
