@@ -789,9 +789,9 @@ class CallSession:
 
     def _not_speech(self, window: AnalysisWindow) -> None:
         """A window the engine's speech check found not to be speech (music the gate let through): skipped, and the
-        rules see no prosody for it. If its new audio counted as the speaker's speech and is loud (not the near silence
-        or the other side's bleed that the check also holds back), the channel is latched as not speech: its voiced
-        frames stop counting as speech until the check hears speech on it again (SteadyGate.hear)."""
+        rules see no prosody for it. Loud ones that counted as the speaker's speech (not the near silence or the other
+        side's bleed that the check also holds back) latch the channel as not speech (_latch): its voiced frames stop
+        counting as speech until the check hears speech on it again (SteadyGate.hear)."""
         self._not_speech_windows[window.role] += 1
         self._skipped_windows[window.role] += 1
         step = window.frame_samples
@@ -815,8 +815,11 @@ class CallSession:
 
     def _check(self, window: AnalysisWindow) -> None:
         """Send an unscored speaker's window to the engine's speech check only (never scored): its answer latches or
-        releases the channel as the answers on scored windows do. No answer (a full queue, no engine) releases it."""
-        live = self.config.realtime and self._state != "ending"
+        releases the channel as the answers on scored windows do. No answer (a full queue, no engine) releases it. The
+        windows cut as the call ends are not checked: no audio is left for an answer to change."""
+        if self._state != "open":
+            return
+        live = self.config.realtime
         span = StreamSpan(self._streams[window.role], window.encode_from_sample * MODEL_SAMPLE_RATE // window.sample_rate,
                           check_only=True)
         try:
