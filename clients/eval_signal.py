@@ -1,6 +1,7 @@
 """What the service takes for speech, evaluated on a labelled development set: music, tones, speech.
 
-    python -m clients.eval_signal [--music-dir DIR ...] [--seconds 60] [--skip 20] [--no-espeak] [--check 0.2] [--json FILE]
+    python -m clients.eval_signal [--music-dir DIR ...] [--seconds 60] [--skip 20] [--no-espeak] [--check 0.2]
+                                  [--transcribed DIR ...] [--json FILE]
 
 Each clip is brought to 8 kHz mono 16-bit (telephone band, as a bridge sends it) and run through the
 service's per-channel front end: webrtcvad (aggressiveness 2, 20 ms frames), then the steady-sound gate
@@ -17,6 +18,9 @@ back-channels of two-speaker scenes voiced with espeak-ng (SCENES: turns, back-c
 contested overlap, labelled by construction) as the batch analysis counts them, against the labels. With
 `--check` (0.2 unless 0), every clip also runs as a call through the batch analysis (constant model), and it
 prints per class the windows sent to the emotion model without the engine's speech check and with it.
+With `--transcribed DIR` (a Kaldi data directory of real Chinese recordings: `text`, and `wav.scp` or the audio
+beside it), the speech rate of each utterance against its transcript's characters (one syllable each) and beside
+the de Jong & Wempe reference.
 
 The set, all reachable here (nothing from Asterisk's sound or music-on-hold packages, kept apart as an
 independent check):
@@ -237,6 +241,54 @@ def service_nuclei(x: np.ndarray) -> tuple[int, int]:
     return int(totals["nuclei"]), int(totals["voiced_ms"])
 
 
+def _ideographs(text: str) -> int:
+    """Chinese characters in a transcript: one syllable each."""
+    return sum(1 for ch in text if "\u3400" <= ch <= "\u9fff" or "\uf900" <= ch <= "\ufaff")
+
+
+def transcribed_rate(dirs: list[str], work: str) -> dict | None:
+    """Speech rate on real Chinese recordings with transcripts, from Kaldi data directories (`text`: lines of
+    `utterance-id transcript`; the audio in `wav.scp`, lines of `utterance-id path` relative to the directory, or as
+    `utterance-id.wav` beside `text`). Per utterance: the transcript's ideographs (one syllable each; an utterance
+    with Latin letters or digits is left out, as their syllables are unknown), the service's syllable nuclei and the
+    de Jong & Wempe reference's, at 8 kHz; and each one's agreement with the characters (the same voiced time, so
+    the count ratio is the rate ratio). None when no directory holds a readable utterance."""
+    rows = []
+    for directory in dirs:
+        base = Path(directory)
+        if not (base / "text").is_file():
+            raise FileNotFoundError(f"{base / 'text'}: a Kaldi data directory needs a text file")
+        audio = {}
+        if (base / "wav.scp").is_file():
+            for line in (base / "wav.scp").read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    key, path = line.split(None, 1)
+                    audio[key] = base / path.strip()
+        for line in (base / "text").read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            key, _, transcript = line.partition(" ")
+            path = audio.get(key, base / f"{key}.wav")
+            chars = _ideographs(transcript)
+            if not chars or any(ch.isascii() and ch.isalnum() for ch in transcript) or not path.is_file():
+                continue
+            out = os.path.join(work, "transcribed8k.wav")
+            if not _sox(str(path), out):
+                continue
+            x = _mono8k(out)[0]
+            nuclei, voiced_ms = service_nuclei(x)
+            rows.append({"utterance": key, "characters": chars, "service_nuclei": nuclei, "dejong_nuclei": dejong_nuclei(x),
+                         "voiced_ms": voiced_ms, "seconds": round(len(x) / RATE, 2)})
+    if not rows:
+        return None
+    truth = np.array([r["characters"] for r in rows], float)
+    summary = {"utterances": len(rows), "characters": int(truth.sum()),
+               "service": _agreement(np.array([r["service_nuclei"] for r in rows], float), truth)}
+    if all(r["dejong_nuclei"] is not None for r in rows):
+        summary["dejong"] = _agreement(np.array([r["dejong_nuclei"] for r in rows], float), truth)
+    return {"summary": summary, "utterances": rows}
+
+
 def _agreement(measured: np.ndarray, truth: np.ndarray) -> dict:
     ratio = measured / truth
     return {"mean_ratio": round(float(np.mean(ratio)), 3), "mean_abs_error": round(float(np.mean(np.abs(ratio - 1))), 3),
@@ -428,7 +480,7 @@ def _row(name: str, voiced: int, steady: int, extra: dict | None) -> dict:
 
 
 def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, silero: bool = False,
-             check: float | None = None) -> dict:
+             check: float | None = None, transcribed: list[str] | None = None) -> dict:
     """Per class: clips, voiced frames and the share of them taken as steady sound, with the per-clip figures (with
     `silero`, also the share silero-vad calls speech and the share left as speech by the gate and silero-vad together;
     with `check`, the windows that reach the emotion model without and with the engine's speech check at that share)."""
@@ -455,6 +507,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
         rate = speech_rate_error(work) if espeak else None
         scenes = conversation_scenes(work) if espeak else None
         real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
+        chinese = transcribed_rate(transcribed, work) if transcribed else None
     summary = {}
     for kind, clips in rows.items():
         voiced = sum(c["voiced"] for c in clips)
@@ -465,7 +518,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
             summary[kind]["silero_speech_share"] = round(sum(c["silero"] for c in clips) / voiced, 4)
             summary[kind]["left_as_speech_share"] = round(sum(c["left"] for c in clips) / voiced, 4)
     return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes,
-            "windows": windows}
+            "windows": windows, "transcribed_rate": chinese}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -479,10 +532,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", type=float, default=0.2,
                         help="run every clip as a call and count the windows that reach the emotion model without and with the "
                              "engine's speech check at this share (0: skip; default 0.2, the service's default)")
+    parser.add_argument("--transcribed", action="append",
+                        help="Kaldi data directory of real Chinese recordings with transcripts (text, wav.scp): speech rate "
+                             "against the characters (repeatable)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     result = evaluate(args.music_dir or [d for d in DEFAULT_MUSIC_DIRS if os.path.isdir(d)], args.skip, args.seconds, not args.no_espeak,
-                      silero=args.silero, check=args.check)
+                      silero=args.silero, check=args.check, transcribed=args.transcribed)
     with_silero = any("silero_speech_share" in f for f in result["classes"].values())
     print("| class | clips | voiced frames (webrtcvad) | share the gate takes as steady sound | clips >= 80% steady |"
           + (" silero-vad: share it calls speech | left as speech by the gate and silero-vad |" if with_silero else ""))
@@ -524,6 +580,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreal call ({REAL_CALL.name}), the service against de Jong & Wempe per utterance ({figures['utterances']}): "
               f"totals {figures['service_total']} / {figures['dejong_total']}, mean ratio {figures.get('mean_ratio')}, "
               f"mean absolute error {100 * figures.get('mean_abs_error', 0):.0f}%, Pearson r {figures.get('pearson_r')}")
+    chinese = result.get("transcribed_rate")
+    if chinese:
+        print("\n| utterance (real, transcribed) | seconds | characters | the service | de Jong & Wempe (Praat) |")
+        print("| --- | --- | --- | --- | --- |")
+        for row in chinese["utterances"]:
+            print(f"| {row['utterance']} | {row['seconds']} | {row['characters']} | {row['service_nuclei']} | {row['dejong_nuclei']} |")
+        for who in ("service", "dejong"):
+            if who in chinese["summary"]:
+                figures = chinese["summary"][who]
+                print(f"{who} against the characters over {chinese['summary']['utterances']} utterances: mean ratio "
+                      f"{figures['mean_ratio']}, mean absolute error {100 * figures['mean_abs_error']:.0f}%, Pearson r {figures['pearson_r']}")
     scenes = result.get("conversation")
     if scenes:
         print("\n| scene (espeak-ng voices, labelled by construction) | interruptions by customer / agent | back-channels by customer / agent |")

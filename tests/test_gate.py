@@ -1,6 +1,7 @@
 """The steady-sound gate: tones and music are not speech, on generated signals with known answers and real speech."""
 
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -273,3 +274,28 @@ def test_interruptions_and_back_channels_of_labelled_scenes_are_counted_as_label
     assert len(result["scenes"]) == 7
     assert [row["scene"] for row in result["scenes"] if row["counted"] != row["expected"]] == []
     assert result["labelled_found"] == 7 and result["labelled_missed"] == 0 and result["unlabelled_counted"] == 0
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="needs espeak-ng and sox (make sysdeps)")
+def test_the_transcribed_evaluation_reads_a_kaldi_directory_and_counts_a_syllable_per_character(tmp_path):
+    """clients.eval_signal --transcribed: utterances of a Kaldi data directory (audio through wav.scp or beside `text`)
+    are counted against their transcripts' Chinese characters; one with Latin letters is left out; a directory
+    without `text` is refused by name."""
+    from clients.eval_signal import transcribed_rate
+
+    data = tmp_path / "data"
+    (data / "audio").mkdir(parents=True)
+    pinyin = "wo3 men5 jin1 tian1 xia4 wu3 qu4 gong1 yuan2 san4 bu4"
+    subprocess.run(["espeak-ng", "-v", "cmn-latn-pinyin", "-s", "150", "-w", str(data / "audio" / "a.wav"), pinyin], check=True)
+    shutil.copy(data / "audio" / "a.wav", data / "b.wav")
+    shutil.copy(data / "audio" / "a.wav", data / "c.wav")
+    (data / "wav.scp").write_text("a audio/a.wav\n", encoding="utf-8")
+    (data / "text").write_text("a 我们 今天 下午 去 公园 散步\nb 我们今天下午去公园散步。\nc 我们去 KTV\n", encoding="utf-8")
+    result = transcribed_rate([str(data)], str(tmp_path))
+    assert [row["utterance"] for row in result["utterances"]] == ["a", "b"]
+    assert all(row["characters"] == 11 and 6 <= row["service_nuclei"] <= 22 for row in result["utterances"])
+    assert result["summary"]["utterances"] == 2 and result["summary"]["characters"] == 22
+    assert 0.5 <= result["summary"]["service"]["mean_ratio"] <= 2.0
+    (data / "text").unlink()
+    with pytest.raises(FileNotFoundError, match="text"):
+        transcribed_rate([str(data)], str(tmp_path))
