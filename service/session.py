@@ -40,9 +40,10 @@ from service import metrics
 from service.alerts import EventSink, build_alert, wall_time_iso
 from service.analytics.conversation import ConversationSnapshot, ConversationTracker
 from service.analytics.crosstalk import speaking_frames
-from service.analytics.gate import BLOCK_FRAMES, SUSPECT_MS, UNSPOKEN_MIN_DBFS, UNSPOKEN_VERDICTS, FrameMarks, SteadyGate
+from service.analytics.gate import BLOCK_FRAMES
 from service.analytics.frames import FrameTrack
 from service.analytics.prosody import ProsodyFigures, ProsodyTrack
+from service.analytics.sound import ChannelSounds
 from service.analytics.timeline import ChannelTimeline
 from service.analytics.transcript import TranscriptRate, count_characters
 from service.audio.channel import AnalysisWindow, ChannelPipeline
@@ -226,14 +227,9 @@ class CallSession:
         }
         self._frame_ms = frame_ms
         self._frame_samples = fmt.sample_rate * frame_ms // 1000
-        # Tones and steady music are not speech (service/analytics/gate.py); the marks let a window tell
-        # speech from steady sound in its new audio.
-        self._gates = [SteadyGate(self._frame_samples, frame_ms, analytics.hold_min_ms) for _ in fmt.channel_roles] \
-            if analytics.steady_gate else []
-        self._marks = [FrameMarks(history_ms // frame_ms) for _ in fmt.channel_roles] if self._gates else []
-        self._steady_frames = [0] * len(fmt.channel_roles)
-        self._latched_frames = [0] * len(fmt.channel_roles)  # voiced frames taken out of speech by the check's latch
-        self._unheard = [0] * len(fmt.channel_roles)  # loud windows in a row the check found not to be speech
+        # Tones, music and what the speech check found not to be speech are no one's speech (service/analytics/sound.py).
+        self._sounds = ChannelSounds(len(fmt.channel_roles), self._frame_samples, frame_ms, analytics.hold_min_ms,
+                                     history_ms // frame_ms) if analytics.steady_gate else None
         # Scored windows of a channel whose gate is still deciding whether what it hears is steady sound wait
         # here (in order) until it has decided; at most a few blocks of 80 ms.
         self._deferred: list[deque[AnalysisWindow]] = [deque() for _ in fmt.channel_roles]
@@ -265,8 +261,7 @@ class CallSession:
         self._checks = 0  # unscored windows out to the engine's speech check (_check)
         # Unscored channels whose windows the engine's speech check may hear (only while the gate suspects music).
         self._checked_channels = [index for index, p in enumerate(self._pipelines) if not p.scored] \
-            if ctx.speech_check and self._gates else []
-        self._suspect_frames = SUSPECT_MS // frame_ms
+            if ctx.speech_check and self._sounds else []
         self._overloaded = False
         self._warned_at: dict[str, int] = {}
         self._audio_frames = 0  # call position (received audio plus holes)
@@ -457,7 +452,7 @@ class CallSession:
             ticks = self._analyse_held()
         if cut:
             self._take_windows(cut)
-        if self._gates:
+        if self._sounds:
             self._release_deferred()
             if any(self._deferred):  # a window cut just now waits: feed the gate a block at a time from here
                 self._analyse_at = min(self._analyse_at, BLOCK_FRAMES)
@@ -488,11 +483,10 @@ class CallSession:
         frames = samples // self._frame_samples
         for track in self._prosody.values():
             track.skip(frames)
-        for gate, marks in zip(self._gates, self._marks):
-            gate.skip(frames)
-            marks.skip(frames)
+        if self._sounds:
+            self._sounds.skip(frames)
         self._take_windows(cut)
-        if self._gates:
+        if self._sounds:
             self._release_deferred(final=True)  # nothing carries across a stretch with no audio
         self._on_ticks(self._conversation.skip(frames), arrival)
         self._plan_analysis()
@@ -513,40 +507,19 @@ class CallSession:
     def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
         """Prosody and turn-taking for the next whole VAD frames of every channel (steady sound, near silence and
         crosstalk removed)."""
-        present = steady = state = unspoken_marks = None
-        if self._gates:
-            states = [gate.push(block, len(vad), vad[:, index]) for index, (gate, block) in enumerate(zip(self._gates, blocks))]
-            if any(state.any() for state in states):
-                state = np.stack(states, axis=1)
-                steady = state & vad
-                present = steady.any(axis=1)  # a tone or music sounding: the line is not dead
-                vad = vad & ~steady
-                for index, gate in enumerate(self._gates):
-                    column = steady[:, index]
-                    if gate.last_unspoken.any():  # latched by the engine's speech check, not steady to the gate itself
-                        latched = column & gate.last_unspoken
-                        unspoken_marks = np.zeros_like(steady) if unspoken_marks is None else unspoken_marks
-                        unspoken_marks[:, index] = latched
-                        self._latched_frames[index] += int(np.count_nonzero(latched))
-                        column = column & ~latched
-                    self._steady_frames[index] += int(np.count_nonzero(column))
+        present = state = None
+        if self._sounds:
+            vad, present, state = self._sounds.separate(blocks, vad)
         speaking, crosstalk = speaking_frames(blocks, vad, self._frame_samples, self._ctx.analytics.crosstalk_margin_db)
         for index, track in enumerate(self._channel_prosody):
             column = speaking[:, index]
             track.push(blocks[index], column)
             self._voiced_frames[index] += int(np.count_nonzero(column))
             self._crosstalk_frames[index] += int(np.count_nonzero(crosstalk[:, index]))
-        for index in self._checked_channels:
-            self._pipelines[index].carry_audio = self._gates[index].suspect(self._suspect_frames)
-        if self._marks:
-            none = np.zeros(len(speaking), dtype=bool)
-            for index, marks in enumerate(self._marks):
-                if unspoken_marks is None:
-                    marks.push(speaking[:, index], none if steady is None else steady[:, index])
-                else:
-                    marks.push(speaking[:, index], steady[:, index] & ~unspoken_marks[:, index], unspoken_marks[:, index])
-                for first, end in self._gates[index].take_entries():
-                    marks.mark_steady(first, end)  # the start of a tone or music, taken for speech until the gate knew
+        if self._sounds:
+            self._sounds.mark(speaking)
+            for index in self._checked_channels:
+                self._pipelines[index].carry_audio = self._sounds.suspect(index)
         return self._conversation.push(speaking, present, state)
 
     def _report_ingested(self) -> None:
@@ -657,7 +630,7 @@ class CallSession:
         for index, pipeline in enumerate(self._pipelines):
             self._take_windows(pipeline.flush(arrival))
             self._count_segments(index)
-        if self._gates:
+        if self._sounds:
             self._release_deferred(final=True)
         while self._ready:
             self._submit_ready()
@@ -758,15 +731,18 @@ class CallSession:
                     self._check(window)
                 continue
             index = self._channel_of[window.role]
-            if self._gates and (self._deferred[index] or self._could_turn_steady(window)):
+            if self._sounds and (self._deferred[index] or self._sounds.deciding(*self._new_frames(window))):
                 self._deferred[index].append(window)
             else:
                 self._route(window)
 
     def _route(self, window: AnalysisWindow) -> None:
         """A scored window to the model, or to the rules alone when it holds no speech of the speaker's own."""
-        steady = self._mostly_steady(window)
-        if (window.analytics.prosody.voiced_ms == 0 and not self._latched_speech(window)) or steady:
+        sounds = self._sounds
+        steady = sounds is not None and sounds.mostly_steady(*self._new_frames(window))
+        # A window whose speech the check's latch took out still goes to the check, which is what can release it.
+        latched = sounds is not None and sounds.latched(*self._new_frames(window))
+        if (window.analytics.prosody.voiced_ms == 0 and not latched) or steady:
             # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
             # in, or near silence), or its new audio is mostly a tone or music: the model would score
             # someone else's voice or no voice at all.
@@ -777,6 +753,11 @@ class CallSession:
                 self._skip(skipped.window, skipped.outcome)
         else:
             self._ready.append(window)
+
+    def _new_frames(self, window: AnalysisWindow) -> tuple[int, int, int]:
+        """(channel, first frame, end frame) of the window's new audio."""
+        step = window.frame_samples
+        return self._channel_of[window.role], window.new_from_sample // step, window.end_sample // step
 
     def _skip(self, window: AnalysisWindow, outcome: str) -> None:
         """A scored speaker's window that is not scored: its new audio counts as never encoded, and the rules see
@@ -790,28 +771,16 @@ class CallSession:
     def _not_speech(self, window: AnalysisWindow) -> None:
         """A window the engine's speech check found not to be speech (music the gate let through): skipped, and the
         rules see no prosody for it. Loud ones that counted as the speaker's speech (not the near silence or the other
-        side's bleed that the check also holds back) latch the channel as not speech (_latch): its voiced frames stop
-        counting as speech until the check hears speech on it again (SteadyGate.hear)."""
+        side's bleed that the check also holds back) latch the channel as not speech (ChannelSounds.not_speech): its
+        voiced frames stop counting as speech until the check hears speech on it again."""
         self._not_speech_windows[window.role] += 1
         self._skipped_windows[window.role] += 1
         step = window.frame_samples
         self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
         metrics.window("skipped_not_speech")
         self._evaluate(window, None, degraded=False, heard=False)
-        self._latch(window)
-
-    def _latch(self, window: AnalysisWindow) -> None:
-        """A window the speech check found not to be speech: latch its channel as not speech once UNSPOKEN_VERDICTS such
-        windows in a row had new audio that counted as the speaker's speech (or was already latched) and was loud."""
-        if not self._gates:
-            return
-        index, step = self._channel_of[window.role], window.frame_samples
-        first, end = window.new_from_sample // step, window.end_sample // step
-        counted = self._marks[index].count(first, end)[0] + self._marks[index].unspoken(first, end)
-        if counted and window.analytics.prosody.loudness_dbfs >= UNSPOKEN_MIN_DBFS:
-            self._unheard[index] += 1
-            if self._unheard[index] >= UNSPOKEN_VERDICTS:
-                self._gates[index].hear(speech=False)
+        if self._sounds:
+            self._sounds.not_speech(*self._new_frames(window), window.analytics.prosody.loudness_dbfs)
 
     def _check(self, window: AnalysisWindow) -> None:
         """Send an unscored speaker's window to the engine's speech check only (never scored): its answer latches or
@@ -841,7 +810,8 @@ class CallSession:
         if isinstance(result, NotSpeech):
             self._not_speech_windows[window.role] += 1
             metrics.window("checked_not_speech")
-            self._latch(window)
+            if self._sounds:
+                self._sounds.not_speech(*self._new_frames(window), window.analytics.prosody.loudness_dbfs)
         else:
             self._heard(window, True if isinstance(result, Spoken) else None)
 
@@ -849,48 +819,15 @@ class CallSession:
         """The engine's answer on a scored window: speech releases its channel's not-speech latch; no answer at all (a
         window dropped or failed, not replaced by a newer one) releases it too, as a voice counts as speech when
         unsure."""
-        if self._gates and speech is not False:
-            index = self._channel_of[window.role]
-            self._unheard[index] = 0
-            self._gates[index].hear(speech=True)
-
-    def _latched_speech(self, window: AnalysisWindow) -> bool:
-        """Some of the window's new audio was voiced but taken out of speech by the speech check's latch: the window
-        goes to the engine anyway, whose check is what can release the latch."""
-        if not self._marks:
-            return False
-        step = window.frame_samples
-        return self._marks[self._channel_of[window.role]].unspoken(window.new_from_sample // step, window.end_sample // step) > 0
+        if self._sounds and speech is not False:
+            self._sounds.heard(self._channel_of[window.role])
 
     def _release_deferred(self, final: bool = False) -> None:
         """Route the deferred windows of every channel whose gate has decided (all of them when `final`)."""
-        for index, deferred in enumerate(self._deferred):
-            while deferred and (final or not self._could_turn_steady(deferred[0])):
+        assert self._sounds is not None
+        for deferred in self._deferred:
+            while deferred and (final or not self._sounds.deciding(*self._new_frames(deferred[0]))):
                 self._route(deferred.popleft())
-
-    def _could_turn_steady(self, window: AnalysisWindow) -> bool:
-        """The channel's gate may still take enough of the window's new audio as steady sound (re-marking its
-        speech frames) to make it mostly steady: the window must wait for the gate to decide."""
-        index = self._channel_of[window.role]
-        first = self._gates[index].earliest_entry_frame()
-        if first is None:
-            return False
-        step = window.frame_samples
-        start, end = window.new_from_sample // step, window.end_sample // step
-        if max(first, start) >= end:
-            return False
-        marks = self._marks[index]
-        speech, steady = marks.count(start, end)
-        could, _ = marks.count(max(first, start), end)
-        return steady + could > 0 and steady + could >= speech - could
-
-    def _mostly_steady(self, window: AnalysisWindow) -> bool:
-        """At least as much of the window's new audio was steady sound (tone, music) as speech."""
-        if not self._marks:
-            return False
-        step = window.frame_samples
-        speech, steady = self._marks[self._channel_of[window.role]].count(window.new_from_sample // step, window.end_sample // step)
-        return steady > 0 and steady >= speech
 
     def _evaluate(self, window: AnalysisWindow, scores: dict[str, float] | None, degraded: bool, heard: bool = True) -> None:
         """The rules on one window (`heard` False: the engine's speech check found no speech in it, so no prosody)."""
@@ -1132,20 +1069,9 @@ class CallSession:
 
     def _conversation_summary(self) -> dict:
         summary = self._conversation.summary()
-        if self._gates:
-            summary["hold"] = {"ms": sum(g.hold_frames for g in self._gates) * self._frame_ms,
-                               "count": sum(g.holds for g in self._gates)}
+        if self._sounds:
+            summary["hold"] = self._sounds.hold()
         return summary
-
-    def _steady_summary(self, index: int) -> dict:
-        """A speaker's steady sound (tones, music) taken out of their speech, the voiced sound the engine's speech check
-        latched as not speech (music the gate let through), and their holds."""
-        if not self._gates:
-            return {}
-        gate = self._gates[index]
-        return {"steady_sound_ms": self._steady_frames[index] * self._frame_ms,
-                "not_speech_ms": self._latched_frames[index] * self._frame_ms,
-                "hold": {"ms": gate.hold_frames * self._frame_ms, "count": gate.holds}}
 
     def _summary(self, reason: str) -> CallSummary:
         rate = self.config.audio.sample_rate
@@ -1171,7 +1097,7 @@ class CallSession:
                 "top_labels": dict(s.top_labels),
                 "prosody": {**self._prosody[s.speaker].totals(), **self._transcripts[s.speaker].totals()},
                 "crosstalk_ms": self._crosstalk_frames[self._channel_of[s.speaker]] * self._frame_ms,
-                **self._steady_summary(self._channel_of[s.speaker]),
+                **(self._sounds.summary(self._channel_of[s.speaker]) if self._sounds else {}),
                 "trajectory": {
                     "resolution_ms": 1000,
                     "points": [{"t_ms": t_ms, "scores": [round(float(x), 4) for x in scores]} for t_ms, scores in timeline.trajectory()],

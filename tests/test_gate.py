@@ -299,3 +299,37 @@ def test_the_transcribed_evaluation_reads_a_kaldi_directory_and_counts_a_syllabl
     (data / "text").unlink()
     with pytest.raises(FileNotFoundError, match="text"):
         transcribed_rate([str(data)], str(tmp_path))
+
+
+def test_channel_sounds_take_a_tone_out_of_speech_mark_it_and_latch_on_two_loud_not_speech_answers():
+    """ChannelSounds over a stereo block (a held tone on one channel, speech on the other): the tone's voiced frames
+    leave the VAD flags, sound on the line and are marked steady for its windows; two loud not-speech answers on the
+    speech channel latch it (its next frames are taken out and marked as the latch's), and speech releases it."""
+    from service.analytics.sound import ChannelSounds
+
+    frame = RATE // 50
+    tone = signals.int16(signals.tones(440.0, seconds=4.0))
+    speech = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)[: len(tone)]
+    speech = np.pad(speech, (0, len(tone) - len(speech)))
+    flags = np.stack([vad(tone), vad(speech)], axis=1)
+    n = len(flags)
+    sounds = ChannelSounds(2, frame, 20, hold_min_ms=1000, history_frames=500)
+    kept, present, state = sounds.separate([tone[: n * frame], speech[: n * frame]], flags)
+    assert present is not None and state is not None
+    assert np.count_nonzero(kept[:, 0]) < 0.2 * np.count_nonzero(flags[:, 0])  # the tone is no one's speech
+    assert np.array_equal(kept[:, 1], flags[:, 1])  # the speech channel keeps its voice
+    sounds.mark(kept)
+    assert sounds.mostly_steady(0, 50, n) and not sounds.mostly_steady(1, 0, n)
+    summary = sounds.summary(0)
+    assert summary["steady_sound_ms"] > 2500 and summary["not_speech_ms"] == 0 and summary["hold"]["count"] == 1
+    sounds.not_speech(1, 0, n, loudness_dbfs=-20.0)
+    assert not sounds.gates[1].unspoken  # one answer is not enough
+    sounds.not_speech(1, 0, n, loudness_dbfs=-60.0)
+    assert not sounds.gates[1].unspoken  # a faint window (bleed, near silence) does not count
+    sounds.not_speech(1, 0, n, loudness_dbfs=-20.0)
+    assert sounds.gates[1].unspoken
+    kept, _, _ = sounds.separate([tone[: n * frame], speech[: n * frame]], flags)
+    sounds.mark(kept)
+    assert not kept[:, 1].any() and sounds.latched(1, n, 2 * n) and sounds.summary(1)["not_speech_ms"] > 1000
+    sounds.heard(1)
+    assert not sounds.gates[1].unspoken

@@ -1,0 +1,122 @@
+"""What each channel of a call plays that is not speech: its steady-sound gate (tones, music), the engine speech
+check's not-speech latch, and per-frame marks that let a window tell its speaker's speech from that sound.
+
+The call session feeds every decided frame through `separate` (before prosody and turn-taking look at speech), then
+`mark` with the frames that counted as speech; it asks about a window's new audio by channel frame range
+[first, end) and reports the speech check's answers (`not_speech`, `heard`). See service/analytics/gate.py for the
+gate and the latch, README "Tones and music are not speech" and "The engine's speech check" for the figures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from service.analytics.gate import SUSPECT_MS, UNSPOKEN_MIN_DBFS, UNSPOKEN_VERDICTS, FrameMarks, SteadyGate
+
+
+class ChannelSounds:
+    """The steady-sound gates of a call's channels (one per channel, in channel order) and what they decided."""
+
+    def __init__(self, channels: int, frame_samples: int, frame_ms: int, hold_min_ms: int, history_frames: int) -> None:
+        if channels <= 0:
+            raise ValueError(f"channels must be > 0, got {channels}")
+        self.frame_ms = frame_ms
+        self.gates = [SteadyGate(frame_samples, frame_ms, hold_min_ms) for _ in range(channels)]
+        self._marks = [FrameMarks(history_frames) for _ in range(channels)]
+        self._steady = [0] * channels  # voiced frames taken as steady sound by the gate
+        self._latched = [0] * channels  # voiced frames taken out of speech by the speech check's latch
+        self._unheard = [0] * channels  # loud windows in a row the check found not to be speech
+        self._suspect_frames = SUSPECT_MS // frame_ms
+        # What `separate` decided for the frames that `mark` marks next: steady sound and latched frames per channel.
+        self._last: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+
+    def separate(self, blocks: list[np.ndarray], vad: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The next frames of every channel (int16 samples per channel, VAD flags (frames, channels)) through its gate.
+        Returns the VAD flags without the frames that are steady sound or latched as not speech, the frames in which
+        such a sound plays (the line is not dead; None if none), and each channel's state per frame (None if none)."""
+        states = [gate.push(block, len(vad), vad[:, index]) for index, (gate, block) in enumerate(zip(self.gates, blocks))]
+        if not any(state.any() for state in states):
+            self._last = (None, None)
+            return vad, None, None
+        state = np.stack(states, axis=1)
+        steady = state & vad
+        latched = None
+        for index, gate in enumerate(self.gates):
+            column = steady[:, index]
+            if gate.last_unspoken.any():  # latched by the engine's speech check, not steady to the gate itself
+                latched = np.zeros_like(steady) if latched is None else latched
+                latched[:, index] = column & gate.last_unspoken
+                self._latched[index] += int(np.count_nonzero(latched[:, index]))
+                column = column & ~latched[:, index]
+            self._steady[index] += int(np.count_nonzero(column))
+        self._last = (steady if latched is None else steady & ~latched, latched)
+        return vad & ~steady, steady.any(axis=1), state
+
+    def mark(self, speaking: np.ndarray) -> None:
+        """Mark the frames `separate` just took: which counted as the speaker's speech (`speaking`, (frames, channels)
+        after near silence and crosstalk were removed), which were steady sound and which were latched."""
+        steady, latched = self._last
+        none = np.zeros(len(speaking), dtype=bool)
+        for index, marks in enumerate(self._marks):
+            marks.push(speaking[:, index], none if steady is None else steady[:, index],
+                       None if latched is None else latched[:, index])
+            for first, end in self.gates[index].take_entries():
+                marks.mark_steady(first, end)  # the start of a tone or music, taken for speech until the gate knew
+        self._last = (None, None)
+
+    def skip(self, frames: int) -> None:
+        """`frames` frames of audio that will never come, on every channel: nothing carries across them."""
+        for gate, marks in zip(self.gates, self._marks):
+            gate.skip(frames)
+            marks.skip(frames)
+
+    def deciding(self, index: int, first: int, end: int) -> bool:
+        """The channel's gate may still take enough of frames [first, end) as steady sound (re-marking its speech
+        frames) to make them mostly steady: a window over them must wait for the gate to decide."""
+        earliest = self.gates[index].earliest_entry_frame()
+        if earliest is None or max(earliest, first) >= end:
+            return False
+        marks = self._marks[index]
+        speech, steady = marks.count(first, end)
+        could, _ = marks.count(max(earliest, first), end)
+        return steady + could > 0 and steady + could >= speech - could
+
+    def mostly_steady(self, index: int, first: int, end: int) -> bool:
+        """At least as much of frames [first, end) was steady sound (tone, music) as speech."""
+        speech, steady = self._marks[index].count(first, end)
+        return steady > 0 and steady >= speech
+
+    def latched(self, index: int, first: int, end: int) -> bool:
+        """Some of frames [first, end) were voiced but taken out of speech by the speech check's latch."""
+        return self._marks[index].unspoken(first, end) > 0
+
+    def not_speech(self, index: int, first: int, end: int, loudness_dbfs: float) -> None:
+        """The speech check found a window over frames [first, end) not to be speech: latch the channel once
+        UNSPOKEN_VERDICTS such windows in a row had new audio that counted as speech (or was latched already) and was
+        at least UNSPOKEN_MIN_DBFS loud (near silence and the other side's bleed, which it also holds back, never)."""
+        marks = self._marks[index]
+        if (marks.count(first, end)[0] or marks.unspoken(first, end)) and loudness_dbfs >= UNSPOKEN_MIN_DBFS:
+            self._unheard[index] += 1
+            if self._unheard[index] >= UNSPOKEN_VERDICTS:
+                self.gates[index].hear(speech=False)
+
+    def heard(self, index: int) -> None:
+        """The speech check heard speech on the channel, or gave no answer (a voice counts as speech when unsure):
+        release its latch."""
+        self._unheard[index] = 0
+        self.gates[index].hear(speech=True)
+
+    def suspect(self, index: int) -> bool:
+        """The channel may be playing music: windows of a speaker who is not scored go to the speech check."""
+        return self.gates[index].suspect(self._suspect_frames)
+
+    def summary(self, index: int) -> dict:
+        """A speaker's steady sound taken out of their speech, the voiced sound the speech check latched as not speech,
+        and their holds."""
+        gate = self.gates[index]
+        return {"steady_sound_ms": self._steady[index] * self.frame_ms, "not_speech_ms": self._latched[index] * self.frame_ms,
+                "hold": {"ms": gate.hold_frames * self.frame_ms, "count": gate.holds}}
+
+    def hold(self) -> dict:
+        """The call's holds: every channel's together."""
+        return {"ms": sum(g.hold_frames for g in self.gates) * self.frame_ms, "count": sum(g.holds for g in self.gates)}
