@@ -79,6 +79,10 @@ SUMMARY_SCHEMA_VERSION = 2
 MAX_SUMMARY_ALERTS = 1000  # the summary lists at most this many (the newest); the count is exact
 WARNING_INTERVAL_MS = 5000  # at most one warning of a kind per this much call time
 SLICE_MS = 500  # audio worked through between yields to the event loop (a few ms of CPU)
+# A replay whose model checks for speech waits for every answer each this much of its audio and applies them there
+# (ChannelSounds.apply): the same frames in every run, and several windows of a call scored at once; after every
+# push instead while a channel is unsettled (may be playing music), as a live call takes each answer when it comes.
+REPLAY_SYNC_MS = 2000
 # Prosody and turn-taking run on the frames the VAD decided when a window is cut (its figures and the
 # conversation must include them) and every analysis_ms of frames (ending on a conversation tick the rules look
 # at, so that tick alerts fire with the chunk that completes it), never holding more than this many frames;
@@ -112,8 +116,8 @@ class SessionContext:
     """Called with every call summary document (writes the QA report when configured); must not block."""
     speech_check: bool = False
     """The scorer's model checks each window for speech (service/inference/speech.py). A replay then waits for every
-    window's answer before it goes on, so that a not-speech latch (SteadyGate.hear) falls on the same frames in every
-    run; a live call takes each answer when it comes."""
+    answer at each REPLAY_SYNC_MS of its audio and lets them take effect there, so that a not-speech latch
+    (SteadyGate.hear) falls on the same frames in every run; a live call takes each answer when it comes."""
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,8 @@ class CallSession:
         self._merged: set[int] = set()
         self._in_flight = 0
         self._checks = 0  # unscored windows out to the engine's speech check (_check)
+        self._sync_every = REPLAY_SYNC_MS * fmt.sample_rate // 1000
+        self._sync_at = self._sync_every  # call position (samples) of a replay's next sync (flow_control)
         # Unscored channels whose windows the engine's speech check may hear (only while the gate suspects music).
         self._checked_channels = [index for index, p in enumerate(self._pipelines) if not p.scored] \
             if ctx.speech_check and self._sounds else []
@@ -403,7 +409,8 @@ class CallSession:
             if delay > 0:
                 await asyncio.sleep(delay)
             return
-        limit = 1 if self._ctx.speech_check else self._ctx.windows.max_pending_windows
+        sync = self._sounds is not None and self._ctx.speech_check and (self._audio_frames >= self._sync_at or self._sounds.unsettled)
+        limit = 1 if sync else self._ctx.windows.max_pending_windows  # at a sync: until every window is answered
         while self._ready or self._in_flight + self._checks >= limit:
             if self._state != "open":
                 return
@@ -414,6 +421,10 @@ class CallSession:
                     await asyncio.wait_for(self._capacity.wait(), 0.05)
                 except asyncio.TimeoutError:
                     pass
+        if sync:
+            assert self._sounds is not None
+            self._sounds.apply()
+            self._sync_at = self._audio_frames + self._sync_every
 
     def _work(self, budget: int) -> None:
         """Work through queued input: at most `budget` frames of samples (holes cost nothing)."""
@@ -639,6 +650,12 @@ class CallSession:
         self._pending.put_nowait(None)
         if self._scorer is not None:
             await self._scorer
+        while self._checks and not self.config.realtime:  # a replay counts every answer of the speech check
+            self._capacity.clear()
+            try:
+                await asyncio.wait_for(self._capacity.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
         summary = self._summary(reason)
         self._ctx.publisher.publish_call_event(summary.document)
         if self._ctx.on_summary is not None:
@@ -781,6 +798,8 @@ class CallSession:
         self._evaluate(window, None, degraded=False, heard=False)
         if self._sounds:
             self._sounds.not_speech(*self._new_frames(window), window.analytics.prosody.loudness_dbfs)
+            if self.config.realtime:
+                self._sounds.apply()
 
     def _check(self, window: AnalysisWindow) -> None:
         """Send an unscored speaker's window to the engine's speech check only (never scored): its answer latches or
@@ -812,6 +831,8 @@ class CallSession:
             metrics.window("checked_not_speech")
             if self._sounds:
                 self._sounds.not_speech(*self._new_frames(window), window.analytics.prosody.loudness_dbfs)
+                if self.config.realtime:
+                    self._sounds.apply()
         else:
             self._heard(window, True if isinstance(result, Spoken) else None)
 
@@ -821,6 +842,8 @@ class CallSession:
         unsure."""
         if self._sounds and speech is not False:
             self._sounds.heard(self._channel_of[window.role])
+            if self.config.realtime:
+                self._sounds.apply()
 
     def _release_deferred(self, final: bool = False) -> None:
         """Route the deferred windows of every channel whose gate has decided (all of them when `final`)."""

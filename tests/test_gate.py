@@ -304,7 +304,8 @@ def test_the_transcribed_evaluation_reads_a_kaldi_directory_and_counts_a_syllabl
 def test_channel_sounds_take_a_tone_out_of_speech_mark_it_and_latch_on_two_loud_not_speech_answers():
     """ChannelSounds over a stereo block (a held tone on one channel, speech on the other): the tone's voiced frames
     leave the VAD flags, sound on the line and are marked steady for its windows; two loud not-speech answers on the
-    speech channel latch it (its next frames are taken out and marked as the latch's), and speech releases it."""
+    speech channel latch it once applied (its next frames are taken out and marked as the latch's), and speech releases
+    it."""
     from service.analytics.sound import ChannelSounds
 
     frame = RATE // 50
@@ -323,13 +324,18 @@ def test_channel_sounds_take_a_tone_out_of_speech_mark_it_and_latch_on_two_loud_
     summary = sounds.summary(0)
     assert summary["steady_sound_ms"] > 2500 and summary["not_speech_ms"] == 0 and summary["hold"]["count"] == 1
     sounds.not_speech(1, 0, n, loudness_dbfs=-20.0)
+    sounds.apply()
     assert not sounds.gates[1].unspoken  # one answer is not enough
     sounds.not_speech(1, 0, n, loudness_dbfs=-60.0)
+    sounds.apply()
     assert not sounds.gates[1].unspoken  # a faint window (bleed, near silence) does not count
     sounds.not_speech(1, 0, n, loudness_dbfs=-20.0)
-    assert sounds.gates[1].unspoken
+    assert not sounds.gates[1].unspoken and sounds.answers == 1  # answers take effect when applied
+    sounds.apply()
+    assert sounds.gates[1].unspoken and sounds.answers == 0
     kept, _, _ = sounds.separate([tone[: n * frame], speech[: n * frame]], flags)
     sounds.mark(kept)
     assert not kept[:, 1].any() and sounds.latched(1, n, 2 * n) and sounds.summary(1)["not_speech_ms"] > 1000
     sounds.heard(1)
+    sounds.apply()
     assert not sounds.gates[1].unspoken

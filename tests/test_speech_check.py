@@ -280,7 +280,7 @@ async def test_the_engine_names_a_workers_stream_by_the_worker_and_its_id(tmp_pa
 
 def test_the_signal_evaluation_counts_the_windows_the_check_holds_back(tmp_path):
     """clients.eval_signal runs clips as calls without and with the check: fast music's windows reach the emotion model
-    and count as talk without it and neither (but for its first second) with it, while at least nine in ten of the
+    and count as talk without it and neither (but for its first two seconds) with it, while at least nine in ten of the
     bundled stereo call's windows still do and its talk time stays within a second."""
     from clients.eval_signal import ROOT, _mono8k, windows_to_the_model
 
@@ -291,7 +291,9 @@ def test_the_signal_evaluation_counts_the_windows_the_check_holds_back(tmp_path)
     assert music["scored_without_check"] >= 10 and music["scored_with_check"] == 0
     assert music["not_speech"] == music["scored_without_check"]
     assert speech["scored_without_check"] >= 10 and speech["scored_with_check"] >= 0.9 * speech["scored_without_check"]
-    assert music["talk_s_without_check"] >= 9 and music["talk_s_with_check"] <= 1
+    # A replay applies the check's answers at fixed points of its audio (REPLAY_SYNC_MS, 2 s) until a channel is
+    # unsettled: music the gate never catches counts until the first of them.
+    assert music["talk_s_without_check"] >= 9 and music["talk_s_with_check"] <= 2.5
     assert abs(speech["talk_s_with_check"] - speech["talk_s_without_check"]) <= 1 and speech["talk_s_with_check"] >= 5
 
 

@@ -3,7 +3,9 @@ check's not-speech latch, and per-frame marks that let a window tell its speaker
 
 The call session feeds every decided frame through `separate` (before prosody and turn-taking look at speech), then
 `mark` with the frames that counted as speech; it asks about a window's new audio by channel frame range
-[first, end) and reports the speech check's answers (`not_speech`, `heard`). See service/analytics/gate.py for the
+[first, end) and reports the speech check's answers (`not_speech`, `heard`), which take effect when it calls
+`apply` (a live call at once; a replay at fixed points of its audio, so that they fall on the same frames in
+every run however fast the model answers). See service/analytics/gate.py for the
 gate and the latch, README "Tones and music are not speech" and "The engine's speech check" for the figures.
 """
 
@@ -27,6 +29,7 @@ class ChannelSounds:
         self._latched = [0] * channels  # voiced frames taken out of speech by the speech check's latch
         self._unheard = [0] * channels  # loud windows in a row the check found not to be speech
         self._suspect_frames = SUSPECT_MS // frame_ms
+        self._answers: list[tuple[int, tuple[int, int, float] | None]] = []  # (channel, not speech over) until apply()
         # What `separate` decided for the frames that `mark` marks next: steady sound and latched frames per channel.
         self._last: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
 
@@ -91,20 +94,41 @@ class ChannelSounds:
         return self._marks[index].unspoken(first, end) > 0
 
     def not_speech(self, index: int, first: int, end: int, loudness_dbfs: float) -> None:
-        """The speech check found a window over frames [first, end) not to be speech: latch the channel once
-        UNSPOKEN_VERDICTS such windows in a row had new audio that counted as speech (or was latched already) and was
-        at least UNSPOKEN_MIN_DBFS loud (near silence and the other side's bleed, which it also holds back, never)."""
-        marks = self._marks[index]
-        if (marks.count(first, end)[0] or marks.unspoken(first, end)) and loudness_dbfs >= UNSPOKEN_MIN_DBFS:
-            self._unheard[index] += 1
-            if self._unheard[index] >= UNSPOKEN_VERDICTS:
-                self.gates[index].hear(speech=False)
+        """The speech check found a window over frames [first, end) not to be speech. Once applied: latch the channel
+        when UNSPOKEN_VERDICTS such windows in a row had new audio that counted as speech (or was latched already) and
+        was at least UNSPOKEN_MIN_DBFS loud (near silence and the other side's bleed, which it also holds back, never)."""
+        self._answers.append((index, (first, end, loudness_dbfs)))
 
     def heard(self, index: int) -> None:
-        """The speech check heard speech on the channel, or gave no answer (a voice counts as speech when unsure):
-        release its latch."""
-        self._unheard[index] = 0
-        self.gates[index].hear(speech=True)
+        """The speech check heard speech on the channel, or gave no answer (a voice counts as speech when unsure). Once
+        applied: release its latch."""
+        self._answers.append((index, None))
+
+    @property
+    def unsettled(self) -> bool:
+        """Some channel may be playing music (suspect), is latched, or had a loud window the check found not to be
+        speech: its next answers may change what counts as speech."""
+        return any(self._unheard) or any(self.suspect(index) for index in range(len(self.gates)))
+
+    @property
+    def answers(self) -> int:
+        """Speech-check answers not applied yet."""
+        return len(self._answers)
+
+    def apply(self) -> None:
+        """Let the speech check's answers so far take effect, in the order they came."""
+        answers, self._answers = self._answers, []
+        for index, window in answers:
+            if window is None:
+                self._unheard[index] = 0
+                self.gates[index].hear(speech=True)
+                continue
+            first, end, loudness_dbfs = window
+            marks = self._marks[index]
+            if (marks.count(first, end)[0] or marks.unspoken(first, end)) and loudness_dbfs >= UNSPOKEN_MIN_DBFS:
+                self._unheard[index] += 1
+                if self._unheard[index] >= UNSPOKEN_VERDICTS:
+                    self.gates[index].hear(speech=False)
 
     def suspect(self, index: int) -> bool:
         """The channel may be playing music: windows of a speaker who is not scored go to the speech check."""
