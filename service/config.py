@@ -329,6 +329,12 @@ class AnalyticsConfig:
     they count as no one's talk, their windows are not scored, and dead air does not run while they play."""
     hold_min_ms: int = 5000
     """A channel playing steady sound (music) this long is on hold: hold time and count in the summary."""
+    check_unscored: str = "suspect"
+    """Which windows of a speaker whose emotion is not scored go to the engine's speech check (CALLPULSE_SPEECH_CHECK
+    above 0), so that music the steady-sound gate misses stops counting as their talk: "suspect" (while the gate
+    heard a steady stretch of 1 s or more on their channel in the last 30 s, or the check latched it; next to no
+    cost on a call without music), "all" (every window: music the gate never catches too, at the cost of checking
+    a second channel, small on a GPU), "none"."""
     crosstalk_margin_db: float = 20.0
     """Stereo calls: where both channels are voiced, a channel this many dB or more below the other is
     the other side's voice leaking in (echo, bleed) and does not count as speaking; 0 turns this off."""
@@ -358,6 +364,8 @@ class AnalyticsConfig:
                f"turn_pause_ms must be hangover_ms ({self.hangover_ms})..3000, got {self.turn_pause_ms}")
         _check(isinstance(self.steady_gate, bool), f"steady_gate must be true or false, got {self.steady_gate!r}")
         _check(1000 <= self.hold_min_ms <= 600000, f"hold_min_ms must be 1000..600000, got {self.hold_min_ms}")
+        _check(self.check_unscored in ("suspect", "all", "none"),
+               f"check_unscored must be suspect, all or none, got {self.check_unscored!r}")
         _check(self.min_silence_ms >= 100, f"min_silence_ms must be >= 100, got {self.min_silence_ms}")
         _check(0 <= self.crosstalk_margin_db <= 80, f"crosstalk_margin_db must be 0..80, got {self.crosstalk_margin_db}")
         _check(20 <= self.tick_ms <= 1000, f"tick_ms must be 20..1000, got {self.tick_ms}")
@@ -476,6 +484,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_ANALYSIS_MS": ("analytics", "analysis_ms", int),
     "CALLPULSE_STEADY_GATE": ("analytics", "steady_gate", _parse_bool),
     "CALLPULSE_HOLD_MIN_MS": ("analytics", "hold_min_ms", int),
+    "CALLPULSE_CHECK_UNSCORED": ("analytics", "check_unscored", str),
     "CALLPULSE_MIN_SILENCE_MS": ("analytics", "min_silence_ms", int),
     "CALLPULSE_CROSSTALK_MARGIN_DB": ("analytics", "crosstalk_margin_db", float),
     "CALLPULSE_LOG_LEVEL": ("", "log_level", str),

@@ -267,7 +267,10 @@ class CallSession:
         self._sync_at = self._sync_every  # call position (samples) of a replay's next sync (flow_control)
         # Unscored channels whose windows the engine's speech check may hear (only while the gate suspects music).
         self._checked_channels = [index for index, p in enumerate(self._pipelines) if not p.scored] \
-            if ctx.speech_check and self._sounds else []
+            if ctx.speech_check and self._sounds and analytics.check_unscored != "none" else []
+        self._check_all = analytics.check_unscored == "all"
+        for index in self._checked_channels:
+            self._pipelines[index].carry_audio = self._check_all
         self._overloaded = False
         self._warned_at: dict[str, int] = {}
         self._audio_frames = 0  # call position (received audio plus holes)
@@ -530,7 +533,7 @@ class CallSession:
         if self._sounds:
             self._sounds.mark(speaking)
             for index in self._checked_channels:
-                self._pipelines[index].carry_audio = self._sounds.suspect(index)
+                self._pipelines[index].carry_audio = self._check_all or self._sounds.suspect(index)
         return self._conversation.push(speaking, present, state)
 
     def _report_ingested(self) -> None:

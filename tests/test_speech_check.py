@@ -10,7 +10,9 @@ import soxr
 
 from clients import signals
 from service.analytics.gate import SteadyGate
+from service.config import AnalyticsConfig
 from service.domain import Role
+from service.errors import ConfigError
 from service.inference.base import NotSpeech, Spoken, StreamSpan, WindowScores
 from service.inference.speech import CHUNK, SPEECH_PROBABILITY, SpeechCheckedModel, SpeechDetector
 from tests.fakes import FakeEmotionModel, one_hot
@@ -363,3 +365,22 @@ async def test_hold_music_on_the_unscored_agent_channel_is_checked_and_neither_t
     assert conversation["hold"]["count"] == 1 and conversation["hold"]["ms"] >= 15_000
     assert agent_summary["not_speech_ms"] >= 10_000 and agent_summary["windows_not_speech"] > 10 and agent_summary["windows_scored"] == 0
     assert [a.rule_id for a in alerts] == ["angry"]
+
+
+async def test_music_the_gate_never_catches_on_the_agent_channel_is_checked_only_when_every_window_is(detector):
+    """Fast notes alone on the unscored agent channel never make it suspect: with check_unscored "suspect" they count as
+    the agent's talk, with "all" the agent's windows go to the check and the channel is latched out of talk; "none"
+    and a bad value behave as stated."""
+    notes = signals.int16(np.concatenate([arpeggio(12.0), np.zeros(RATE)]))
+    call = np.stack([np.zeros(len(notes), np.int16), notes], axis=1)
+    roles, talk = (Role.CUSTOMER, Role.AGENT), {}
+    for mode in ("suspect", "all", "none"):
+        _, _, summary = await run_session(call, roles=roles, analytics=AnalyticsConfig(check_unscored=mode),
+                                          model=SpeechCheckedModel(scripted_model(), detector, min_share=0.2))
+        agent = summary.document["speakers"][1]
+        talk[mode] = (summary.document["conversation"]["talk_ms"]["agent"], agent["windows_not_speech"], agent["not_speech_ms"])
+    assert talk["suspect"][0] > 10_000 and talk["suspect"][1] == 0
+    assert talk["all"][0] < 3_000 and talk["all"][1] > 10 and talk["all"][2] > 8_000
+    assert talk["none"] == talk["suspect"]
+    with pytest.raises(ConfigError, match="check_unscored must be suspect, all or none"):
+        AnalyticsConfig(check_unscored="sometimes")
