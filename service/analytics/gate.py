@@ -94,7 +94,7 @@ class SteadyGate:
         self._entries: list[tuple[int, int]] = []
         self._unspoken = False  # latched by the engine's speech check (hear)
         self._frames = 0  # frames pushed or skipped
-        self._steady_at: int | None = None  # the last frame the gate itself decided steady
+        self._steady_at: int | None = None  # the last push end while a stretch of SUSPECT_STRETCH_MS or more ran
         self._unspoken_quiet = 0  # quiet blocks in a row towards releasing the latch
         self.last_unspoken = np.zeros(0, dtype=bool)
         """Per frame of the last push: in the state only because of the latch (the gate itself not steady)."""
@@ -116,8 +116,8 @@ class SteadyGate:
         return self._unspoken
 
     def suspect(self, within_frames: int) -> bool:
-        """The channel may be playing music: steady now, latched as not speech, or steady within the last
-        `within_frames` frames."""
+        """The channel may be playing music: steady now, latched as not speech, or in a steady stretch of at least
+        SUSPECT_STRETCH_MS within the last `within_frames` frames."""
         return self._steady or self._unspoken or (self._steady_at is not None and self._frames - self._steady_at <= within_frames)
 
     def hear(self, speech: bool) -> None:
