@@ -18,10 +18,10 @@ leaves it after STEADY_EXIT_BLOCKS loud blocks in a row below STEADY_EXIT
 does not). While steady, the channel's VAD-voiced frames are not speech. A channel steady for at
 least `hold_min_ms` is on hold.
 
-What it does not catch: music with singing (the voice glides like speech), and music under someone
-speaking on the same channel (the speech wins, which is right). A pretrained detector (silero-vad,
-which rejects these tones and the generated music entirely) would run in the model engine; see the
-README. Cost: one FFT of an 80 ms block (640 points at 8 kHz) per block with a voiced frame,
+What it does not catch: music with singing (the voice glides like speech), fast passages, and music under
+someone speaking on the same channel (the speech wins, which is right). For the first two the model engine's
+speech check (silero-vad, service/inference/speech.py) answers per window; its "not speech" on loud windows
+latches the channel into the steady state (`hear`) until it hears speech again. Cost: one FFT of an 80 ms block (640 points at 8 kHz) per block with a voiced frame,
 vectorised over the blocks analysed together; about 1 ms of CPU per second of a stereo call.
 """
 
