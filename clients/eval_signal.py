@@ -45,6 +45,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -475,6 +476,53 @@ def windows_to_the_model(clips: dict[str, list[tuple[str, np.ndarray]]], work: s
     return {"share": share, "classes": figures}
 
 
+HOLD_SPEECH_AT_S = (5.0, 20.0, 35.0, 50.0)  # the customer talking (to someone beside them) while the agent's side plays music
+
+
+def hold_music_calls(music: list[tuple[str, np.ndarray]], work: str, share: float) -> dict:
+    """Hold music on the agent's channel (not scored) while the customer speaks now and then (the customer fixture at
+    HOLD_SPEECH_AT_S): per clip a stereo call through the batch analysis (constant model, the customer scored), without
+    the speech check and with it at `share` for each CALLPULSE_CHECK_UNSCORED mode. Totals per setting: the agent's
+    talk time, over-talk, interruptions by the agent (what the shipped agent-talks-over-customer rule counts), hold
+    time and the default rules' alerts. Every second of agent talk here is music."""
+    from clients.wavfile import write_wav
+    from service.batch import AnalyzeOptions, analyze
+    from service.config import load_config
+    from service.domain import Role
+    from service.inference.constant import ConstantEmotionModel
+    from service.inference.speech import SpeechCheckedModel, SpeechDetector
+
+    speech = _mono8k(str(ROOT / "clients" / "samples" / "customer_16k.wav"))[0]
+    paths = []
+    for index, (_, x) in enumerate(music):
+        customer = np.zeros(len(x), np.int16)
+        for at in HOLD_SPEECH_AT_S:
+            start = int(at * RATE)
+            if start < len(x):
+                part = speech[: len(x) - start]
+                customer[start : start + len(part)] = part
+        paths.append(os.path.join(work, f"hold-{index}.wav"))
+        write_wav(paths[-1], RATE, np.stack([customer, x], axis=1))
+    settings = [("without the check", "suspect", ConstantEmotionModel())]
+    settings += [(f"check {share:g}, unscored: {mode}", mode, SpeechCheckedModel(ConstantEmotionModel(), SpeechDetector(), share))
+                 for mode in ("suspect", "all")]
+    out = {"calls": len(paths), "settings": {}}
+    for label, mode, model in settings:
+        options = AnalyzeOptions(out_dir=os.path.join(work, f"hold-{mode}-{len(out['settings'])}"), roles=(Role.CUSTOMER, Role.AGENT),
+                                 score_roles=(Role.CUSTOMER,), jobs=2, progress=False)
+        config = load_config(environ={"CALLPULSE_CHECK_UNSCORED": mode})
+        summaries = [r.summary for r in analyze(paths, options, config, model=model) if r.status == "ok"]
+        conversations = [summary["conversation"] for summary in summaries]
+        out["settings"][label] = {
+            "agent_talk_s": round(sum(c["talk_ms"]["agent"] for c in conversations) / 1000, 1),
+            "overtalk_s": round(sum(c["overtalk_ms"] for c in conversations) / 1000, 1),
+            "agent_interruptions": sum(c["interruptions"]["by"].get("agent", 0) for c in conversations),
+            "hold_s": round(sum(c.get("hold", {}).get("ms", 0) for c in conversations) / 1000, 1),
+            "alerts": dict(sorted(Counter(a["rule_id"] for summary in summaries for a in summary["alerts"]).items())),
+        }
+    return out
+
+
 def _row(name: str, voiced: int, steady: int, extra: dict | None) -> dict:
     return {"clip": name, "voiced": voiced, "steady": steady, **(extra or {})}
 
@@ -504,6 +552,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
             if speaking is None:  # a mono clip (the stereo calls' channels are in as their calls)
                 calls["speech"].append((name, x))
         windows = windows_to_the_model(calls, work, check) if check else None
+        holds = hold_music_calls(calls["music (Debian packages)"], work, check) if check and calls["music (Debian packages)"] else None
         rate = speech_rate_error(work) if espeak else None
         scenes = conversation_scenes(work) if espeak else None
         real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
@@ -518,7 +567,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
             summary[kind]["silero_speech_share"] = round(sum(c["silero"] for c in clips) / voiced, 4)
             summary[kind]["left_as_speech_share"] = round(sum(c["left"] for c in clips) / voiced, 4)
     return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes,
-            "windows": windows, "transcribed_rate": chinese}
+            "windows": windows, "transcribed_rate": chinese, "hold_music": holds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -580,6 +629,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nreal call ({REAL_CALL.name}), the service against de Jong & Wempe per utterance ({figures['utterances']}): "
               f"totals {figures['service_total']} / {figures['dejong_total']}, mean ratio {figures.get('mean_ratio')}, "
               f"mean absolute error {100 * figures.get('mean_abs_error', 0):.0f}%, Pearson r {figures.get('pearson_r')}")
+    holds = result.get("hold_music")
+    if holds:
+        print(f"\n| hold music on the agent's channel, the customer speaking ({holds['calls']} calls) | agent talk (s) | over-talk (s) "
+              "| interruptions by the agent | hold (s) | alerts |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for label, figures in holds["settings"].items():
+            alerts = ", ".join(f"{rule} {count}" for rule, count in figures["alerts"].items()) or "none"
+            print(f"| {label} | {figures['agent_talk_s']} | {figures['overtalk_s']} | {figures['agent_interruptions']} | "
+                  f"{figures['hold_s']} | {alerts} |")
     chinese = result.get("transcribed_rate")
     if chinese:
         print("\n| utterance (real, transcribed) | seconds | characters | the service | de Jong & Wempe (Praat) |")

@@ -844,7 +844,7 @@ class CallSession:
         window dropped or failed, not replaced by a newer one) releases it too, as a voice counts as speech when
         unsure."""
         if self._sounds and speech is not False:
-            self._sounds.heard(self._channel_of[window.role])
+            self._sounds.heard(self._channel_of[window.role], answered=speech is True)
             if self.config.realtime:
                 self._sounds.apply()
 

@@ -304,8 +304,8 @@ def test_the_transcribed_evaluation_reads_a_kaldi_directory_and_counts_a_syllabl
 def test_channel_sounds_take_a_tone_out_of_speech_mark_it_and_latch_on_two_loud_not_speech_answers():
     """ChannelSounds over a stereo block (a held tone on one channel, speech on the other): the tone's voiced frames
     leave the VAD flags, sound on the line and are marked steady for its windows; two loud not-speech answers on the
-    speech channel latch it once applied (its next frames are taken out and marked as the latch's), and speech releases
-    it."""
+    speech channel latch it once applied (its next frames are taken out and marked as the latch's), and two speech
+    answers in a row, or a window never answered, release it."""
     from service.analytics.sound import ChannelSounds
 
     frame = RATE // 50
@@ -338,4 +338,12 @@ def test_channel_sounds_take_a_tone_out_of_speech_mark_it_and_latch_on_two_loud_
     assert not kept[:, 1].any() and sounds.latched(1, n, 2 * n) and sounds.summary(1)["not_speech_ms"] > 1000
     sounds.heard(1)
     sounds.apply()
+    assert sounds.gates[1].unspoken  # one window heard as speech among music is not enough
+    sounds.heard(1)
+    sounds.apply()
     assert not sounds.gates[1].unspoken
+    for _ in range(2):
+        sounds.not_speech(1, 0, n, loudness_dbfs=-20.0)
+    sounds.heard(1, answered=False)
+    sounds.apply()
+    assert not sounds.gates[1].unspoken  # no answer (a window dropped or failed): a voice counts as speech

@@ -28,8 +28,10 @@ class ChannelSounds:
         self._steady = [0] * channels  # voiced frames taken as steady sound by the gate
         self._latched = [0] * channels  # voiced frames taken out of speech by the speech check's latch
         self._unheard = [0] * channels  # loud windows in a row the check found not to be speech
+        self._heard = [0] * channels  # windows in a row the check found to be speech
         self._suspect_frames = SUSPECT_MS // frame_ms
-        self._answers: list[tuple[int, tuple[int, int, float] | None]] = []  # (channel, not speech over) until apply()
+        # (channel, the frames and loudness of a window found not speech, or "speech", or None: no answer) until apply()
+        self._answers: list[tuple[int, tuple[int, int, float] | str | None]] = []
         # What `separate` decided for the frames that `mark` marks next: steady sound and latched frames per channel.
         self._last: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
 
@@ -99,10 +101,12 @@ class ChannelSounds:
         was at least UNSPOKEN_MIN_DBFS loud (near silence and the other side's bleed, which it also holds back, never)."""
         self._answers.append((index, (first, end, loudness_dbfs)))
 
-    def heard(self, index: int) -> None:
-        """The speech check heard speech on the channel, or gave no answer (a voice counts as speech when unsure). Once
-        applied: release its latch."""
-        self._answers.append((index, None))
+    def heard(self, index: int, answered: bool = True) -> None:
+        """The speech check heard speech on the channel (`answered`), or gave no answer (a window dropped or failed).
+        Once applied: release its latch after UNSPOKEN_VERDICTS speech answers in a row (one window of music that the
+        check takes for speech among windows it does not must not restart the music as talk), or at once when there
+        was no answer (a voice counts as speech when unsure)."""
+        self._answers.append((index, "speech" if answered else None))
 
     @property
     def unsettled(self) -> bool:
@@ -119,13 +123,17 @@ class ChannelSounds:
         """Let the speech check's answers so far take effect, in the order they came."""
         answers, self._answers = self._answers, []
         for index, window in answers:
-            if window is None:
+            if window is None or window == "speech":
                 self._unheard[index] = 0
-                self.gates[index].hear(speech=True)
+                self._heard[index] += 1
+                if window is None or self._heard[index] >= UNSPOKEN_VERDICTS or not self.gates[index].unspoken:
+                    self.gates[index].hear(speech=True)
                 continue
+            assert not isinstance(window, str)
             first, end, loudness_dbfs = window
             marks = self._marks[index]
             if (marks.count(first, end)[0] or marks.unspoken(first, end)) and loudness_dbfs >= UNSPOKEN_MIN_DBFS:
+                self._heard[index] = 0
                 self._unheard[index] += 1
                 if self._unheard[index] >= UNSPOKEN_VERDICTS:
                     self.gates[index].hear(speech=False)
