@@ -384,3 +384,20 @@ async def test_music_the_gate_never_catches_on_the_agent_channel_is_checked_only
     assert talk["none"] == talk["suspect"]
     with pytest.raises(ConfigError, match="check_unscored must be suspect, all or none"):
         AnalyticsConfig(check_unscored="sometimes")
+
+
+def test_the_signal_evaluation_puts_music_on_the_agent_channel_while_the_customer_speaks(tmp_path):
+    """clients.eval_signal's hold-music calls: steady chords with fast passages on the unscored agent channel while the
+    customer speaks count as the agent's talk and over-talk without the check, far less with it, and least when every
+    agent window is checked."""
+    from clients.eval_signal import hold_music_calls
+
+    music = signals.int16(np.concatenate([signals.music(4.0), arpeggio(10.0), signals.music(2.0), arpeggio(9.0)]))
+    result = hold_music_calls([("chords and fast notes", music)], str(tmp_path), 0.2)
+    assert result["calls"] == 1
+    without, suspect, every = (result["settings"][key] for key in
+                               ("without the check", "check 0.2, unscored: suspect", "check 0.2, unscored: all"))
+    assert without["agent_talk_s"] > 15 and without["overtalk_s"] > 2
+    assert suspect["agent_talk_s"] < 0.2 * without["agent_talk_s"] and suspect["overtalk_s"] < without["overtalk_s"]
+    assert every["agent_talk_s"] <= suspect["agent_talk_s"] and every["hold_s"] >= 15
+    assert all(isinstance(figures["alerts"], dict) for figures in result["settings"].values())
