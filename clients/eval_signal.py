@@ -570,6 +570,14 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
             "windows": windows, "transcribed_rate": chinese, "hold_music": holds}
 
 
+def _print_table(header: list[str], rows: list[list]) -> None:
+    """A markdown table after a blank line."""
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clients.eval_signal", description=__doc__.split("\n")[0])
     parser.add_argument("--music-dir", action="append", help="directory of music files (repeatable)")
@@ -631,19 +639,16 @@ def main(argv: list[str] | None = None) -> int:
               f"mean absolute error {100 * figures.get('mean_abs_error', 0):.0f}%, Pearson r {figures.get('pearson_r')}")
     holds = result.get("hold_music")
     if holds:
-        print(f"\n| hold music on the agent's channel, the customer speaking ({holds['calls']} calls) | agent talk (s) | over-talk (s) "
-              "| interruptions by the agent | hold (s) | alerts |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for label, figures in holds["settings"].items():
-            alerts = ", ".join(f"{rule} {count}" for rule, count in figures["alerts"].items()) or "none"
-            print(f"| {label} | {figures['agent_talk_s']} | {figures['overtalk_s']} | {figures['agent_interruptions']} | "
-                  f"{figures['hold_s']} | {alerts} |")
+        _print_table([f"hold music on the agent's channel, the customer speaking ({holds['calls']} calls)", "agent talk (s)",
+                      "over-talk (s)", "interruptions by the agent", "hold (s)", "alerts"],
+                     [[label, f["agent_talk_s"], f["overtalk_s"], f["agent_interruptions"], f["hold_s"],
+                       ", ".join(f"{rule} {count}" for rule, count in f["alerts"].items()) or "none"]
+                      for label, f in holds["settings"].items()])
     chinese = result.get("transcribed_rate")
     if chinese:
-        print("\n| utterance (real, transcribed) | seconds | characters | the service | de Jong & Wempe (Praat) |")
-        print("| --- | --- | --- | --- | --- |")
-        for row in chinese["utterances"]:
-            print(f"| {row['utterance']} | {row['seconds']} | {row['characters']} | {row['service_nuclei']} | {row['dejong_nuclei']} |")
+        _print_table(["utterance (real, transcribed)", "seconds", "characters", "the service", "de Jong & Wempe (Praat)"],
+                     [[r["utterance"], r["seconds"], r["characters"], r["service_nuclei"], r["dejong_nuclei"]]
+                      for r in chinese["utterances"]])
         for who in ("service", "dejong"):
             if who in chinese["summary"]:
                 figures = chinese["summary"][who]
