@@ -15,6 +15,8 @@ import numpy as np
 
 from service.analytics.gate import SUSPECT_MS, UNSPOKEN_MIN_DBFS, UNSPOKEN_VERDICTS, FrameMarks, SteadyGate
 
+NOT_SPEECH, SPEECH, UNANSWERED = "not speech", "speech", "unanswered"  # the speech check's answers on a window
+
 
 class ChannelSounds:
     """The steady-sound gates of a call's channels (one per channel, in channel order) and what they decided."""
@@ -30,8 +32,9 @@ class ChannelSounds:
         self._unheard = [0] * channels  # loud windows in a row the check found not to be speech
         self._heard = [0] * channels  # windows in a row the check found to be speech
         self._suspect_frames = SUSPECT_MS // frame_ms
-        # (channel, the frames and loudness of a window found not speech, or "speech", or None: no answer) until apply()
-        self._answers: list[tuple[int, tuple[int, int, float] | str | None]] = []
+        # Until apply(): (channel, kind, the window's first frame, end frame and loudness); kind is NOT_SPEECH, SPEECH
+        # or UNANSWERED.
+        self._answers: list[tuple[int, str, int, int, float]] = []
         # What `separate` decided for the frames that `mark` marks next: steady sound and latched frames per channel.
         self._last: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
 
@@ -99,14 +102,14 @@ class ChannelSounds:
         """The speech check found a window over frames [first, end) not to be speech. Once applied: latch the channel
         when UNSPOKEN_VERDICTS such windows in a row had new audio that counted as speech (or was latched already) and
         was at least UNSPOKEN_MIN_DBFS loud (near silence and the other side's bleed, which it also holds back, never)."""
-        self._answers.append((index, (first, end, loudness_dbfs)))
+        self._answers.append((index, NOT_SPEECH, first, end, loudness_dbfs))
 
     def heard(self, index: int, answered: bool = True) -> None:
         """The speech check heard speech on the channel (`answered`), or gave no answer (a window dropped or failed).
         Once applied: release its latch after UNSPOKEN_VERDICTS speech answers in a row (one window of music that the
         check takes for speech among windows it does not must not restart the music as talk), or at once when there
         was no answer (a voice counts as speech when unsure)."""
-        self._answers.append((index, "speech" if answered else None))
+        self._answers.append((index, SPEECH if answered else UNANSWERED, 0, 0, 0.0))
 
     @property
     def unsettled(self) -> bool:
@@ -122,15 +125,13 @@ class ChannelSounds:
     def apply(self) -> None:
         """Let the speech check's answers so far take effect, in the order they came."""
         answers, self._answers = self._answers, []
-        for index, window in answers:
-            if window is None or window == "speech":
+        for index, kind, first, end, loudness_dbfs in answers:
+            if kind != NOT_SPEECH:
                 self._unheard[index] = 0
                 self._heard[index] += 1
-                if window is None or self._heard[index] >= UNSPOKEN_VERDICTS or not self.gates[index].unspoken:
+                if kind == UNANSWERED or self._heard[index] >= UNSPOKEN_VERDICTS or not self.gates[index].unspoken:
                     self.gates[index].hear(speech=True)
                 continue
-            assert not isinstance(window, str)
-            first, end, loudness_dbfs = window
             marks = self._marks[index]
             if (marks.count(first, end)[0] or marks.unspoken(first, end)) and loudness_dbfs >= UNSPOKEN_MIN_DBFS:
                 self._heard[index] = 0
