@@ -270,7 +270,7 @@ class BatchAnalyzer:
             vad=cfg.vad, windows=cfg.windows, ingest=ingest, scorer=LocalScoringClient(self.model, batcher), rules=lambda: self._engine,
             publisher=sink, model_name=self.model.name, labels=self.model.labels,
             deadline_s=cfg.inference.deadline_ms / 1000, analytics=cfg.analytics,
-            speech_check=bool(getattr(self.model, "checks_speech", False)),
+            speech_check=self.model.checks_speech,
         )
         call = CallConfig(
             call_id=safe_file_name(Path(path).stem), agent_id="batch", team="batch", tenant="",

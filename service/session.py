@@ -779,14 +779,14 @@ class CallSession:
         step = window.frame_samples
         return self._channel_of[window.role], window.new_from_sample // step, window.end_sample // step
 
-    def _skip(self, window: AnalysisWindow, outcome: str) -> None:
+    def _skip(self, window: AnalysisWindow, outcome: str, heard: bool = True) -> None:
         """A scored speaker's window that is not scored: its new audio counts as never encoded, and the rules see
-        it without scores."""
+        it without scores (and without prosody when the speech check did not hear speech in it)."""
         self._skipped_windows[window.role] += 1
         step = window.frame_samples
         self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
         metrics.window(outcome)
-        self._evaluate(window, None, degraded=False)
+        self._evaluate(window, None, degraded=False, heard=heard)
 
     def _not_speech(self, window: AnalysisWindow) -> None:
         """A window the engine's speech check found not to be speech (music the gate let through): skipped, and the
@@ -794,15 +794,8 @@ class CallSession:
         side's bleed that the check also holds back) latch the channel as not speech (ChannelSounds.not_speech): its
         voiced frames stop counting as speech until the check hears speech on it again."""
         self._not_speech_windows[window.role] += 1
-        self._skipped_windows[window.role] += 1
-        step = window.frame_samples
-        self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
-        metrics.window("skipped_not_speech")
-        self._evaluate(window, None, degraded=False, heard=False)
-        if self._sounds:
-            self._sounds.not_speech(*self._new_frames(window), window.analytics.prosody.loudness_dbfs)
-            if self.config.realtime:
-                self._sounds.apply()
+        self._skip(window, "skipped_not_speech", heard=False)
+        self._answered(window, False)
 
     def _check(self, window: AnalysisWindow) -> None:
         """Send an unscored speaker's window to the engine's speech check only (never scored): its answer latches or
@@ -817,7 +810,7 @@ class CallSession:
             future = self._ctx.scorer.submit(to_model_input(window.samples, window.sample_rate),
                                              deadline=window.arrival + self._ctx.deadline_s if live else None, span=span)
         except (QueueFull, EngineUnavailable):
-            self._heard(window, None)
+            self._answered(window, None)
             return
         self._checks += 1
         asyncio.wrap_future(future).add_done_callback(lambda done: self._checked(window, done))
@@ -832,21 +825,20 @@ class CallSession:
         if isinstance(result, NotSpeech):
             self._not_speech_windows[window.role] += 1
             metrics.window("checked_not_speech")
-            if self._sounds:
-                self._sounds.not_speech(*self._new_frames(window), window.analytics.prosody.loudness_dbfs)
-                if self.config.realtime:
-                    self._sounds.apply()
-        else:
-            self._heard(window, True if isinstance(result, Spoken) else None)
+        self._answered(window, False if isinstance(result, NotSpeech) else True if isinstance(result, Spoken) else None)
 
-    def _heard(self, window: AnalysisWindow, speech: bool | None) -> None:
-        """The engine's answer on a scored window: speech releases its channel's not-speech latch; no answer at all (a
-        window dropped or failed, not replaced by a newer one) releases it too, as a voice counts as speech when
-        unsure."""
-        if self._sounds and speech is not False:
+    def _answered(self, window: AnalysisWindow, speech: bool | None) -> None:
+        """What the engine's speech check made of a window (None: no answer, the window dropped or failed and not
+        replaced by a newer one) goes to its channel's not-speech latch (ChannelSounds): a live call applies it at once,
+        a replay at its next sync point (flow_control)."""
+        if not self._sounds:
+            return
+        if speech is False:
+            self._sounds.not_speech(*self._new_frames(window), window.analytics.prosody.loudness_dbfs)
+        else:
             self._sounds.heard(self._channel_of[window.role], answered=speech is True)
-            if self.config.realtime:
-                self._sounds.apply()
+        if self.config.realtime:
+            self._sounds.apply()
 
     def _release_deferred(self, final: bool = False) -> None:
         """Route the deferred windows of every channel whose gate has decided (all of them when `final`)."""
@@ -915,7 +907,7 @@ class CallSession:
                     return
                 self._ready.popleft()
                 self._drop(timeline, "dropped_call_backlog")
-                self._heard(window, None)
+                self._answered(window, None)
                 continue
             deadline = window.arrival + self._ctx.deadline_s if live else None
             try:
@@ -926,12 +918,12 @@ class CallSession:
                     return
                 self._ready.popleft()
                 self._drop(timeline, "dropped_queue_full")
-                self._heard(window, None)
+                self._answered(window, None)
                 continue
             except EngineUnavailable:  # live or not: the call goes on without scores until the engine is back
                 self._ready.popleft()
                 self._drop(timeline, "dropped_engine_unavailable")
-                self._heard(window, None)
+                self._answered(window, None)
                 continue
             self._ready.popleft()
             self._waiting[window.role] = (window, future)
@@ -1013,9 +1005,9 @@ class CallSession:
                 else:
                     self._drop(self._timelines[window.role], outcome)
                 if outcome not in ("merged", "dropped_superseded"):  # a newer window carries the verdict otherwise
-                    self._heard(window, None)
+                    self._answered(window, None)
                 continue
-            self._heard(window, True)
+            self._answered(window, True)
             self._handle_scores(window, result)
 
     def _window_scores(self, window: AnalysisWindow, result: WindowScores) -> tuple[np.ndarray, bool]:

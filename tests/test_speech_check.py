@@ -401,3 +401,24 @@ def test_the_signal_evaluation_puts_music_on_the_agent_channel_while_the_custome
     assert suspect["agent_talk_s"] < 0.2 * without["agent_talk_s"] and suspect["overtalk_s"] < without["overtalk_s"]
     assert every["agent_talk_s"] <= suspect["agent_talk_s"] and every["hold_s"] >= 15
     assert all(isinstance(figures["alerts"], dict) for figures in result["settings"].values())
+
+
+class FakeFailingDetector(SpeechDetector):
+    """FAKE speech detector whose every batch fails (a broken detector, which a real one cannot be made into here)."""
+
+    def __init__(self):  # noqa: D107 - loads nothing: it never detects
+        pass
+
+    def speech_shares(self, windows, spans=None):
+        raise RuntimeError("detector down")
+
+
+def test_a_failing_detector_leaves_scored_windows_scored_and_fails_only_the_windows_sent_to_be_checked():
+    """When the detector fails a batch, the windows to be scored are scored unchecked, in order, and each window sent
+    only to be checked gets the detector's error."""
+    checked = SpeechCheckedModel(scripted_model(), FakeFailingDetector(), min_share=0.2)
+    speech = windows_16k(np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16))[0]
+    results = checked.score_spans([speech, speech, speech], [StreamSpan(1, 0), StreamSpan(2, 0, check_only=True), None])
+    assert isinstance(results[0], WindowScores) and isinstance(results[2], WindowScores)
+    assert isinstance(results[1], RuntimeError) and "detector down" in str(results[1])
+    assert all(isinstance(r, WindowScores) for r in checked.score_batch([speech, speech]))

@@ -138,7 +138,7 @@ class RemoteScoringClient(ScoringClient):
             if isinstance(message, ipc.Scored):
                 self._scored(message, frames[1:])
             elif isinstance(message, (ipc.Unspoken, ipc.Spoken)):
-                self._unspoken(message)
+                self._speech_answer(message)
             elif isinstance(message, ipc.Failed):
                 self._failed(message)
             elif isinstance(message, ipc.Ready):
@@ -170,7 +170,7 @@ class RemoteScoringClient(ScoringClient):
         embedding = ipc.frame_array(arrays[2]) if message.embedding else None
         future.set_result(WindowScores(scores=scores, frame_logits=logits, embedding=embedding))
 
-    def _unspoken(self, message: ipc.Unspoken | ipc.Spoken) -> None:
+    def _speech_answer(self, message: ipc.Unspoken | ipc.Spoken) -> None:
         future = self._pending.pop(message.id, None)
         if future is not None and future.set_running_or_notify_cancel():
             future.set_result(NotSpeech(message.speech) if isinstance(message, ipc.Unspoken) else Spoken(message.speech))

@@ -259,21 +259,18 @@ class SpeechCheckedModel(EmotionModel):
         return self.score_spans(windows, [None] * len(windows))
 
     def score_spans(self, windows: Sequence[np.ndarray],
-                    spans: Sequence[StreamSpan | None]) -> list[WindowScores | NotSpeech | Exception]:
+                    spans: Sequence[StreamSpan | None]) -> list[WindowScores | NotSpeech | Spoken | Exception]:
         check_only = [span is not None and span.check_only for span in spans]
+        results: list[WindowScores | NotSpeech | Spoken | Exception]
         try:
             shares = self.detector.speech_shares(windows, spans)
         except Exception as exc:  # noqa: BLE001 - a broken detector must not stop scoring
             log.exception("the speech detector failed a batch; its windows are scored unchecked")
-            if not any(check_only):
-                return self.model.score_batch(windows)
-            results: list[WindowScores | NotSpeech | Spoken | Exception] = [exc] * len(windows)
             keep = [i for i, only in enumerate(check_only) if not only]
-            for i, result in zip(keep, self.model.score_batch([windows[i] for i in keep]) if keep else []):
-                results[i] = result
-            return results
-        keep = [i for i, share in enumerate(shares) if share >= self.min_share and not check_only[i]]
-        results = [(Spoken(share) if only and share >= self.min_share else NotSpeech(share)) for share, only in zip(shares, check_only)]
+            results = [exc] * len(windows)  # what a window sent only to be checked gets
+        else:
+            keep = [i for i, share in enumerate(shares) if share >= self.min_share and not check_only[i]]
+            results = [Spoken(share) if only and share >= self.min_share else NotSpeech(share) for share, only in zip(shares, check_only)]
         if keep:
             scored = self.model.score_batch([windows[i] for i in keep])
             for i, result in zip(keep, scored):
