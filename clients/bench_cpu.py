@@ -160,6 +160,7 @@ class StageClock:
 def _hooks() -> list[tuple[Any, str, str]]:
     """(owner, attribute, stage) of every function the timed runs wrap (time in a hooked function nested in
     another counts for the inner one's stage); missing ones are skipped."""
+    from service import call_scoring
     from service import session as session_module
     from service.analytics import conversation, prosody
     from service.audio import channel, intake
@@ -188,9 +189,10 @@ def _hooks() -> list[tuple[Any, str, str]]:
         (conversation.ConversationTracker, "push", "crosstalk + turn-taking"),
         (conversation.ConversationTracker, "snapshot", "crosstalk + turn-taking"),
         (S, "_take_windows", "VAD + windows"),
-        (S, "_submit_ready", "scoring: resample + submit"),
-        (session_module, "to_model_input", "scoring: resample + submit"),
-        (S, "_handle_scores", "scoring: results + timeline"),
+        (call_scoring.CallScoring, "submit_ready", "scoring: resample + submit"),
+        (call_scoring.CallScoring, "check", "scoring: resample + submit"),
+        (call_scoring, "to_model_input", "scoring: resample + submit"),
+        (call_scoring.CallScoring, "_handle_scores", "scoring: results + timeline"),
         (S, "_on_ticks", "rules"),
         (engine.RuleEngine, "evaluate_window", "rules"),
         (engine.RuleEngine, "evaluate_tick", "rules"),

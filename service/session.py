@@ -14,18 +14,14 @@ fast the model answers; conversation rules run on the call clock (ticks of the t
 Windows of speakers who are not scored skip the model and go to the rules with their prosody.
 
 Live calls (`realtime`) are paced: past a burst allowance they are read at most `pacing_factor` x
-real time, and when the model is behind they shed load instead of falling behind: a channel keeps
-at most one window waiting for the model (a newer window replaces it and, in incremental scoring,
-takes over its audio up to one window's worth), a window whose deadline passes before the model
-reaches it is dropped, and every drop is counted and marks the next updates and alerts `degraded`.
-Ingest never waits for the model. Replays are read as fast as the model allows: reading waits for
-the model instead of dropping anything.
+real time; when the model is behind they shed load instead of falling behind (service/call_scoring.py,
+which holds the call's model traffic). Ingest never waits for the model. Replays are read as fast as the
+model allows: reading waits for the model instead of dropping anything.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import dataclasses
 import itertools
 import logging
@@ -41,15 +37,13 @@ from service.alerts import EventSink, build_alert, wall_time_iso
 from service.analytics.conversation import ConversationSnapshot, ConversationTracker
 from service.analytics.crosstalk import speaking_frames
 from service.analytics.gate import BLOCK_FRAMES
-from service.analytics.frames import FrameTrack
 from service.analytics.prosody import ProsodyFigures, ProsodyTrack
 from service.analytics.sound import ChannelSounds
-from service.analytics.timeline import ChannelTimeline
 from service.analytics.transcript import TranscriptRate, count_characters
 from service.audio.channel import AnalysisWindow, ChannelPipeline
 from service.audio.ingest import Notice, Silence
 from service.audio.intake import CallIntake
-from service.audio.resample import to_model_input
+from service.call_scoring import CallScoring
 from service.config import AnalyticsConfig, IngestConfig, VadConfig, WindowConfig
 from service.domain import (
     Alert,
@@ -57,15 +51,12 @@ from service.domain import (
     CallEvent,
     CallSummary,
     EmotionUpdate,
-    Role,
     SessionStarted,
     TranscriptSegment,
     Warning,
 )
 from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument, ServiceUnavailable
-from service.inference.base import MODEL_SAMPLE_RATE, NotSpeech, Spoken, StreamSpan, WindowScores
-from service.inference.batcher import QueueFull, StaleWindow
-from service.inference.scoring import EngineUnavailable, ScoringClient
+from service.inference.scoring import ScoringClient
 from service.rules import CallRuleState, RuleEngine, RuleMatch, ScoredWindow
 
 log = logging.getLogger(__name__)
@@ -118,15 +109,6 @@ class SessionContext:
     """The scorer's model checks each window for speech (service/inference/speech.py). A replay then waits for every
     answer at each REPLAY_SYNC_MS of its audio and lets them take effect there, so that a not-speech latch
     (SteadyGate.hear) falls on the same frames in every run; a live call takes each answer when it comes."""
-
-
-@dataclass(frozen=True)
-class _Skipped:
-    """A scored speaker's window that is not sent to the model, queued behind the windows ahead of it (waiting to be
-    sent or being scored) so that the rules see each speaker's windows in order."""
-
-    window: AnalysisWindow
-    outcome: str
 
 
 @dataclass(frozen=True)
@@ -207,10 +189,11 @@ class CallSession:
             ChannelPipeline(role, fmt.sample_rate, ctx.vad, ctx.windows, scored=role in config.score_roles, keep_frames=True)
             for role in fmt.channel_roles
         ]
-        self._timelines = {role: ChannelTimeline(role) for role in fmt.channel_roles}
-        self._streams = {role: next(_STREAM_IDS) for role in fmt.channel_roles}
-        track_frames = (ctx.windows.window_ms + 2 * ctx.windows.hop_ms) // 20
-        self._frames = {role: FrameTrack(track_frames) for role in fmt.channel_roles}
+        self._events = EventBuffer()
+        self._scoring = CallScoring(
+            fmt.channel_roles, {role: next(_STREAM_IDS) for role in fmt.channel_roles}, ctx.scorer, ctx.windows, ctx.labels,
+            ctx.deadline_s, config.realtime, evaluate=self._evaluate, answered=self._answered, emit=self._events.put,
+        )
         analytics, frame_ms = ctx.analytics, ctx.vad.frame_ms
         history_ms = ctx.windows.window_ms + 2 * ctx.windows.hop_ms + 1000
         self._prosody = {
@@ -222,13 +205,7 @@ class CallSession:
         self._channel_prosody = [self._prosody[role] for role in fmt.channel_roles]
         self._voiced_frames = [0] * len(fmt.channel_roles)
         self._crosstalk_frames = [0] * len(fmt.channel_roles)
-        self._skipped_windows = {role: 0 for role in fmt.channel_roles}
-        self._not_speech_windows = {role: 0 for role in fmt.channel_roles}  # skipped by the engine's speech check
         self._transcripts = {role: TranscriptRate() for role in fmt.channel_roles}
-        # Frame ranges of the new audio of recently skipped windows (enough to cover one window).
-        self._unspoken: dict[Role, deque[tuple[int, int]]] = {
-            role: deque(maxlen=ctx.windows.window_ms // ctx.windows.hop_ms + 2) for role in fmt.channel_roles
-        }
         self._frame_ms = frame_ms
         self._frame_samples = fmt.sample_rate * frame_ms // 1000
         # Tones, music and what the speech check found not to be speech are no one's speech (service/analytics/sound.py).
@@ -256,13 +233,6 @@ class CallSession:
         self._slice = SLICE_MS * fmt.sample_rate // 1000
         self._rate = fmt.sample_rate
         self._max_duration_s = ctx.ingest.max_call_duration_s
-        self._pending: asyncio.Queue[tuple[AnalysisWindow, asyncio.Future] | _Skipped | None] = asyncio.Queue()
-        self._ready: deque[AnalysisWindow | _Skipped] = deque()
-        self._waiting: dict[Role, tuple[AnalysisWindow, concurrent.futures.Future]] = {}
-        self._superseded: set[int] = set()
-        self._merged: set[int] = set()
-        self._in_flight = 0
-        self._checks = 0  # unscored windows out to the engine's speech check (_check)
         self._sync_every = REPLAY_SYNC_MS * fmt.sample_rate // 1000
         self._sync_at = self._sync_every  # call position (samples) of a replay's next sync (flow_control)
         # Unscored channels whose windows the engine's speech check may hear (only while the gate suspects music).
@@ -271,18 +241,14 @@ class CallSession:
         self._check_all = analytics.check_unscored == "all"
         for index in self._checked_channels:
             self._pipelines[index].carry_audio = self._check_all
-        self._overloaded = False
         self._warned_at: dict[str, int] = {}
         self._audio_frames = 0  # call position (received audio plus holes)
-        self._capacity = asyncio.Event()
         self._first_audio_at: float | None = None
         self._pacing_warned = False
         self.stats = {"gaps": 0, "gap_frames": 0, "duplicates": 0, "late": 0, "pacing_delays": 0}
-        self._events = EventBuffer()
         self._alerts: deque[Alert] = deque(maxlen=MAX_SUMMARY_ALERTS)
         self._alert_count = 0
         self._state = "new"  # new -> open -> ending (finish runs) -> closed
-        self._scorer: asyncio.Task | None = None
         self._watchdog: asyncio.Task | None = None
         self._finishing: asyncio.Future | None = None
         self._ended_by_server = False  # a shutdown or a limit ends the call: later input is ignored, not refused
@@ -295,7 +261,7 @@ class CallSession:
     def start(self) -> SessionStarted:
         """Begin processing; returns the SessionStarted event (also queued for `events()`)."""
         self._state = "open"
-        self._scorer = asyncio.create_task(self._score_loop(), name="call-scorer")
+        self._scoring.start()
         self._watchdog = asyncio.create_task(self._watch_idle(), name="call-watchdog")
         started = SessionStarted(
             call_id=self.config.call_id,
@@ -414,16 +380,8 @@ class CallSession:
             return
         sync = self._sounds is not None and self._ctx.speech_check and (self._audio_frames >= self._sync_at or self._sounds.unsettled)
         limit = 1 if sync else self._ctx.windows.max_pending_windows  # at a sync: until every window is answered
-        while self._ready or self._in_flight + self._checks >= limit:
-            if self._state != "open":
-                return
-            self._capacity.clear()
-            self._submit_ready()
-            if self._ready or self._in_flight + self._checks >= limit:
-                try:  # woken by a finished window; the timeout retries a full inference queue
-                    await asyncio.wait_for(self._capacity.wait(), 0.05)
-                except asyncio.TimeoutError:
-                    pass
+        if not await self._scoring.wait_for_room(limit):
+            return
         if sync:
             assert self._sounds is not None
             self._sounds.apply()
@@ -442,8 +400,8 @@ class CallSession:
             else:
                 self._process(block, arrival)
                 budget -= len(block)
-        if self._ready:
-            self._submit_ready()
+        if self._scoring.has_ready:
+            self._scoring.submit_ready()
         limit_s = self._max_duration_s
         if self._audio_frames / self._rate > limit_s:
             raise CallLimitExceeded(f"the call passed its maximum duration of {limit_s:g} s", reason="max_duration")
@@ -641,24 +599,13 @@ class CallSession:
         self._on_ticks(self._analyse_held(), arrival)
         self._report_ingested()
         self._state = "ending"
+        self._scoring.ending()
         for index, pipeline in enumerate(self._pipelines):
             self._take_windows(pipeline.flush(arrival))
             self._count_segments(index)
         if self._sounds:
             self._release_deferred(final=True)
-        while self._ready:
-            self._submit_ready()
-            if self._ready:
-                await asyncio.sleep(0.005)
-        self._pending.put_nowait(None)
-        if self._scorer is not None:
-            await self._scorer
-        while self._checks and not self.config.realtime:  # a replay counts every answer of the speech check
-            self._capacity.clear()
-            try:
-                await asyncio.wait_for(self._capacity.wait(), 0.05)
-            except asyncio.TimeoutError:
-                pass
+        await self._scoring.drain()
         summary = self._summary(reason)
         self._ctx.publisher.publish_call_event(summary.document)
         if self._ctx.on_summary is not None:
@@ -669,6 +616,7 @@ class CallSession:
         else:
             self._events.fail(error)
         self._state = "closed"
+        self._scoring.close()
         if self._watchdog is not None:
             self._watchdog.cancel()
         return summary
@@ -686,13 +634,9 @@ class CallSession:
             return
         self._state = "closed"
         self._report_ingested()
-        for task in (self._scorer, self._watchdog):
-            if task is not None:
-                task.cancel()
-        while not self._pending.empty():
-            item = self._pending.get_nowait()
-            if isinstance(item, tuple):
-                item[1].cancel()
+        self._scoring.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._events.close()
         self._ctx.publisher.publish_call_event(self._lifecycle_document("call_ended", reason=reason))
 
@@ -721,12 +665,8 @@ class CallSession:
             "reorder_chunks": self._intake.waiting_chunks,
             "track_frames": self._intake.track_frames,
             "queued_samples": self._intake.queued_samples,
-            "ready_windows": len(self._ready),
-            "pending_windows": self._in_flight,
+            **self._scoring.memory_report(),
             "queued_events": len(self._events),
-            "timeline_updates": sum(len(t.recent) for t in self._timelines.values()),
-            "trajectory_seconds": sum(t.trajectory_points for t in self._timelines.values()),
-            "frame_track": sum(len(t) for t in self._frames.values()),
             "summary_alerts": len(self._alerts),
         }
 
@@ -747,8 +687,10 @@ class CallSession:
             window = dataclasses.replace(window, analytics=WindowAnalytics(figures, snapshot, speech_ms))
             if not window.scored:
                 self._evaluate(window, None, degraded=False)
-                if len(window.samples):  # its channel may be playing music (carry_audio)
-                    self._check(window)
+                # Its channel may be playing music (carry_audio); the windows cut as the call ends are not checked:
+                # no audio is left for an answer to change.
+                if len(window.samples) and self._state == "open":
+                    self._scoring.check(window)
                 continue
             index = self._channel_of[window.role]
             if self._sounds and (self._deferred[index] or self._sounds.deciding(*self._new_frames(window))):
@@ -766,66 +708,14 @@ class CallSession:
             # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
             # in, or near silence), or its new audio is mostly a tone or music: the model would score
             # someone else's voice or no voice at all.
-            skipped = _Skipped(window, "skipped_steady_sound" if steady else "skipped_no_speech")
-            if self._ready or self._in_flight:
-                self._ready.append(skipped)  # behind the windows cut before it
-            else:
-                self._skip(skipped.window, skipped.outcome)
+            self._scoring.skip(window, "skipped_steady_sound" if steady else "skipped_no_speech")
         else:
-            self._ready.append(window)
+            self._scoring.enqueue(window)
 
     def _new_frames(self, window: AnalysisWindow) -> tuple[int, int, int]:
         """(channel, first frame, end frame) of the window's new audio."""
         step = window.frame_samples
         return self._channel_of[window.role], window.new_from_sample // step, window.end_sample // step
-
-    def _skip(self, window: AnalysisWindow, outcome: str, heard: bool = True) -> None:
-        """A scored speaker's window that is not scored: its new audio counts as never encoded, and the rules see
-        it without scores (and without prosody when the speech check did not hear speech in it)."""
-        self._skipped_windows[window.role] += 1
-        step = window.frame_samples
-        self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
-        metrics.window(outcome)
-        self._evaluate(window, None, degraded=False, heard=heard)
-
-    def _not_speech(self, window: AnalysisWindow) -> None:
-        """A window the engine's speech check found not to be speech (music the gate let through): skipped, and the
-        rules see no prosody for it. Loud ones that counted as the speaker's speech (not the near silence or the other
-        side's bleed that the check also holds back) latch the channel as not speech (ChannelSounds.not_speech): its
-        voiced frames stop counting as speech until the check hears speech on it again."""
-        self._not_speech_windows[window.role] += 1
-        self._skip(window, "skipped_not_speech", heard=False)
-        self._answered(window, False)
-
-    def _check(self, window: AnalysisWindow) -> None:
-        """Send an unscored speaker's window to the engine's speech check only (never scored): its answer latches or
-        releases the channel as the answers on scored windows do. No answer (a full queue, no engine) releases it. The
-        windows cut as the call ends are not checked: no audio is left for an answer to change."""
-        if self._state != "open":
-            return
-        live = self.config.realtime
-        span = StreamSpan(self._streams[window.role], window.encode_from_sample * MODEL_SAMPLE_RATE // window.sample_rate,
-                          check_only=True)
-        try:
-            future = self._ctx.scorer.submit(to_model_input(window.samples, window.sample_rate),
-                                             deadline=window.arrival + self._ctx.deadline_s if live else None, span=span)
-        except (QueueFull, EngineUnavailable):
-            self._answered(window, None)
-            return
-        self._checks += 1
-        asyncio.wrap_future(future).add_done_callback(lambda done: self._checked(window, done))
-
-    def _checked(self, window: AnalysisWindow, done: asyncio.Future) -> None:
-        """The engine's speech check answered on an unscored window (on the event loop)."""
-        self._checks -= 1
-        self._capacity.set()
-        if self._state == "closed":
-            return
-        result = None if done.cancelled() or done.exception() is not None else done.result()
-        if isinstance(result, NotSpeech):
-            self._not_speech_windows[window.role] += 1
-            metrics.window("checked_not_speech")
-        self._answered(window, False if isinstance(result, NotSpeech) else True if isinstance(result, Spoken) else None)
 
     def _answered(self, window: AnalysisWindow, speech: bool | None) -> None:
         """What the engine's speech check made of a window (None: no answer, the window dropped or failed and not
@@ -882,194 +772,13 @@ class CallSession:
         self._ctx.publisher.publish_alert(alert, self.config, arrival)
         self._events.put(alert)
 
-    # -- scoring ---------------------------------------------------------------------------
+    # -- VAD segments ----------------------------------------------------------------------
 
     def _count_segments(self, index: int) -> None:
         pipeline = self._pipelines[index]
         for _ in range(pipeline.segments - self._segments_seen[index]):
             metrics.vad_segment(pipeline.role.value)
         self._segments_seen[index] = pipeline.segments
-
-    def _submit_ready(self) -> None:
-        """Send cut windows to the model. Live: shed what does not fit. Replay (and call end): keep it for later."""
-        live = self.config.realtime and self._state != "ending"
-        while self._ready:
-            window = self._ready[0]
-            if isinstance(window, _Skipped):  # costs the model nothing: it only keeps its place in the order
-                self._ready.popleft()
-                self._pending.put_nowait(window)
-                continue
-            timeline = self._timelines[window.role]
-            if live:
-                window = self._supersede(window)
-            if self._in_flight >= self._ctx.windows.max_pending_windows:
-                if not live:
-                    return
-                self._ready.popleft()
-                self._drop(timeline, "dropped_call_backlog")
-                self._answered(window, None)
-                continue
-            deadline = window.arrival + self._ctx.deadline_s if live else None
-            try:
-                span = StreamSpan(self._streams[window.role], window.encode_from_sample * MODEL_SAMPLE_RATE // window.sample_rate)
-                future = self._ctx.scorer.submit(to_model_input(window.samples, window.sample_rate), deadline=deadline, span=span)
-            except QueueFull:
-                if not live:
-                    return
-                self._ready.popleft()
-                self._drop(timeline, "dropped_queue_full")
-                self._answered(window, None)
-                continue
-            except EngineUnavailable:  # live or not: the call goes on without scores until the engine is back
-                self._ready.popleft()
-                self._drop(timeline, "dropped_engine_unavailable")
-                self._answered(window, None)
-                continue
-            self._ready.popleft()
-            self._waiting[window.role] = (window, future)
-            self._in_flight += 1
-            self._pending.put_nowait((window, asyncio.wrap_future(future)))
-
-    def _supersede(self, window: AnalysisWindow) -> AnalysisWindow:
-        """If this channel's previous window is still waiting for the model, replace it by `window`,
-        which in incremental scoring also carries the replaced window's new audio (up to a window)."""
-        waiting = self._waiting.get(window.role)
-        if waiting is None or not waiting[1].cancel():
-            return window
-        old, _ = waiting
-        self._superseded.add(id(old))
-        if self._ctx.windows.scoring != "incremental" or old.segment_index != window.segment_index:
-            return window
-        if not old.encode_from_sample < window.encode_from_sample <= old.end_sample:
-            return window
-        limit = (self._ctx.windows.window_ms + self._ctx.windows.context_ms) * window.sample_rate // 1000
-        samples = np.concatenate([old.samples[: window.encode_from_sample - old.encode_from_sample], window.samples])[-limit:]
-        merged = dataclasses.replace(window, encode_from_sample=window.end_sample - len(samples), samples=samples)
-        if merged.encode_from_sample <= old.new_from_sample:
-            self._superseded.discard(id(old))
-            self._merged.add(id(old))  # every new frame of the old window is in the merged one
-        return merged
-
-    def _drop(self, timeline: ChannelTimeline, outcome: str) -> None:
-        timeline.dropped()
-        metrics.window(outcome)
-        if not self._overloaded:
-            self._overloaded = True
-            self._events.put(Warning("WINDOWS_DROPPED", "the emotion model is behind; some analysis windows were skipped and the next updates are marked degraded"))
-
-    async def _score_loop(self) -> None:
-        while True:
-            item = await self._pending.get()
-            if item is None:
-                return
-            if isinstance(item, _Skipped):
-                self._skip(item.window, item.outcome)
-                continue
-            window, future = item
-            outcome = "failed"
-            try:
-                result: WindowScores = await future
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if self._state == "closed" or (task is not None and task.cancelling()):
-                    raise
-                result = None  # only the window's future was cancelled: a newer window replaced it
-                if id(window) in self._merged:
-                    outcome = "merged"
-                elif id(window) in self._superseded:
-                    outcome = "dropped_superseded"
-                self._superseded.discard(id(window))
-                self._merged.discard(id(window))
-            except StaleWindow:
-                result = None
-                outcome = "dropped_stale"
-            except EngineUnavailable:
-                result = None
-                outcome = "dropped_engine_unavailable"
-            except Exception as exc:  # noqa: BLE001 - one window's model error fails only that window
-                log.warning("a %s window failed in the model: %s", window.role.value, exc)
-                result = None
-            finally:
-                self._in_flight -= 1
-                self._capacity.set()
-            if isinstance(result, NotSpeech):
-                self._not_speech(window)
-                continue
-            if result is None:
-                if outcome == "failed":
-                    self._timelines[window.role].failed()
-                    metrics.window("failed")
-                elif outcome == "merged":
-                    self._timelines[window.role].merged()
-                    metrics.window("merged")
-                else:
-                    self._drop(self._timelines[window.role], outcome)
-                if outcome not in ("merged", "dropped_superseded"):  # a newer window carries the verdict otherwise
-                    self._answered(window, None)
-                continue
-            self._answered(window, True)
-            self._handle_scores(window, result)
-
-    def _window_scores(self, window: AnalysisWindow, result: WindowScores) -> tuple[np.ndarray, bool]:
-        """The window's scores and whether some of its audio was never scored (frames missing)."""
-        if self._ctx.windows.scoring == "full":
-            return result.scores, False
-        step = window.frame_samples
-        track = self._frames[window.role]
-        track.add(window.segment_index, window.encode_from_sample // step, result.frame_logits)
-        first, end = window.start_sample // step, window.end_sample // step
-        scores, held = track.scores(first, end)
-        if scores is None:
-            return result.scores, True
-        # The last 20 ms slot never has a frame yet; the new audio of skipped windows (no speech of the
-        # speaker's own) was never encoded and is not missing either.
-        expected = end - first - 1 - self._unspoken_frames(window.role, first, end - 1)
-        return scores, held < expected
-
-    def _unspoken_frames(self, role: Role, first: int, end: int) -> int:
-        """How many frames of [first, end) lie in the new audio of this speaker's skipped windows."""
-        covered = np.zeros(max(0, end - first), bool)
-        for low, high in self._unspoken[role]:
-            covered[max(low, first) - first:max(0, min(high, end) - first)] = True
-        return int(np.count_nonzero(covered))
-
-    def _handle_scores(self, window: AnalysisWindow, result: WindowScores) -> None:
-        began = time.perf_counter()
-        labels = self._ctx.labels
-        timeline = self._timelines[window.role]
-        window_scores, missing = self._window_scores(window, result)
-        scores = [float(s) for s in window_scores]
-        top = int(np.argmax(window_scores))
-        degraded = timeline.dropped_since_update > 0 or missing
-        prosody: ProsodyFigures = window.analytics.prosody
-        latency_s = time.monotonic() - window.arrival
-        update = EmotionUpdate(
-            speaker=window.role,
-            window_start_ms=window.start_ms,
-            window_end_ms=window.end_ms,
-            labels=labels,
-            scores=tuple(scores),
-            top_label=labels[top],
-            top_score=scores[top],
-            segment_final=window.final,
-            degraded=degraded,
-            latency_ms=latency_s * 1000,
-            loudness_dbfs=prosody.loudness_dbfs,
-            completed_ms=window.cut_sample * 1000 // window.sample_rate,
-            loudness_over_baseline_db=prosody.loudness_over_baseline_db,
-            pitch_hz=prosody.pitch_hz,
-            pitch_range_st=prosody.pitch_range_st,
-            speech_rate_spm=prosody.speech_rate_spm,
-            speech_rate_cpm=prosody.speech_rate_cpm,
-            embedding=result.embedding if self._ctx.windows.scoring == "full" else None,
-        )
-        timeline.add(update, new_from_ms=window.new_from_sample * 1000 // window.sample_rate)
-        self._overloaded = False
-        metrics.window("scored")
-        metrics.emotion_update_latency(latency_s)
-        self._events.put(update)
-        self._evaluate(window, dict(zip(labels, scores)), degraded)
-        metrics.stage("score", time.perf_counter() - began)
 
     # -- documents -------------------------------------------------------------------------
 
@@ -1096,12 +805,12 @@ class CallSession:
         duration_ms = self._audio_frames * 1000 // rate
         labels = self._ctx.labels
         speakers = tuple(
-            self._timelines[p.role].summary(speech_ms=p.speech_ms, segments=p.segments) for p in self._pipelines
+            self._scoring.timeline(p.role).summary(speech_ms=p.speech_ms, segments=p.segments) for p in self._pipelines
         )
         separation_ms = self._ctx.windows.window_ms
         speaker_documents = []
         for s in speakers:
-            timeline = self._timelines[s.speaker]
+            timeline = self._scoring.timeline(s.speaker)
             speaker_documents.append({
                 "speaker": s.speaker.value,
                 "scored": s.speaker in self.config.score_roles,
@@ -1110,8 +819,8 @@ class CallSession:
                 "windows_scored": s.windows_scored,
                 "windows_merged": s.windows_merged,
                 "windows_dropped": s.windows_dropped,
-                "windows_skipped": self._skipped_windows[s.speaker],
-                "windows_not_speech": self._not_speech_windows[s.speaker],
+                "windows_skipped": self._scoring.skipped_windows(s.speaker),
+                "windows_not_speech": self._scoring.not_speech_windows(s.speaker),
                 "top_labels": dict(s.top_labels),
                 "prosody": {**self._prosody[s.speaker].totals(), **self._transcripts[s.speaker].totals()},
                 "crosstalk_ms": self._crosstalk_frames[self._channel_of[s.speaker]] * self._frame_ms,
