@@ -50,7 +50,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from clients.wavfile import read_wav
 
@@ -160,7 +159,7 @@ class StageClock:
 def _hooks() -> list[tuple[Any, str, str]]:
     """(owner, attribute, stage) of every function the timed runs wrap (time in a hooked function nested in
     another counts for the inner one's stage); missing ones are skipped."""
-    from service import call_scoring
+    from service import call_analytics, call_scoring
     from service import session as session_module
     from service.analytics import conversation, prosody
     from service.audio import channel, intake
@@ -185,7 +184,8 @@ def _hooks() -> list[tuple[Any, str, str]]:
         (S, "_analyse_frames", "crosstalk + turn-taking"),
         (S, "_analyse_held", "crosstalk + turn-taking"),
         (S, "_plan_analysis", "crosstalk + turn-taking"),
-        (session_module, "speaking_frames", "crosstalk + turn-taking"),
+        (call_analytics.CallAnalytics, "analyse", "crosstalk + turn-taking"),
+        (call_analytics, "speaking_frames", "crosstalk + turn-taking"),
         (conversation.ConversationTracker, "push", "crosstalk + turn-taking"),
         (conversation.ConversationTracker, "snapshot", "crosstalk + turn-taking"),
         (S, "_take_windows", "VAD + windows"),

@@ -7,8 +7,9 @@ bridge goes away, `fail` when its input was bad) and forwards what `events()` yi
 ends calls too (`shut_down`, `end_for_limit`, and the session's own idle watchdog): the call
 finishes as at EndOfCall, later input is dropped, and the event stream ends with the reason right
 after the summary. Audio is processed on the event loop a slice at a time (decoding and VAD as it
-arrives, prosody and turn-taking on blocks of the decided frames; holes cost nothing); scoring happens
-on the inference worker, and results are handled in window order by one task per call. Each window carries what was measured over
+arrives, prosody and turn-taking on blocks of the decided frames in service/call_analytics.py; holes cost
+nothing); scoring happens on the inference worker, and results are handled in window order by one task per call
+(service/call_scoring.py). Each window carries what was measured over
 it when it was cut (prosody, the conversation at that moment), so rule outcomes do not depend on how
 fast the model answers; conversation rules run on the call clock (ticks of the turn-taking tracker).
 Windows of speakers who are not scored skip the model and go to the rules with their prosody.
@@ -22,7 +23,6 @@ model allows: reading waits for the model instead of dropping anything.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import time
@@ -34,15 +34,12 @@ import numpy as np
 
 from service import metrics
 from service.alerts import EventSink, build_alert, wall_time_iso
-from service.analytics.conversation import ConversationSnapshot, ConversationTracker
-from service.analytics.crosstalk import speaking_frames
+from service.analytics.conversation import ConversationSnapshot
 from service.analytics.gate import BLOCK_FRAMES
-from service.analytics.prosody import ProsodyFigures, ProsodyTrack
-from service.analytics.sound import ChannelSounds
-from service.analytics.transcript import TranscriptRate, count_characters
 from service.audio.channel import AnalysisWindow, ChannelPipeline
 from service.audio.ingest import Notice, Silence
 from service.audio.intake import CallIntake
+from service.call_analytics import CallAnalytics, WindowAnalytics
 from service.call_scoring import CallScoring
 from service.config import AnalyticsConfig, IngestConfig, VadConfig, WindowConfig
 from service.domain import (
@@ -74,11 +71,6 @@ SLICE_MS = 500  # audio worked through between yields to the event loop (a few m
 # (ChannelSounds.apply): the same frames in every run, and several windows of a call scored at once; after every
 # push instead while a channel is unsettled (may be playing music), as a live call takes each answer when it comes.
 REPLAY_SYNC_MS = 2000
-# Prosody and turn-taking run on the frames the VAD decided when a window is cut (its figures and the
-# conversation must include them) and every analysis_ms of frames (ending on a conversation tick the rules look
-# at, so that tick alerts fire with the chunk that completes it), never holding more than this many frames;
-# results do not depend on how frames are grouped (tests/test_session_blocks.py).
-HELD_FRAMES_MAX = 50
 # A call's ingest metrics (audio ingested, time per push) are updated after this much audio or this many
 # pushes, whichever comes first, and at its end.
 METRICS_EVERY_MS = 1000
@@ -109,16 +101,6 @@ class SessionContext:
     """The scorer's model checks each window for speech (service/inference/speech.py). A replay then waits for every
     answer at each REPLAY_SYNC_MS of its audio and lets them take effect there, so that a not-speech latch
     (SteadyGate.hear) falls on the same frames in every run; a live call takes each answer when it comes."""
-
-
-@dataclass(frozen=True)
-class WindowAnalytics:
-    """What was measured over a window when it was cut."""
-
-    prosody: ProsodyFigures
-    conversation: ConversationSnapshot
-    speech_ms: int
-    """The speaker's voiced speech so far in the call."""
 
 
 class EventBuffer:
@@ -195,30 +177,13 @@ class CallSession:
             ctx.deadline_s, config.realtime, evaluate=self._evaluate, answered=self._answered, emit=self._events.put,
         )
         analytics, frame_ms = ctx.analytics, ctx.vad.frame_ms
-        history_ms = ctx.windows.window_ms + 2 * ctx.windows.hop_ms + 1000
-        self._prosody = {
-            role: ProsodyTrack(fmt.sample_rate, frame_ms, history_ms=history_ms, warmup_ms=analytics.baseline_warmup_ms)
-            for role in fmt.channel_roles
-        }
-        # Per channel, in channel order: the prosody tracks again, and the frames each channel spoke and lost as crosstalk.
+        self._analytics = CallAnalytics(fmt.channel_roles, fmt.sample_rate, frame_ms, ctx.windows, analytics)
+        self._sounds = self._analytics.sounds
         self._channel_of = {role: index for index, role in enumerate(fmt.channel_roles)}
-        self._channel_prosody = [self._prosody[role] for role in fmt.channel_roles]
-        self._voiced_frames = [0] * len(fmt.channel_roles)
-        self._crosstalk_frames = [0] * len(fmt.channel_roles)
-        self._transcripts = {role: TranscriptRate() for role in fmt.channel_roles}
-        self._frame_ms = frame_ms
-        self._frame_samples = fmt.sample_rate * frame_ms // 1000
-        # Tones, music and what the speech check found not to be speech are no one's speech (service/analytics/sound.py).
-        self._sounds = ChannelSounds(len(fmt.channel_roles), self._frame_samples, frame_ms, analytics.hold_min_ms,
-                                     history_ms // frame_ms) if analytics.steady_gate else None
+        self._frame_samples = self._analytics.frame_samples
         # Scored windows of a channel whose gate is still deciding whether what it hears is steady sound wait
         # here (in order) until it has decided; at most a few blocks of 80 ms.
         self._deferred: list[deque[AnalysisWindow]] = [deque() for _ in fmt.channel_roles]
-        self._conversation = ConversationTracker(
-            fmt.channel_roles, frame_ms, hangover_ms=analytics.hangover_ms, min_interruption_ms=analytics.interruption_min_overlap_ms,
-            contest_ms=analytics.interruption_contest_ms, min_speech_ms=analytics.min_speech_ms,
-            turn_pause_ms=analytics.turn_pause_ms, min_silence_ms=analytics.min_silence_ms, tick_ms=analytics.tick_ms,
-        )
         self._rule_state = CallRuleState()
         self._segments_seen = [0] * len(self._pipelines)
         # Added to their metrics about once a second of audio (_report_ingested): audio frames ingested, and
@@ -226,8 +191,6 @@ class CallSession:
         self._unreported_frames = 0
         self._ingest_seconds: list[float] = []
         self._analyse_at = 1  # frames held before prosody and turn-taking run (see _plan_analysis)
-        self._analysis_frames = max(1, analytics.analysis_ms // frame_ms)
-        self._tick_frames = max(1, analytics.tick_ms // frame_ms)
         self._report_every = METRICS_EVERY_MS * fmt.sample_rate // 1000
         self._intake = CallIntake(fmt, ctx.ingest)
         self._slice = SLICE_MS * fmt.sample_rate // 1000
@@ -337,11 +300,11 @@ class CallSession:
         if not self._accepts("a transcript segment was sent"):
             return False
         self._last_input = time.monotonic()
-        if segment.speaker not in self._transcripts:
+        if not self._analytics.has_speaker(segment.speaker):
             roles = ", ".join(r.value for r in self.config.audio.channel_roles)
             self.transcript_rejected(f"transcript.speaker: {segment.speaker.value} has no audio channel in this call ({roles})")
             return False
-        self._transcripts[segment.speaker].add(segment.start_ms, segment.end_ms, count_characters(segment.text))
+        self._analytics.add_transcript(segment)
         metrics.transcript_segment("counted")
         return True
 
@@ -432,18 +395,8 @@ class CallSession:
             self._on_ticks(ticks, arrival)
 
     def _plan_analysis(self) -> None:
-        """After an analysis: how many frames may be held before the next one: analysis_ms of them (at most
-        HELD_FRAMES_MAX), ending on the last conversation tick in that span if the rules look at ticks, so that the
-        span's tick alerts fire with the chunk that completes its last tick."""
-        limit = min(HELD_FRAMES_MAX, self._analysis_frames)
-        if any(self._deferred):
-            limit = min(limit, BLOCK_FRAMES)  # the gate decides a block at a time; the windows wait for it
-        if self._ctx.rules().needs_ticks:
-            conversation = self._conversation
-            to_tick = max(1, -(-(conversation.next_tick_ms - conversation.now_ms) // self._frame_ms))
-            if to_tick <= limit:
-                limit = to_tick + (limit - to_tick) // self._tick_frames * self._tick_frames
-        self._analyse_at = limit
+        """After an analysis: how many decided frames may be held before the next one (CallAnalytics.hold_limit)."""
+        self._analyse_at = self._analytics.hold_limit(any(self._deferred), self._ctx.rules().needs_ticks)
 
     def _step_over(self, samples: int, arrival: float) -> None:
         """A stretch with no audio: open segments end, the clocks advance; no sample is made."""
@@ -453,14 +406,11 @@ class CallSession:
             cut.extend(pipeline.skip(samples, arrival))
             self._count_segments(index)
         frames = samples // self._frame_samples
-        for track in self._prosody.values():
-            track.skip(frames)
-        if self._sounds:
-            self._sounds.skip(frames)
+        self._analytics.skip_tracks(frames)
         self._take_windows(cut)
         if self._sounds:
             self._release_deferred(final=True)  # nothing carries across a stretch with no audio
-        self._on_ticks(self._conversation.skip(frames), arrival)
+        self._on_ticks(self._analytics.skip_conversation(frames), arrival)
         self._plan_analysis()
         self._audio_frames += samples
 
@@ -477,22 +427,14 @@ class CallSession:
         return ticks
 
     def _analyse_frames(self, blocks: list[np.ndarray], vad: np.ndarray) -> list[ConversationSnapshot]:
-        """Prosody and turn-taking for the next whole VAD frames of every channel (steady sound, near silence and
-        crosstalk removed)."""
-        present = state = None
-        if self._sounds:
-            vad, present, state = self._sounds.separate(blocks, vad)
-        speaking, crosstalk = speaking_frames(blocks, vad, self._frame_samples, self._ctx.analytics.crosstalk_margin_db)
-        for index, track in enumerate(self._channel_prosody):
-            column = speaking[:, index]
-            track.push(blocks[index], column)
-            self._voiced_frames[index] += int(np.count_nonzero(column))
-            self._crosstalk_frames[index] += int(np.count_nonzero(crosstalk[:, index]))
-        if self._sounds:
-            self._sounds.mark(speaking)
+        """Prosody and turn-taking for the next whole VAD frames of every channel (CallAnalytics.analyse); an unscored
+        channel carries its audio for the speech check while its gate suspects music."""
+        ticks = self._analytics.analyse(blocks, vad)
+        if self._checked_channels:
+            assert self._sounds is not None
             for index in self._checked_channels:
                 self._pipelines[index].carry_audio = self._check_all or self._sounds.suspect(index)
-        return self._conversation.push(speaking, present, state)
+        return ticks
 
     def _report_ingested(self) -> None:
         """Add the audio ingested and the time each push took since the last report to their metrics."""
@@ -677,14 +619,7 @@ class CallSession:
         the others go to the rules at once."""
         if not windows:
             return
-        snapshot = self._conversation.snapshot()
-        for window in windows:
-            figures = self._prosody[window.role].figures(window.start_sample, window.end_sample, window.new_from_sample)
-            cpm = self._transcripts[window.role].rate(window.end_ms)
-            if cpm is not None:
-                figures = dataclasses.replace(figures, speech_rate_cpm=cpm)
-            speech_ms = self._voiced_frames[self._channel_of[window.role]] * self._frame_ms
-            window = dataclasses.replace(window, analytics=WindowAnalytics(figures, snapshot, speech_ms))
+        for window in self._analytics.measure(windows):
             if not window.scored:
                 self._evaluate(window, None, degraded=False)
                 # Its channel may be playing music (carry_audio); the windows cut as the call ends are not checked:
@@ -794,12 +729,6 @@ class CallSession:
             **extra,
         }
 
-    def _conversation_summary(self) -> dict:
-        summary = self._conversation.summary()
-        if self._sounds:
-            summary["hold"] = self._sounds.hold()
-        return summary
-
     def _summary(self, reason: str) -> CallSummary:
         rate = self.config.audio.sample_rate
         duration_ms = self._audio_frames * 1000 // rate
@@ -822,9 +751,7 @@ class CallSession:
                 "windows_skipped": self._scoring.skipped_windows(s.speaker),
                 "windows_not_speech": self._scoring.not_speech_windows(s.speaker),
                 "top_labels": dict(s.top_labels),
-                "prosody": {**self._prosody[s.speaker].totals(), **self._transcripts[s.speaker].totals()},
-                "crosstalk_ms": self._crosstalk_frames[self._channel_of[s.speaker]] * self._frame_ms,
-                **(self._sounds.summary(self._channel_of[s.speaker]) if self._sounds else {}),
+                **self._analytics.speaker_summary(s.speaker),
                 "trajectory": {
                     "resolution_ms": 1000,
                     "points": [{"t_ms": t_ms, "scores": [round(float(x), 4) for x in scores]} for t_ms, scores in timeline.trajectory()],
@@ -839,7 +766,7 @@ class CallSession:
             alert_count=self._alert_count,
             labels=list(labels),
             speakers=speaker_documents,
-            conversation=self._conversation_summary(),
+            conversation=self._analytics.conversation_summary(),
             alerts=[
                 {
                     "alert_id": a.alert_id,

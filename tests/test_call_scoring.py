@@ -10,13 +10,13 @@ import pytest
 
 from service.analytics.prosody import ProsodyFigures
 from service.audio.channel import AnalysisWindow
+from service.call_analytics import WindowAnalytics
 from service.call_scoring import CallScoring
 from service.config import WindowConfig
 from service.domain import EmotionUpdate, Role, Warning
 from service.inference.base import NotSpeech, StreamSpan, WindowScores
 from service.inference.batcher import QueueFull
 from service.inference.scoring import ScoringClient
-from service.session import WindowAnalytics
 from tests.fakes import LABELS, one_hot
 
 RATE = 16000

@@ -12,7 +12,7 @@ from service.domain import Alert, AudioFormat, CallConfig, CallSummary, EmotionU
 from service.inference.batcher import InferenceBatcher
 from service.inference.scoring import LocalScoringClient
 from service.rules import RuleEngine, load_rules
-from service import session as session_module
+from service import call_analytics
 from service.session import CallSession, SessionContext
 from tests.fakes import FakeEmotionModel, one_hot
 
@@ -142,7 +142,7 @@ async def test_holding_frames_for_block_analysis_gives_what_analysing_every_push
     audio = generated_call(seed)
     chunk = RATE * chunk_ms // 1000
     held = await replay(audio, chunk)
-    monkeypatch.setattr(session_module, "HELD_FRAMES_MAX", 1)
+    monkeypatch.setattr(call_analytics, "HELD_FRAMES_MAX", 1)
     every_push = await replay(audio, chunk)
     assert held == every_push
     assert len(held["updates"]) >= 20 and any(u["pitch_hz"] for u in held["updates"])
