@@ -206,16 +206,14 @@ class CallScoring:
             try:
                 span = StreamSpan(self._streams[window.role], window.encode_from_sample * MODEL_SAMPLE_RATE // window.sample_rate)
                 future = self._scorer.submit(to_model_input(window.samples, window.sample_rate), deadline=deadline, span=span)
-            except QueueFull:
-                if not live:
+            except (QueueFull, EngineUnavailable) as refused:
+                # A full queue keeps a replay's window for later; without an engine the window is dropped, live or not
+                # (the call goes on without scores until the engine is back).
+                full = isinstance(refused, QueueFull)
+                if full and not live:
                     return
                 self._ready.popleft()
-                self._drop(timeline, "dropped_queue_full")
-                self._answered(window, None)
-                continue
-            except EngineUnavailable:  # live or not: the call goes on without scores until the engine is back
-                self._ready.popleft()
-                self._drop(timeline, "dropped_engine_unavailable")
+                self._drop(timeline, "dropped_queue_full" if full else "dropped_engine_unavailable")
                 self._answered(window, None)
                 continue
             self._ready.popleft()

@@ -257,13 +257,7 @@ class CallSession:
         notices = self._intake.interleaved(seq, data, arrival)
         if notices:
             self._report_all(notices)
-        self._last_input = arrival
-        if self._first_audio_at is None:
-            self._first_audio_at = arrival
-        self._work(self._slice)
-        self._ingest_seconds.append(time.perf_counter() - began)
-        if len(self._ingest_seconds) >= METRICS_EVERY_PUSHES or self._unreported_frames >= self._report_every:
-            self._report_ingested()
+        self._took(arrival, began)
 
     def push_track(self, track: int, seq: int, data: bytes, arrival: float | None = None, start_ms: int | None = None) -> None:
         """Ingest one chunk of one mono track (track i is channel i). `start_ms`, when the bridge gives
@@ -273,6 +267,11 @@ class CallSession:
             return
         arrival = time.monotonic() if arrival is None else arrival
         self._report_all(self._intake.track(track, seq, data, arrival, start_ms))
+        self._took(arrival, began)
+
+    def _took(self, arrival: float, began: float) -> None:
+        """A chunk was queued (at `began`, perf_counter): the bridge is there; work through a slice of the input and count
+        the push in the ingest metrics."""
         self._last_input = arrival
         if self._first_audio_at is None:
             self._first_audio_at = arrival
