@@ -5,6 +5,7 @@ import time
 from dataclasses import replace
 
 import grpc
+from prometheus_client import REGISTRY
 
 from agentassist.v1 import agent_assist_pb2 as pb
 from clients.bridge import CallPlan, stream_call
@@ -69,12 +70,16 @@ def replace_call_id(request, call_id):
 
 
 def test_audio_after_end_of_call_is_not_processed(redis_server, test_models, start_server):
-    """Once EndOfCall is processed the summary is sent and the stream ends; later audio changes nothing."""
+    """Once EndOfCall is processed the summary is sent; audio sent after it changes nothing and is dropped, and the RPC
+    ends with OK once the bridge half-closes (never INTERNAL from an RPC ended under the bridge's stream)."""
     server = start_server(service_config(redis_server.url, test_models["random"]))
+    dropped = lambda: REGISTRY.get_sample_value("callpulse_chunks_dropped_total", {"reason": "after_end"}) or 0.0  # noqa: E731
+    before = dropped()
     events, error = run(raw_call(server.target, [config_msg(call_id="ended"), audio_msg(1), END, audio_msg(2)], hold_open=0.5))
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "started" and kinds[-1] == "summary"
-    assert error is None or error[0] == INVALID
+    assert error is None and dropped() == before + 1
+    assert server.call(lambda: server.app.calls.active) == 0
 
 
 def test_full_server_refuses_with_resource_exhausted(redis_server, test_models, start_server):

@@ -39,6 +39,11 @@ from service.transport.status import answer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "agentassist.v1.AgentAssist"
+AFTER_END_S = 1.0
+"""After a call's summary the RPC stays open up to this long for the bridge to half-close its request stream (what it
+still sends is read and dropped, `callpulse_chunks_dropped_total{reason="after_end"}`): an RPC that ends before the
+bridge half-closed can reach grpcio's asyncio client as INTERNAL "Internal error from Core" instead of OK
+(grpc/grpc#36066)."""
 
 _ENCODINGS = {
     pb.AUDIO_ENCODING_PCM16LE: Encoding.PCM16LE,
@@ -191,6 +196,9 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
             async for event in session.events():
                 yield event_to_proto(event)
             outcome = "completed"
+            ended, session = session, None
+            self._calls.release(ended, outcome)  # the call is over: its slot is free while the stream closes
+            await self._await_half_close(pump, request_iterator)
         except CallPulseError as exc:
             outcome = exc.kind
             if handshaking:
@@ -219,6 +227,22 @@ class AgentAssistServicer(pb_grpc.AgentAssistServicer):
         except asyncio.TimeoutError:
             raise HandshakeTimeout(f"no CallConfig within {self._handshake_timeout_s:g} s of the call's start "
                                    "(handshake timeout)") from None
+
+    @staticmethod
+    async def _await_half_close(pump: asyncio.Task, request_iterator) -> None:
+        """After the summary: once the pump has stopped reading (at EndOfCall), read and drop what the bridge still
+        sends until it half-closes, for at most AFTER_END_S."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + AFTER_END_S
+        done, _ = await asyncio.wait({pump}, timeout=AFTER_END_S)
+        if not done:
+            return
+        try:
+            while (remaining := deadline - loop.time()) > 0:
+                await asyncio.wait_for(request_iterator.__anext__(), remaining)
+                metrics.chunk_dropped("after_end")
+        except (StopAsyncIteration, asyncio.TimeoutError):
+            pass
 
     async def _pump(self, request_iterator, session: CallSession) -> None:
         """Feed requests into the session; bad input fails the session's event stream. (The session's own
