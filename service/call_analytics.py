@@ -91,6 +91,17 @@ class CallAnalytics:
             self.sounds.mark(speaking)
         return self._conversation.push(speaking, present, state)
 
+    def apply_answers(self) -> None:
+        """Let the speech check's answers so far take effect (ChannelSounds.apply); the speech frames a new latch takes
+        back leave their speaker's talk time and voiced speech."""
+        if not self.sounds:
+            return
+        self.sounds.apply()
+        for index, frames in enumerate(self.sounds.take_retracted()):
+            if frames:
+                self._conversation.retract_talk(index, frames)
+                self._voiced_frames[index] = max(0, self._voiced_frames[index] - frames)
+
     def measure(self, windows: list[AnalysisWindow]) -> list[AnalysisWindow]:
         """The windows with what was measured over each when it was cut (WindowAnalytics; all of them see the
         conversation as it is now)."""

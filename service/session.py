@@ -346,7 +346,7 @@ class CallSession:
             return
         if sync:
             assert self._sounds is not None
-            self._sounds.apply()
+            self._analytics.apply_answers()
             self._sync_at = self._audio_frames + self._sync_every
 
     def _work(self, budget: int) -> None:
@@ -547,6 +547,7 @@ class CallSession:
         if self._sounds:
             self._release_deferred(final=True)
         await self._scoring.drain()
+        self._analytics.apply_answers()  # a replay's last answers (a live call took each as it came)
         summary = self._summary(reason)
         self._ctx.publisher.publish_call_event(summary.document)
         if self._ctx.on_summary is not None:
@@ -662,7 +663,7 @@ class CallSession:
         else:
             self._sounds.heard(self._channel_of[window.role], answered=speech is True)
         if self.config.realtime:
-            self._sounds.apply()
+            self._analytics.apply_answers()
 
     def _release_deferred(self, final: bool = False) -> None:
         """Route the deferred windows of every channel whose gate has decided (all of them when `final`)."""

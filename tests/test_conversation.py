@@ -334,3 +334,20 @@ def test_stereo_fixture_turn_taking_matches_its_timings():
     for s in snaps:
         if any(start + 0.3 <= s.now_ms / 1000 <= end - 0.3 for start, end in speech):
             assert s.dead_air_ms == 0
+
+
+def test_talk_taken_back_leaves_the_speakers_talk_time_and_ratio_and_nothing_else():
+    """retract_talk takes frames back from one speaker's talk time (never below zero; the talk ratio follows) and
+    leaves over-talk and the other speaker alone; a negative count is refused and changes nothing."""
+    tracker = ConversationTracker((C, A))
+    tracker.push(flags(6000, customer=[(0, 4000)], agent=[(3000, 5000)]))
+    before = tracker.summary()
+    assert before["talk_ms"] == {"customer": 4000, "agent": 2000}
+    tracker.retract_talk(1, 50)
+    after = tracker.summary()
+    assert after["talk_ms"] == {"customer": 4000, "agent": 1000}
+    assert after["talk_ratio"]["agent"] == round(1000 / 5000, 3) and after["overtalk_ms"] == before["overtalk_ms"]
+    with pytest.raises(ValueError, match="negative"):
+        tracker.retract_talk(1, -1)
+    tracker.retract_talk(1, 500)
+    assert tracker.summary()["talk_ms"] == {"customer": 4000, "agent": 0}

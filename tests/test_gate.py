@@ -304,8 +304,9 @@ def test_the_transcribed_evaluation_reads_a_kaldi_directory_and_counts_a_syllabl
 def test_channel_sounds_take_a_tone_out_of_speech_mark_it_and_latch_on_two_loud_not_speech_answers():
     """ChannelSounds over a stereo block (a held tone on one channel, speech on the other): the tone's voiced frames
     leave the VAD flags, sound on the line and are marked steady for its windows; two loud not-speech answers on the
-    speech channel latch it once applied (its next frames are taken out and marked as the latch's), and two speech
-    answers in a row, or a window never answered, release it."""
+    speech channel latch it once applied (the frames of those windows that counted as speech are taken back, its next
+    frames are taken out and marked as the latch's), and two speech answers in a row, or a window never answered,
+    release it."""
     from service.analytics.sound import ChannelSounds
 
     frame = RATE // 50
@@ -331,8 +332,13 @@ def test_channel_sounds_take_a_tone_out_of_speech_mark_it_and_latch_on_two_loud_
     assert not sounds.gates[1].unspoken  # a faint window (bleed, near silence) does not count
     sounds.not_speech(1, 0, n, loudness_dbfs=-20.0)
     assert not sounds.gates[1].unspoken and sounds.answers == 1  # answers take effect when applied
+    speech_frames = sounds._marks[1].count(0, n)[0]
     sounds.apply()
     assert sounds.gates[1].unspoken and sounds.answers == 0
+    # The frames those windows covered counted as speech until the latch: they are taken back, once.
+    assert speech_frames > 50 and sounds.take_retracted() == [0, speech_frames] and sounds.take_retracted() == [0, 0]
+    assert sounds._marks[1].count(0, n)[0] == 0 and sounds.latched(1, 0, n)
+    assert sounds.summary(1)["not_speech_ms"] == speech_frames * 20
     kept, _, _ = sounds.separate([tone[: n * frame], speech[: n * frame]], flags)
     sounds.mark(kept)
     assert not kept[:, 1].any() and sounds.latched(1, n, 2 * n) and sounds.summary(1)["not_speech_ms"] > 1000

@@ -323,8 +323,9 @@ def test_a_not_speech_verdict_latches_the_channel_until_speech_quiet_or_a_gap():
 
 async def test_music_the_check_finds_latches_the_channel_out_of_talk_time_and_speech_after_it_counts(detector):
     """Fast music that webrtcvad and the gate take for speech counts as 12 s of talk without the check; with it the
-    channel is latched as not speech after the first verdicts (most of the music counts as not_speech_ms and as a hold,
-    not as talk), and the customer's speech after the music is still talk and still alerts."""
+    channel is latched as not speech after the first verdicts and the music before them is taken back (the music counts
+    as not_speech_ms and as a hold, not as talk), and the customer's speech after the music is still talk and still
+    alerts."""
     music = signals.int16(np.concatenate([arpeggio(12.0), np.zeros(RATE // 2)]))
     speech = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)
     call = np.concatenate([music, speech])[:, None]
@@ -335,7 +336,7 @@ async def test_music_the_check_finds_latches_the_channel_out_of_talk_time_and_sp
     talk = lambda s: s.document["conversation"]["talk_ms"]["customer"]  # noqa: E731
     customer = summary.document["speakers"][0]
     assert talk(plain) > talk(alone) + 10_000  # the music counted as talk
-    assert talk(summary) < talk(alone) + 3_000  # only until the first verdicts
+    assert talk(summary) < talk(alone) + 500  # the music before the latch took effect is taken back too
     assert talk(summary) > talk(alone) - 1_500  # the speech after it still counts (the latch ends on its first window)
     assert customer["not_speech_ms"] >= 8_000 and customer["steady_sound_ms"] < 1_000
     assert customer["hold"]["count"] == 1 and summary.document["conversation"]["hold"]["ms"] >= 5_000
@@ -360,7 +361,7 @@ async def test_hold_music_on_the_unscored_agent_channel_is_checked_and_neither_t
     alerts, _, summary = await run_session(call, rules_text=ANGRY_RULE, roles=roles,
                                            model=SpeechCheckedModel(scripted_model(), detector, min_share=0.2))
     conversation, agent_summary = summary.document["conversation"], summary.document["speakers"][1]
-    assert conversation["talk_ms"]["agent"] < 1_500 and conversation["talk_ms"]["customer"] == plain.document["conversation"]["talk_ms"]["customer"]
+    assert conversation["talk_ms"]["agent"] < 700 and conversation["talk_ms"]["customer"] == plain.document["conversation"]["talk_ms"]["customer"]
     assert conversation["overtalk_ms"] == 0 and conversation["interruptions"]["count"] == 0
     assert conversation["hold"]["count"] == 1 and conversation["hold"]["ms"] >= 15_000
     assert agent_summary["not_speech_ms"] >= 10_000 and agent_summary["windows_not_speech"] > 10 and agent_summary["windows_scored"] == 0
@@ -380,7 +381,7 @@ async def test_music_the_gate_never_catches_on_the_agent_channel_is_checked_only
         agent = summary.document["speakers"][1]
         talk[mode] = (summary.document["conversation"]["talk_ms"]["agent"], agent["windows_not_speech"], agent["not_speech_ms"])
     assert talk["suspect"][0] > 10_000 and talk["suspect"][1] == 0
-    assert talk["all"][0] < 3_000 and talk["all"][1] > 10 and talk["all"][2] > 8_000
+    assert talk["all"][0] < 200 and talk["all"][1] > 10 and talk["all"][2] > 11_000  # its first windows taken back too
     assert talk["none"] == talk["suspect"]
     with pytest.raises(ConfigError, match="check_unscored must be suspect, all or none"):
         AnalyticsConfig(check_unscored="sometimes")

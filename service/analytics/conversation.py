@@ -287,6 +287,13 @@ class ConversationTracker:
             self._next_tick = last + self.tick_ms
         return out
 
+    def retract_talk(self, index: int, frames: int) -> None:
+        """Take `frames` frames back from channel `index`'s talk time: they were counted as voice and proved to be
+        something else (music the speech check latched). Over-talk, interruptions and dead air already measured stay."""
+        if frames < 0:
+            raise ValueError(f"cannot retract a negative number of frames ({frames})")
+        self._talk[index] = max(0, self._talk[index] - frames)
+
     def snapshot(self) -> ConversationSnapshot:
         """The state at the end of the frames processed so far."""
         return self._snapshot(self.now_ms)

@@ -333,6 +333,24 @@ class FrameMarks:
         slots = slots[(self._index[slots] == frames) & (self._marks[slots] == self.SPEECH)]
         self._marks[slots] = self.STEADY
 
+    def mark_unspoken(self, first: int, end: int) -> int:
+        """Held frames of [first, end) marked as speech become the latch's (the speech check found them not to be speech
+        before the latch took effect); returns how many changed."""
+        capacity = len(self._marks)
+        low, high = max(first, self._next - capacity, 0), min(end, self._next)
+        if high <= low:
+            return 0
+        frames = np.arange(low, high, dtype=np.int64)
+        slots = frames % capacity
+        slots = slots[(self._index[slots] == frames) & (self._marks[slots] == self.SPEECH)]
+        self._marks[slots] = self.UNSPOKEN
+        return len(slots)
+
+    @property
+    def end(self) -> int:
+        """The frame after the last one marked (or skipped)."""
+        return self._next
+
     def count(self, first: int, end: int) -> tuple[int, int]:
         """(speech frames, steady frames) among the held frames of [first, end)."""
         capacity = len(self._marks)

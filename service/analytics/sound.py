@@ -30,6 +30,8 @@ class ChannelSounds:
         self._steady = [0] * channels  # voiced frames taken as steady sound by the gate
         self._latched = [0] * channels  # voiced frames taken out of speech by the speech check's latch
         self._unheard = [0] * channels  # loud windows in a row the check found not to be speech
+        self._unheard_from = [0] * channels  # the first frame of the first of them
+        self._retracted = [0] * channels  # speech frames taken back by the latch since take_retracted
         self._heard = [0] * channels  # windows in a row the check found to be speech
         self._suspect_frames = SUSPECT_MS // frame_ms
         # Until apply(): (channel, kind, the window's first frame, end frame and loudness); kind is NOT_SPEECH, SPEECH
@@ -101,7 +103,8 @@ class ChannelSounds:
     def not_speech(self, index: int, first: int, end: int, loudness_dbfs: float) -> None:
         """The speech check found a window over frames [first, end) not to be speech. Once applied: latch the channel
         when UNSPOKEN_VERDICTS such windows in a row had new audio that counted as speech (or was latched already) and
-        was at least UNSPOKEN_MIN_DBFS loud (near silence and the other side's bleed, which it also holds back, never)."""
+        was at least UNSPOKEN_MIN_DBFS loud (near silence and the other side's bleed, which it also holds back, never);
+        the frames from the first of those windows on that counted as speech become the latch's (take_retracted)."""
         self._answers.append((index, NOT_SPEECH, first, end, loudness_dbfs))
 
     def heard(self, index: int, answered: bool = True) -> None:
@@ -135,9 +138,24 @@ class ChannelSounds:
             marks = self._marks[index]
             if (marks.count(first, end)[0] or marks.unspoken(first, end)) and loudness_dbfs >= UNSPOKEN_MIN_DBFS:
                 self._heard[index] = 0
+                if not self._unheard[index]:
+                    self._unheard_from[index] = first
                 self._unheard[index] += 1
                 if self._unheard[index] >= UNSPOKEN_VERDICTS:
-                    self.gates[index].hear(speech=False)
+                    gate = self.gates[index]
+                    if not gate.unspoken:
+                        # The frames since the first of these windows counted as speech until now: they are the latch's
+                        # too (the session takes their talk back, take_retracted).
+                        taken = marks.mark_unspoken(self._unheard_from[index], marks.end)
+                        self._latched[index] += taken
+                        self._retracted[index] += taken
+                    gate.hear(speech=False)
+
+    def take_retracted(self) -> list[int]:
+        """Per channel, the frames that counted as the speaker's speech before the latch took them back (the new audio
+        of the windows that latched it, and the frames decided since) since the last call."""
+        retracted, self._retracted = self._retracted, [0] * len(self._retracted)
+        return retracted
 
     def suspect(self, index: int) -> bool:
         """The channel may be playing music: windows of a speaker who is not scored go to the speech check."""
