@@ -322,29 +322,31 @@ class FrameMarks:
         """Frames that will never come carry no mark."""
         self._next += frames
 
-    def mark_steady(self, first: int, end: int) -> None:
-        """Held frames of [first, end) marked as speech become steady sound (a decision the gate made late)."""
+    def _held(self, first: int, end: int) -> np.ndarray:
+        """Ring slots of the frames of [first, end) still held (older ones were overwritten, later ones not marked)."""
         capacity = len(self._marks)
         low, high = max(first, self._next - capacity, 0), min(end, self._next)
         if high <= low:
-            return
+            return np.zeros(0, dtype=np.int64)
         frames = np.arange(low, high, dtype=np.int64)
         slots = frames % capacity
-        slots = slots[(self._index[slots] == frames) & (self._marks[slots] == self.SPEECH)]
-        self._marks[slots] = self.STEADY
+        return slots[self._index[slots] == frames]
+
+    def _remark_speech(self, first: int, end: int, mark: int) -> int:
+        """Held frames of [first, end) marked as speech get `mark`; returns how many changed."""
+        slots = self._held(first, end)
+        slots = slots[self._marks[slots] == self.SPEECH]
+        self._marks[slots] = mark
+        return len(slots)
+
+    def mark_steady(self, first: int, end: int) -> None:
+        """Held frames of [first, end) marked as speech become steady sound (a decision the gate made late)."""
+        self._remark_speech(first, end, self.STEADY)
 
     def mark_unspoken(self, first: int, end: int) -> int:
         """Held frames of [first, end) marked as speech become the latch's (the speech check found them not to be speech
         before the latch took effect); returns how many changed."""
-        capacity = len(self._marks)
-        low, high = max(first, self._next - capacity, 0), min(end, self._next)
-        if high <= low:
-            return 0
-        frames = np.arange(low, high, dtype=np.int64)
-        slots = frames % capacity
-        slots = slots[(self._index[slots] == frames) & (self._marks[slots] == self.SPEECH)]
-        self._marks[slots] = self.UNSPOKEN
-        return len(slots)
+        return self._remark_speech(first, end, self.UNSPOKEN)
 
     @property
     def end(self) -> int:
@@ -353,21 +355,9 @@ class FrameMarks:
 
     def count(self, first: int, end: int) -> tuple[int, int]:
         """(speech frames, steady frames) among the held frames of [first, end)."""
-        capacity = len(self._marks)
-        low, high = max(first, self._next - capacity, 0), min(end, self._next)
-        if high <= low:
-            return 0, 0
-        frames = np.arange(low, high, dtype=np.int64)
-        slots = frames % capacity
-        marks = self._marks[slots][self._index[slots] == frames]
+        marks = self._marks[self._held(first, end)]
         return int(np.count_nonzero(marks == self.SPEECH)), int(np.count_nonzero(marks == self.STEADY))
 
     def unspoken(self, first: int, end: int) -> int:
         """Voiced frames among the held frames of [first, end) taken out of speech by the speech check's latch."""
-        capacity = len(self._marks)
-        low, high = max(first, self._next - capacity, 0), min(end, self._next)
-        if high <= low:
-            return 0
-        frames = np.arange(low, high, dtype=np.int64)
-        slots = frames % capacity
-        return int(np.count_nonzero(self._marks[slots][self._index[slots] == frames] == self.UNSPOKEN))
+        return int(np.count_nonzero(self._marks[self._held(first, end)] == self.UNSPOKEN))
