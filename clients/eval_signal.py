@@ -58,6 +58,7 @@ RATE = 8000
 FRAME = RATE // 50
 REAL_CALL = ROOT.parent / "shared" / "audio" / "Auto_Repairs_40_UTC_stereo_L-agent_R-caller_pcm16.wav"
 DEFAULT_MUSIC_DIRS = ("/usr/share/games/singularity/music", "/usr/share/scummvm/drascula/audio")
+DEFAULT_VOCAL_DIRS = ("/usr/share/games/hedgewars/Data/Sounds/voices",)  # apt-get install hedgewars-data
 SENTENCES = (
     "Hello, I have been waiting on hold for twenty minutes and nobody has answered my question.",
     "I would like to change the address on my account and cancel the second order please.",
@@ -240,6 +241,56 @@ def service_nuclei(x: np.ndarray) -> tuple[int, int]:
     track.push(x[: len(voiced) * FRAME], voiced)
     totals = track.totals()
     return int(totals["nuclei"]), int(totals["voiced_ms"])
+
+
+def vocal_class(path: str) -> str:
+    """The class of a Hedgewars voice clip (VOICE/NAME.ogg): laughter, cough, "hmm", speech from a robot or singing
+    voice pack, or speech (short exclamations and phrases)."""
+    name, pack = Path(path).stem, Path(path).parent.name
+    if name == "Laugh":
+        return "laughter"
+    if "Cough" in name:
+        return "cough"
+    if name == "Hmm":
+        return "hmm"
+    return "speech (robot or singing voice)" if pack in ("Robot", "Singer") else "speech"
+
+
+def vocal_sounds(dirs: list[str], work: str) -> dict | None:
+    """Laughter, coughs and speech of real voices (the voice packs of the Debian package hedgewars-data: a laugh, a
+    cough and 70-odd short phrases per voice, acted): per class the clips, those the laughter check finds a laugh in,
+    and the syllable nuclei counted with and without the check. None when there are no clips (or no sox)."""
+    paths = sorted(p for d in dirs for p in glob.glob(os.path.join(d, "*", "*.ogg")))
+    if not paths or shutil.which("sox") is None:
+        return None
+    from service.analytics.prosody import ProsodyTrack
+
+    classes: dict[str, dict] = {}
+    seen: set[bytes] = set()
+    for index, path in enumerate(paths):
+        out = os.path.join(work, f"vocal{index}.wav")
+        if not _sox(path, out):
+            continue
+        x = _mono8k(out)[0]
+        if x.tobytes() in seen:  # some voice packs share clips
+            continue
+        seen.add(x.tobytes())
+        voiced = vad_flags(x)
+        totals = {}
+        for laughter in (True, False):
+            track = ProsodyTrack(RATE, laughter=laughter)
+            track.push(x[: len(voiced) * FRAME], voiced)
+            totals[laughter] = track.totals()
+        figures = classes.setdefault(vocal_class(path), {"clips": 0, "with_laugh": 0, "laughs": 0, "laughter_ms": 0,
+                                                          "nuclei": 0, "nuclei_without_check": 0, "voiced_ms": 0})
+        figures["clips"] += 1
+        figures["with_laugh"] += int(totals[True]["laughs"] > 0)
+        figures["laughs"] += totals[True]["laughs"]
+        figures["laughter_ms"] += totals[True]["laughter_ms"]
+        figures["nuclei"] += totals[True]["nuclei"]
+        figures["nuclei_without_check"] += totals[False]["nuclei"]
+        figures["voiced_ms"] += totals[True]["voiced_ms"]
+    return classes or None
 
 
 def _ideographs(text: str) -> int:
@@ -528,7 +579,7 @@ def _row(name: str, voiced: int, steady: int, extra: dict | None) -> dict:
 
 
 def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, silero: bool = False,
-             check: float | None = None, transcribed: list[str] | None = None) -> dict:
+             check: float | None = None, transcribed: list[str] | None = None, vocal_dirs: list[str] | None = None) -> dict:
     """Per class: clips, voiced frames and the share of them taken as steady sound, with the per-clip figures (with
     `silero`, also the share silero-vad calls speech and the share left as speech by the gate and silero-vad together;
     with `check`, the windows that reach the emotion model without and with the engine's speech check at that share)."""
@@ -557,6 +608,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
         scenes = conversation_scenes(work) if espeak else None
         real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
         chinese = transcribed_rate(transcribed, work) if transcribed else None
+        vocal = vocal_sounds(vocal_dirs, work) if vocal_dirs else None
     summary = {}
     for kind, clips in rows.items():
         voiced = sum(c["voiced"] for c in clips)
@@ -567,7 +619,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
             summary[kind]["silero_speech_share"] = round(sum(c["silero"] for c in clips) / voiced, 4)
             summary[kind]["left_as_speech_share"] = round(sum(c["left"] for c in clips) / voiced, 4)
     return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes,
-            "windows": windows, "transcribed_rate": chinese, "hold_music": holds}
+            "windows": windows, "transcribed_rate": chinese, "hold_music": holds, "vocal": vocal}
 
 
 def _print_table(header: list[str], rows: list[list]) -> None:
@@ -592,10 +644,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transcribed", action="append",
                         help="Kaldi data directory of real Chinese recordings with transcripts (text, wav.scp): speech rate "
                              "against the characters (repeatable)")
+    parser.add_argument("--vocal-dir", action="append",
+                        help="directory of voice packs (VOICE/NAME.ogg: Laugh, *Cough*, Hmm, phrases), default hedgewars-data's "
+                             "where installed: laughter found and syllables counted per class (repeatable)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     result = evaluate(args.music_dir or [d for d in DEFAULT_MUSIC_DIRS if os.path.isdir(d)], args.skip, args.seconds, not args.no_espeak,
-                      silero=args.silero, check=args.check, transcribed=args.transcribed)
+                      silero=args.silero, check=args.check, transcribed=args.transcribed,
+                      vocal_dirs=args.vocal_dir or [d for d in DEFAULT_VOCAL_DIRS if os.path.isdir(d)])
     with_silero = any("silero_speech_share" in f for f in result["classes"].values())
     print("| class | clips | voiced frames (webrtcvad) | share the gate takes as steady sound | clips >= 80% steady |"
           + (" silero-vad: share it calls speech | left as speech by the gate and silero-vad |" if with_silero else ""))
@@ -654,6 +710,12 @@ def main(argv: list[str] | None = None) -> int:
                 figures = chinese["summary"][who]
                 print(f"{who} against the characters over {chinese['summary']['utterances']} utterances: mean ratio "
                       f"{figures['mean_ratio']}, mean absolute error {100 * figures['mean_abs_error']:.0f}%, Pearson r {figures['pearson_r']}")
+    vocal = result.get("vocal")
+    if vocal:
+        _print_table(["voice clips (hedgewars-data)", "clips", "with a laugh found", "laughter (s)", "syllable nuclei",
+                      "without the laughter check", "voiced (s)"],
+                     [[kind, f["clips"], f["with_laugh"], f"{f['laughter_ms'] / 1000:.1f}", f["nuclei"], f["nuclei_without_check"],
+                       f"{f['voiced_ms'] / 1000:.1f}"] for kind, f in vocal.items()])
     scenes = result.get("conversation")
     if scenes:
         print("\n| scene (espeak-ng voices, labelled by construction) | interruptions by customer / agent | back-channels by customer / agent |")

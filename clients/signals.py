@@ -63,3 +63,39 @@ def int16(x: np.ndarray, noise: float = 30.0, seed: int = 1) -> np.ndarray:
     """`x` with a little line noise, as int16."""
     noisy = x + np.random.default_rng(seed).normal(0, noise, len(x))
     return np.clip(noisy, -32768, 32767).astype(np.int16)
+
+
+# Formants (Hz) of five vowels, from Peterson & Barney's averages for a man's voice, rounded.
+VOWELS = {"a": (730, 1090, 2440), "i": (270, 2290, 3010), "u": (300, 870, 2240), "e": (530, 1840, 2480), "o": (570, 840, 2410)}
+
+
+def vowel(name: str, seconds: float, f0_start: float, f0_end: float, rate: int = RATE) -> np.ndarray:
+    """A sung vowel: the harmonics of an F0 gliding from `f0_start` to `f0_end`, each weighted by the vowel's formant
+    resonances (peak about 1.0)."""
+    n = int(seconds * rate)
+    f0 = np.linspace(f0_start, f0_end, n)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    out = np.zeros(n)
+    for harmonic in range(1, int(rate / 2 / max(f0_start, f0_end))):
+        freq = harmonic * f0
+        gain = sum(1.0 / (1.0 + ((freq - formant) / 80.0) ** 2) / (k + 1) for k, formant in enumerate(VOWELS[name]))
+        out += gain / np.sqrt(harmonic) * np.sin(harmonic * phase)
+    return out / max(1e-9, np.max(np.abs(out)))
+
+
+def bursts(vowels: str, burst_s: float = 0.11, period_s: float = 0.2, f0: float = 240.0, level: float = 9000.0,
+           seed: int = 0, rate: int = RATE) -> np.ndarray:
+    """A train of voiced bursts, one per letter of `vowels` (keys of VOWELS), `period_s` apart, each with a breathy
+    onset ("h", noise) and a falling F0: "aaaaaa" is a laugh ("ha-ha-ha"), "aiuoe..." syllables of speech that move
+    from vowel to vowel at the same pace."""
+    rng = np.random.default_rng(seed)
+    period, burst = int(period_s * rate), int(burst_s * rate)
+    out = np.zeros(period * len(vowels) + period)
+    ramp = np.hanning(burst)
+    for i, name in enumerate(vowels):
+        start = i * period + period // 4
+        pitch = f0 * (1.0 - 0.01 * i)
+        out[start : start + burst] += level * ramp * vowel(name, burst_s, pitch, pitch * 0.92, rate)
+        breath = int(0.04 * rate)
+        out[start - breath : start] += 0.06 * level * rng.normal(0, 1, breath) * np.hanning(breath)
+    return out

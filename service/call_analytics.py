@@ -52,7 +52,8 @@ class CallAnalytics:
         self._margin_db = analytics.crosstalk_margin_db
         history_ms = windows.window_ms + 2 * windows.hop_ms + 1000
         self._prosody = {
-            role: ProsodyTrack(sample_rate, frame_ms, history_ms=history_ms, warmup_ms=analytics.baseline_warmup_ms)
+            role: ProsodyTrack(sample_rate, frame_ms, history_ms=history_ms, warmup_ms=analytics.baseline_warmup_ms,
+                               laughter=analytics.laughter)
             for role in roles
         }
         # Per channel, in channel order: the prosody tracks again, and the frames each channel spoke and lost as crosstalk.

@@ -327,6 +327,9 @@ class AnalyticsConfig:
     steady_gate: bool = True
     """Tones (ringback, busy, DTMF, fax) and steady music are not speech (service/analytics/gate.py):
     they count as no one's talk, their windows are not scored, and dead air does not run while they play."""
+    laughter: bool = True
+    """Runs of at least four bursts of one sound a few per second apart ("ha-ha-ha") are laughter
+    (service/analytics/laughter.py): not syllables, not in the speech rate; the summary gives each speaker's laughs."""
     hold_min_ms: int = 5000
     """A channel playing steady sound (music) this long is on hold: hold time and count in the summary."""
     check_unscored: str = "suspect"
@@ -363,6 +366,7 @@ class AnalyticsConfig:
         _check(self.hangover_ms <= self.turn_pause_ms <= 3000,
                f"turn_pause_ms must be hangover_ms ({self.hangover_ms})..3000, got {self.turn_pause_ms}")
         _check(isinstance(self.steady_gate, bool), f"steady_gate must be true or false, got {self.steady_gate!r}")
+        _check(isinstance(self.laughter, bool), f"laughter must be true or false, got {self.laughter!r}")
         _check(1000 <= self.hold_min_ms <= 600000, f"hold_min_ms must be 1000..600000, got {self.hold_min_ms}")
         _check(self.check_unscored in ("suspect", "all", "none"),
                f"check_unscored must be suspect, all or none, got {self.check_unscored!r}")
@@ -483,6 +487,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_TURN_PAUSE_MS": ("analytics", "turn_pause_ms", int),
     "CALLPULSE_ANALYSIS_MS": ("analytics", "analysis_ms", int),
     "CALLPULSE_STEADY_GATE": ("analytics", "steady_gate", _parse_bool),
+    "CALLPULSE_LAUGHTER": ("analytics", "laughter", _parse_bool),
     "CALLPULSE_HOLD_MIN_MS": ("analytics", "hold_min_ms", int),
     "CALLPULSE_CHECK_UNSCORED": ("analytics", "check_unscored", str),
     "CALLPULSE_MIN_SILENCE_MS": ("analytics", "min_silence_ms", int),

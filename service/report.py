@@ -595,6 +595,9 @@ def _prosody_section(speakers: list[dict]) -> str:
         ]
         if _num(prosody.get("voiced_ms")) is not None:
             items.append(f"<div><dt>Voiced</dt><dd>{_seconds(prosody.get('voiced_ms'))}</dd></div>")
+        if _num(prosody.get("laughs")):
+            items.append(f"<div><dt>Laughter (not syllables)</dt><dd>{int(prosody['laughs'])} "
+                         f"({_seconds(prosody.get('laughter_ms'))})</dd></div>")
         if _num(speaker.get("crosstalk_ms")):
             items.append(f"<div><dt>Other side leaking in (not counted)</dt><dd>{_seconds(speaker.get('crosstalk_ms'))}</dd></div>")
         content = f'<dl class="facts">{"".join(items)}</dl>' if items else '<p class="empty">No prosody measured.</p>'

@@ -270,7 +270,7 @@ def test_speech_rate_of_a_modulated_voiced_tone(rate, syllables_per_s):
     """A 140 Hz harmonic tone gated into syllables at a known rate gives a speech rate within 5% of 60 * rate."""
     seconds = 10
     signal = to_int16(syllable_train(syllables_per_s, rate, seconds, sawtooth(140.0, rate, seconds)))
-    track = ProsodyTrack(rate)
+    track = ProsodyTrack(rate, laughter=False)  # one sound repeated at 4-5 per second is a laugh (test_laughter.py)
     track.push(signal, np.ones(seconds * 50, bool))
     figures = track.figures(2 * rate, seconds * rate, 2 * rate)  # the 8 s still held
     assert figures.voiced_ms == 8000
@@ -286,7 +286,7 @@ def test_speech_rate_over_baseline_is_the_rate_over_the_speakers_own_after_the_w
     rate = 8000
     slow = syllable_train(3, rate, 12, sawtooth(140.0, rate, 12))
     fast = syllable_train(5, rate, 3, sawtooth(140.0, rate, 3))
-    track = ProsodyTrack(rate, warmup_ms=10000)
+    track = ProsodyTrack(rate, warmup_ms=10000, laughter=False)  # one sound 5 times a second is a laugh
     track.push(to_int16(slow[: 6 * rate]), np.ones(300, bool))
     assert track.figures(3 * rate, 6 * rate, 5 * rate).speech_rate_over_baseline is None  # 6 s of speech: warming up
     track.push(to_int16(slow[6 * rate:]), np.ones(300, bool))
@@ -401,7 +401,7 @@ def test_totals_and_as_dict_round_to_one_decimal_and_keep_none():
     assert ProsodyFigures(-20.0, None, None, None, None, 0, 0, speech_rate_cpm=812.46).as_dict()["speech_rate_cpm"] == 812.5
     empty = ProsodyTrack(8000).totals()
     assert empty == {"loudness_dbfs": None, "baseline_dbfs": None, "pitch_hz": None, "pitch_range_st": None,
-                     "speech_rate_spm": None, "voiced_ms": 0, "nuclei": 0, "pitch_jumps": 0}
+                     "speech_rate_spm": None, "voiced_ms": 0, "nuclei": 0, "pitch_jumps": 0, "laughs": 0, "laughter_ms": 0}
     track = ProsodyTrack(8000, warmup_ms=1000)
     track.push(np.round(sine(150.0, 8000, 2.0, amplitude_for_dbfs(-24.0))).astype(np.int16), np.ones(100, bool))
     totals = track.totals()

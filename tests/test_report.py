@@ -47,7 +47,7 @@ def make_summary() -> dict:
         "speakers": [
             {"speaker": "customer", "scored": True, "speech_ms": 120000, "segments": 40,
              "windows_scored": 200, "windows_merged": 0, "windows_dropped": 0, "windows_skipped": 6,
-             "top_labels": {"neutral": 150, "angry": 50}, "prosody": _prosody(),
+             "top_labels": {"neutral": 150, "angry": 50}, "prosody": _prosody(laughs=3, laughter_ms=4200),
              "trajectory": {"resolution_ms": 1000, "points": points},
              "peaks": [{"start_ms": 40000, "end_ms": 43000, "score": 0.82, "label": "angry"},
                        {"start_ms": 125000, "end_ms": 128000, "score": 0.61, "label": "sad"}]},
@@ -254,6 +254,7 @@ def test_key_figures_and_prosody_are_shown():
     assert "Pitch<" not in agent_card and "-25.0 dBFS" in agent_card
     assert "leaking in (not counted)</dt><dd>7.3 s" in agent_card  # crosstalk shown only where there was some
     assert page.count("leaking in (not counted)") == 1
+    assert "Laughter (not syllables)</dt><dd>3 (4.2 s)" in page and page.count("Laughter (not syllables)") == 1
     assert "dropped 0, skipped (no own speech) 6" in page and page.count("skipped (no own speech)") == 1
 
 

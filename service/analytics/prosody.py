@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.analytics.laughter import CEPSTRA, ENVELOPE_MS, LaughterRuns, envelopes
+
 SILENCE_DBFS = -96.0
 
 FULL_SCALE = 32768.0
@@ -66,6 +68,10 @@ NUCLEUS_VOICING = 0.35
 THRESHOLD_UPDATE_MS = 500
 # ProsodyTrack analyses queued frames once this much audio is queued (or when a result is read).
 BATCH_MS = 1000
+# Raw audio kept behind the analysed frames for the laughter check's envelopes: a nucleus is confirmed when the
+# contour has dipped after its peak, up to a few hundred ms later (a peak older than this breaks a run).
+RECENT_MS = 1000
+LAUGH_REACH_MS = 100  # voiced frames this close to a burst of laughter are the laugh's, not speech (half its period)
 
 
 def loudness_dbfs(samples: np.ndarray) -> float:
@@ -527,7 +533,9 @@ class ProsodyTrack:
     syllable nucleus), which also saves the YIN work on unvoiced frames.
     """
 
-    def __init__(self, sample_rate: int, frame_ms: int = 20, history_ms: int = 8000, warmup_ms: int = 10000) -> None:
+    def __init__(self, sample_rate: int, frame_ms: int = 20, history_ms: int = 8000, warmup_ms: int = 10000,
+                 laughter: bool = True) -> None:
+        """`laughter`: take runs of bursts of one sound (LaughterRuns) out of the syllables."""
         if sample_rate not in (8000, 16000):
             raise ValueError(f"sample_rate must be 8000 or 16000, got {sample_rate}")
         if frame_ms not in (10, 20, 30):
@@ -556,8 +564,11 @@ class ProsodyTrack:
         self._f0 = np.full(self._capacity, np.nan)
         self._voiced = np.zeros(self._capacity, bool)
         self._nucleus = np.zeros(self._capacity, bool)
+        self._laughing = np.zeros(self._capacity, bool)  # within LAUGH_REACH_MS of a burst of laughter
         # Whole-call accumulators.
         self._voiced_frames = 0
+        self._laughing_frames = 0  # voiced frames in laughter: not in the speech rate's voiced time
+        self._laugh_until = -1  # the last frame within LAUGH_REACH_MS of a burst of laughter so far
         self._voiced_power = 0.0
         self._level_hist = np.zeros(_LEVEL_BINS, np.int64)
         self._baseline: float | None = None  # the histogram's median level, until a new block comes in
@@ -568,6 +579,10 @@ class ProsodyTrack:
         self._pitch_jumps = 0
         self._nuclei = 0
         self._detector = SyllableNuclei(update_frames=max(1, THRESHOLD_UPDATE_MS // frame_ms))
+        self._laughter = LaughterRuns(frame_ms) if laughter else None
+        self._envelope_samples = sample_rate * ENVELOPE_MS // 1000
+        # Raw samples kept behind the newest block: a nucleus is confirmed at its dip, often in a later block than its peak.
+        self._keep_samples = sample_rate * RECENT_MS // 1000
         self._reset_stream()
 
     def _reset_stream(self) -> None:
@@ -575,7 +590,10 @@ class ProsodyTrack:
         self._fir_tail = np.zeros(len(_pitch_taps(self.sample_rate)) - 1)
         self._pitch_tail = np.zeros(self._pitch_window - self._pitch_frame)
         self._square_tail = np.zeros(len(self._contour_window) - self.frame_samples)
+        self._recent = np.zeros(0)  # the last RECENT_MS of raw samples, ending where the analysed frames end
         self._detector.reset()
+        if self._laughter is not None:
+            self._laughter.reset()
 
     @property
     def frames_seen(self) -> int:
@@ -634,11 +652,19 @@ class ProsodyTrack:
             self._pitch_jumps += int(np.count_nonzero(jumps))
         self._next = first + n
         self._store(first, level, f0, voiced)
+        if self._laugh_until >= first:
+            self._mark_laughing(np.arange(first, min(self._laugh_until + 1, first + n), dtype=np.int64))
+        recent = np.concatenate((self._recent, x))
         if len(nuclei):
             slots = nuclei % self._capacity
             held = self._index[slots] == nuclei
             self._nucleus[slots[held]] = True
             self._nuclei += len(nuclei)
+            if self._laughter is not None:
+                laughed = self._laughter.push(nuclei, self._envelopes(nuclei, recent))
+                if laughed:
+                    self._uncount(np.array(laughed, np.int64))
+        self._recent = recent[max(0, len(recent) - self._keep_samples) :]
         count = int(np.count_nonzero(voiced))
         if count:
             self._voiced_frames += count
@@ -649,6 +675,35 @@ class ProsodyTrack:
             if len(pitched):
                 bins = np.minimum(np.maximum(np.rint(12.0 * np.log2(pitched / PITCH_FMIN_HZ) / PITCH_BIN_ST), 0), _PITCH_BINS - 1)
                 self._pitch_hist += np.bincount(bins.astype(np.intp), minlength=_PITCH_BINS)
+
+    def _envelopes(self, nuclei: np.ndarray, recent: np.ndarray) -> np.ndarray:
+        """The spectral envelope (laughter.envelopes) of the ENVELOPE_MS ending at each nucleus's peak frame; NaN rows
+        for peaks whose audio is no longer in `recent` (raw samples ending at frame self._next)."""
+        ends = len(recent) - (self._next - 1 - nuclei) * self.frame_samples
+        width = self._envelope_samples
+        out = np.full((len(nuclei), CEPSTRA), np.nan)
+        usable = (ends >= width) & (ends <= len(recent))
+        if usable.any():
+            rows = np.stack([recent[end - width : end] for end in ends[usable].tolist()])
+            out[usable] = envelopes(rows, self.sample_rate)
+        return out
+
+    def _uncount(self, nuclei: np.ndarray) -> None:
+        """Nuclei found to be bursts of laughter are no syllables: out of the count and of the frames' marks; the voiced
+        frames around them (LAUGH_REACH_MS, those still held) leave the speech rate's voiced time."""
+        slots = nuclei % self._capacity
+        held = self._index[slots] == nuclei
+        self._nucleus[slots[held]] = False
+        self._nuclei -= len(nuclei)
+        reach = LAUGH_REACH_MS // self.frame_ms
+        self._mark_laughing(np.unique((nuclei[:, None] + np.arange(-reach, reach + 1)[None, :]).ravel()))
+        self._laugh_until = max(self._laugh_until, int(nuclei.max()) + reach)  # frames not analysed yet: as they come
+
+    def _mark_laughing(self, frames: np.ndarray) -> None:
+        slots = frames % self._capacity
+        slots = slots[(self._index[slots] == frames) & self._voiced[slots] & ~self._laughing[slots]]
+        self._laughing[slots] = True
+        self._laughing_frames += len(slots)
 
     def skip(self, frames: int) -> None:
         """Advance the clock over `frames` frames of audio that will never come; they get no figures and
@@ -710,6 +765,7 @@ class ProsodyTrack:
         self._f0[slots] = f0[n - keep :]
         self._voiced[slots] = voiced[n - keep :]
         self._nucleus[slots] = False
+        self._laughing[slots] = False
 
     @property
     def baseline_dbfs(self) -> float | None:
@@ -771,9 +827,10 @@ class ProsodyTrack:
             spread = float(12.0 * np.log2(p90 / p10))
         voiced_ms = len(voiced) * self.frame_ms
         nuclei = int(np.count_nonzero(self._nucleus[span]))
-        rate = nuclei * 60000.0 / voiced_ms if voiced_ms >= MIN_RATE_VOICED_MS else None
+        speech_ms = voiced_ms - int(np.count_nonzero(self._laughing[voiced])) * self.frame_ms
+        rate = nuclei * 60000.0 / speech_ms if speech_ms >= MIN_RATE_VOICED_MS else None
         relative = None
-        total_ms = self._voiced_frames * self.frame_ms
+        total_ms = (self._voiced_frames - self._laughing_frames) * self.frame_ms
         if rate is not None and self._nuclei and total_ms >= max(self.warmup_ms, MIN_RATE_VOICED_MS):
             relative = rate / (self._nuclei * 60000.0 / total_ms)
         return ProsodyFigures(loudness, over, pitch, spread, rate, voiced_ms, nuclei, speech_rate_over_baseline=relative)
@@ -796,7 +853,9 @@ class ProsodyTrack:
             if pitched >= MIN_RANGE_FRAMES:
                 low, high = (_hist_quantile(self._pitch_hist, q) for q in (0.1, 0.9))
                 spread = (high - low) * PITCH_BIN_ST
-        rate = self._nuclei * 60000.0 / voiced_ms if voiced_ms >= MIN_RATE_VOICED_MS else None
+        speech_ms = voiced_ms - self._laughing_frames * self.frame_ms
+        rate = self._nuclei * 60000.0 / speech_ms if speech_ms >= MIN_RATE_VOICED_MS else None
+        laughs, laughter_ms = self._laughter.totals() if self._laughter is not None else (0, 0)
         return {
             "loudness_dbfs": _round1(loudness),
             "baseline_dbfs": _round1(self.baseline_dbfs),
@@ -806,4 +865,6 @@ class ProsodyTrack:
             "voiced_ms": int(voiced_ms),
             "nuclei": int(self._nuclei),
             "pitch_jumps": self._pitch_jumps,
+            "laughs": laughs,
+            "laughter_ms": int(laughter_ms),
         }
