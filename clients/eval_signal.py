@@ -1,7 +1,7 @@
 """What the service takes for speech, evaluated on a labelled development set: music, tones, speech.
 
     python -m clients.eval_signal [--music-dir DIR ...] [--seconds 60] [--skip 20] [--no-espeak] [--check 0.2]
-                                  [--transcribed DIR ...] [--json FILE]
+                                  [--transcribed DIR ...] [--vocal-dir DIR ...] [--json FILE]
 
 Each clip is brought to 8 kHz mono 16-bit (telephone band, as a bridge sends it) and run through the
 service's per-channel front end: webrtcvad (aggressiveness 2, 20 ms frames), then the steady-sound gate
@@ -20,7 +20,9 @@ contested overlap, labelled by construction) as the batch analysis counts them, 
 prints per class the windows sent to the emotion model without the engine's speech check and with it.
 With `--transcribed DIR` (a Kaldi data directory of real Chinese recordings: `text`, and `wav.scp` or the audio
 beside it), the speech rate of each utterance against its transcript's characters (one syllable each) and beside
-the de Jong & Wempe reference.
+the de Jong & Wempe reference. With voice clips (`--vocal-dir`, default the voice packs of the Debian package
+hedgewars-data where installed: a laugh, a cough and short phrases per voice), per class the laughs the laughter check
+finds and the syllable nuclei counted with and without it.
 
 The set, all reachable here (nothing from Asterisk's sound or music-on-hold packages, kept apart as an
 independent check):
