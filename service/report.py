@@ -48,6 +48,8 @@ CSV_COLUMNS = (
     "interruptions_by_customer",
     "backchannels_by_agent",
     "backchannels_by_customer",
+    "laughs_by_agent",
+    "laughs_by_customer",
     "alerts",
     "customer_top_label",
     "customer_peak_negative",
@@ -827,6 +829,8 @@ def _summary_row(summary: Mapping, labels: list[str]) -> dict[str, str]:
     for role in ("agent", "customer"):
         value = _num(_dict(backchannels.get("by")).get(role))
         row[f"backchannels_by_{role}"] = _csv_number(0.0 if value is None and backchannels else value, 0)
+    for role, speaker in (("agent", agent), ("customer", customer)):
+        row[f"laughs_by_{role}"] = _csv_number(_num(_dict(speaker.get("prosody")).get("laughs")), 0)
     alerts = _num(summary.get("alert_count"))
     if alerts is None and isinstance(summary.get("alerts"), list):
         alerts = float(len(summary["alerts"]))

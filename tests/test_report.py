@@ -382,6 +382,7 @@ def test_batch_csv_columns_and_figures_match_the_document(tmp_path):
     assert row["interruptions_by_agent"] == "2" and row["interruptions_by_customer"] == "1"
     assert row["backchannels_by_agent"] == "1" and row["backchannels_by_customer"] == "3"
     assert row["hold_s"] == "95.0"
+    assert row["laughs_by_customer"] == "3" and row["laughs_by_agent"] == ""  # the agent's summary has no laugh count
     assert row["alerts"] == "2"
     assert row["customer_top_label"] == "neutral"
     assert float(row["customer_peak_negative"]) == pytest.approx(0.8)  # angry 0.7 + sad 0.1 at 20-22 s
