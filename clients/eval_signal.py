@@ -17,7 +17,8 @@ Praat through praat-parselmouth (clients/dejong_wempe.praat; a dev dependency), 
 back-channels of two-speaker scenes voiced with espeak-ng (SCENES: turns, back-channels, take-overs and a
 contested overlap, labelled by construction) as the batch analysis counts them, against the labels. With
 `--check` (0.2 unless 0), every clip also runs as a call through the batch analysis (constant model), and it
-prints per class the windows sent to the emotion model without the engine's speech check and with it.
+prints per class the windows sent to the emotion model without the engine's speech check and with it, and the alerts
+the Debian music raises on the scored customer channel with an always-angry test model (`music_alerts`).
 With `--transcribed DIR` (a Kaldi data directory of real Chinese recordings: `text`, and `wav.scp` or the audio
 beside it), the speech rate of each utterance against its transcript's characters (one syllable each) and beside
 the de Jong & Wempe reference. With voice clips (`--vocal-dir`, default the voice packs of the Debian package
@@ -576,6 +577,86 @@ def hold_music_calls(music: list[tuple[str, np.ndarray]], work: str, share: floa
     return out
 
 
+def _angry_test_model():
+    """A TEST MODEL that calls every window angry (the issue's "always-angry model"): whatever reaches it alerts."""
+    from service.inference.constant import ConstantEmotionModel
+
+    class AlwaysAngryTestModel(ConstantEmotionModel):
+        def __init__(self) -> None:
+            super().__init__()
+            self.name = "TEST MODEL: always angry (evaluation only)"
+
+        def score_batch(self, windows):
+            out = super().score_batch(windows)
+            angry = np.zeros(len(self.labels), dtype=np.float32)
+            angry[self.labels.index("angry")] = 1.0
+            for result in out:
+                result.scores[:] = angry
+                result.frame_logits[:, self.labels.index("angry")] = 20.0  # windows scored from their frames read angry too
+            return out
+
+    return AlwaysAngryTestModel()
+
+
+# The emotion half of the shipped customer-upset-fast rule on its own (no speech-rate condition): the strictest test
+# of what music sends to the model.
+ANGER_ONLY_RULES = """rules:
+  - id: customer-angry-5s
+    speaker: customer
+    all:
+      - emotion: [angry, fearful]
+        min: 0.6
+        clear: 0.4
+        for: 5s
+        max_pause: 3s
+    severity: high
+    notify: [agent]
+    cooldown: 60s
+    message: customer angry for 5 s
+"""
+
+
+def music_alerts(music: list[tuple[str, np.ndarray]], work: str, share: float) -> dict:
+    """Music on the customer's channel (scored) with a model that calls every window angry: per clip a stereo call (the
+    agent's channel silent) through the batch analysis, with the default rules and with ANGER_ONLY_RULES, each without
+    the speech check and with it at `share`. Per setting the clips with an alert, the alerts per rule, the windows
+    scored and the customer's talk time: every alert here is one the music raised."""
+    from clients.wavfile import write_wav
+    from service.inference.speech import SpeechCheckedModel, SpeechDetector
+
+    paths = []
+    for index, (_, x) in enumerate(music):
+        paths.append(os.path.join(work, f"music-customer-{index}.wav"))
+        write_wav(paths[-1], RATE, np.stack([x, np.zeros(len(x), np.int16)], axis=1))
+    anger_only = os.path.join(work, "anger-only.yaml")
+    Path(anger_only).write_text(ANGER_ONLY_RULES)
+    out = {"calls": len(paths), "settings": {}}
+    for rules, environ in (("default rules", {}), ("anger for 5 s alone", {"CALLPULSE_RULES": anger_only})):
+        for check, model in (("without the check", _angry_test_model()),
+                             (f"check {share:g}", SpeechCheckedModel(_angry_test_model(), SpeechDetector(), share))):
+            out["settings"][f"{rules}, {check}"] = _alerts_of(paths, work, len(out["settings"]), model, environ)
+    return out
+
+
+def _alerts_of(paths: list[str], work: str, index: int, model, environ: dict) -> dict:
+    """The calls through the batch analysis (the customer scored) with `model` and the settings in `environ`: the calls
+    with an alert, the alerts per rule, the customer's windows scored and talk time."""
+    from service.batch import AnalyzeOptions, analyze
+    from service.config import load_config
+    from service.domain import Role
+
+    options = AnalyzeOptions(out_dir=os.path.join(work, f"music-alerts-{index}"), roles=(Role.CUSTOMER, Role.AGENT),
+                             score_roles=(Role.CUSTOMER,), jobs=2, progress=False)
+    summaries = [r.summary for r in analyze(paths, options, load_config(environ=environ), model=model) if r.status == "ok"]
+    customers = [speaker for summary in summaries for speaker in summary["speakers"] if speaker["speaker"] == "customer"]
+    return {
+        "clips_with_alerts": sum(1 for summary in summaries if summary["alerts"]),
+        "alerts": dict(sorted(Counter(a["rule_id"] for summary in summaries for a in summary["alerts"]).items())),
+        "windows_scored": sum(c["windows_scored"] for c in customers),
+        "talk_s": round(sum(summary["conversation"]["talk_ms"]["customer"] for summary in summaries) / 1000, 1),
+    }
+
+
 def _row(name: str, voiced: int, steady: int, extra: dict | None) -> dict:
     return {"clip": name, "voiced": voiced, "steady": steady, **(extra or {})}
 
@@ -606,6 +687,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
                 calls["speech"].append((name, x))
         windows = windows_to_the_model(calls, work, check) if check else None
         holds = hold_music_calls(calls["music (Debian packages)"], work, check) if check and calls["music (Debian packages)"] else None
+        alerts = music_alerts(calls["music (Debian packages)"], work, check) if check and calls["music (Debian packages)"] else None
         rate = speech_rate_error(work) if espeak else None
         scenes = conversation_scenes(work) if espeak else None
         real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
@@ -621,7 +703,8 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
             summary[kind]["silero_speech_share"] = round(sum(c["silero"] for c in clips) / voiced, 4)
             summary[kind]["left_as_speech_share"] = round(sum(c["left"] for c in clips) / voiced, 4)
     return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes,
-            "windows": windows, "transcribed_rate": chinese, "hold_music": holds, "vocal": vocal}
+            "windows": windows, "transcribed_rate": chinese, "hold_music": holds, "vocal": vocal,
+            "music_alerts": alerts}
 
 
 def _print_table(header: list[str], rows: list[list]) -> None:
@@ -702,6 +785,12 @@ def main(argv: list[str] | None = None) -> int:
                      [[label, f["agent_talk_s"], f["overtalk_s"], f["agent_interruptions"], f["hold_s"],
                        ", ".join(f"{rule} {count}" for rule, count in f["alerts"].items()) or "none"]
                       for label, f in holds["settings"].items()])
+    alerts = result.get("music_alerts")
+    if alerts:
+        _print_table([f"music on the customer's channel, an always-angry test model ({alerts['calls']} calls)", "calls with an alert",
+                      "alerts", "windows scored", "customer talk (s)"],
+                     [[label, f["clips_with_alerts"], ", ".join(f"{rule} {count}" for rule, count in f["alerts"].items()) or "none",
+                       f["windows_scored"], f["talk_s"]] for label, f in alerts["settings"].items()])
     chinese = result.get("transcribed_rate")
     if chinese:
         _print_table(["utterance (real, transcribed)", "seconds", "characters", "the service", "de Jong & Wempe (Praat)"],

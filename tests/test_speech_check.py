@@ -423,3 +423,17 @@ def test_a_failing_detector_leaves_scored_windows_scored_and_fails_only_the_wind
     assert isinstance(results[0], WindowScores) and isinstance(results[2], WindowScores)
     assert isinstance(results[1], RuntimeError) and "detector down" in str(results[1])
     assert all(isinstance(r, WindowScores) for r in checked.score_batch([speech, speech]))
+
+
+def test_the_signal_evaluation_counts_the_alerts_music_raises_with_an_always_angry_model(tmp_path):
+    """clients.eval_signal's music alerts: fast notes on the scored customer channel, every window called angry, raise
+    the anger-alone rule without the check and nothing with it (fewer windows scored too)."""
+    from clients.eval_signal import music_alerts
+
+    result = music_alerts([("fast notes", signals.int16(arpeggio(20.0)))], str(tmp_path), 0.2)
+    settings = result["settings"]
+    assert result["calls"] == 1
+    assert settings["anger for 5 s alone, without the check"]["alerts"] == {"customer-angry-5s": 1}
+    assert settings["anger for 5 s alone, check 0.2"]["clips_with_alerts"] == 0
+    assert settings["default rules, check 0.2"]["alerts"] == {}
+    assert settings["anger for 5 s alone, check 0.2"]["windows_scored"] < settings["anger for 5 s alone, without the check"]["windows_scored"]
