@@ -68,9 +68,10 @@ NUCLEUS_VOICING = 0.35
 THRESHOLD_UPDATE_MS = 500
 # ProsodyTrack analyses queued frames once this much audio is queued (or when a result is read).
 BATCH_MS = 1000
-# Raw audio kept behind the analysed frames for the laughter check's envelopes: a nucleus is confirmed when the
-# contour has dipped after its peak, up to a few hundred ms later (a peak older than this breaks a run).
-RECENT_MS = 1000
+# Raw audio kept from one analysed block to the next for the laughter check's envelopes: a nucleus is confirmed in the
+# block where the contour dips after its peak, at most a few frames into the next block (the peak's 64 ms must still
+# be there; a peak older than that breaks a run). 4.8 KB per channel at 8 kHz.
+RECENT_MS = 300
 LAUGH_REACH_MS = 100  # voiced frames this close to a burst of laughter are the laugh's, not speech (half its period)
 
 
@@ -590,7 +591,7 @@ class ProsodyTrack:
         self._fir_tail = np.zeros(len(_pitch_taps(self.sample_rate)) - 1)
         self._pitch_tail = np.zeros(self._pitch_window - self._pitch_frame)
         self._square_tail = np.zeros(len(self._contour_window) - self.frame_samples)
-        self._recent = np.zeros(0)  # the last RECENT_MS of raw samples, ending where the analysed frames end
+        self._recent = np.zeros(0, np.int16)  # the last RECENT_MS of raw samples, ending where the analysed frames end
         self._detector.reset()
         if self._laughter is not None:
             self._laughter.reset()
@@ -654,7 +655,7 @@ class ProsodyTrack:
         self._store(first, level, f0, voiced)
         if self._laugh_until >= first:
             self._mark_laughing(np.arange(first, min(self._laugh_until + 1, first + n), dtype=np.int64))
-        recent = np.concatenate((self._recent, x))
+        recent = np.concatenate((self._recent, samples)) if len(self._recent) else samples
         if len(nuclei):
             slots = nuclei % self._capacity
             held = self._index[slots] == nuclei
@@ -664,7 +665,7 @@ class ProsodyTrack:
                 laughed = self._laughter.push(nuclei, self._envelopes(nuclei, recent))
                 if laughed:
                     self._uncount(np.array(laughed, np.int64))
-        self._recent = recent[max(0, len(recent) - self._keep_samples) :]
+        self._recent = recent[max(0, len(recent) - self._keep_samples) :].copy()
         count = int(np.count_nonzero(voiced))
         if count:
             self._voiced_frames += count
@@ -684,7 +685,7 @@ class ProsodyTrack:
         out = np.full((len(nuclei), CEPSTRA), np.nan)
         usable = (ends >= width) & (ends <= len(recent))
         if usable.any():
-            rows = np.stack([recent[end - width : end] for end in ends[usable].tolist()])
+            rows = np.stack([recent[end - width : end] for end in ends[usable].tolist()]).astype(np.float64)
             out[usable] = envelopes(rows, self.sample_rate)
         return out
 
