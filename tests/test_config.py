@@ -122,3 +122,14 @@ def test_steady_gate_and_hold_settings_come_from_the_environment_and_are_validat
     assert (analytics.steady_gate, analytics.hold_min_ms) == (False, 90000)
     with pytest.raises(ConfigError, match="hold_min_ms must be 1000..600000, got 10"):
         load_config({}, environ={"CALLPULSE_HOLD_MIN_MS": "10"})
+
+
+def test_laughter_and_work_block_settings_come_from_the_environment_and_are_validated():
+    """CALLPULSE_LAUGHTER turns the laughter check off and CALLPULSE_WORK_BLOCK_MS sets how much of a live call's audio
+    queues before it is worked through (defaults on and 100 ms); a block over a second is refused."""
+    config = load_config({}, environ={})
+    assert (config.analytics.laughter, config.ingest.work_block_ms) == (True, 100)
+    config = load_config({}, environ={"CALLPULSE_LAUGHTER": "false", "CALLPULSE_WORK_BLOCK_MS": "0"})
+    assert (config.analytics.laughter, config.ingest.work_block_ms) == (False, 0)
+    with pytest.raises(ConfigError, match="work_block_ms must be 0..1000, got 2000"):
+        load_config({}, environ={"CALLPULSE_WORK_BLOCK_MS": "2000"})

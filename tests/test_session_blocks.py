@@ -208,3 +208,51 @@ async def test_while_a_window_waits_for_the_steady_gate_the_gate_is_never_more_t
     finally:
         batcher.stop()
     assert waited > 0  # the call did make windows wait for the gate
+
+
+async def _live_call(audio: np.ndarray, work_block_ms: int) -> tuple[list[int], dict]:
+    """A live call (realtime) pushed in 20 ms chunks: the frames worked through after each push, and its summary's
+    conversation and speakers."""
+    model = loudness_model()
+    batcher = InferenceBatcher(model, max_batch=4, max_wait_ms=1, queue_size=1024)
+    batcher.start()
+    engine = RuleEngine(load_rules(DEFAULT_RULES_PATH))
+    ctx = SessionContext(vad=VadConfig(), windows=WindowConfig(), ingest=IngestConfig(work_block_ms=work_block_ms, pacing_burst_ms=60000),
+                         scorer=LocalScoringClient(model, batcher), rules=lambda: engine, publisher=MemorySink(),
+                         model_name=model.name, labels=model.labels, analytics=AnalyticsConfig())
+    call = CallConfig("live-blocks", "agent-1", "team-1", "", AudioFormat(Encoding.PCM16LE, RATE, (Role.CUSTOMER, Role.AGENT)),
+                      score_roles=(Role.CUSTOMER,), realtime=True)
+    session = CallSession(call, ctx)
+    session.start()
+    summaries = []
+
+    async def consume() -> None:
+        async for event in session.events():
+            if isinstance(event, CallSummary):
+                summaries.append(event.document)
+
+    consumer = asyncio.create_task(consume())
+    worked = []
+    try:
+        step = RATE // 50
+        for seq, offset in enumerate(range(0, len(audio), step), start=1):
+            session.push_audio(seq, audio[offset:offset + step].astype("<i2").tobytes())
+            await session.flow_control()
+            worked.append(session._audio_frames)
+        await session.finish()
+        await consumer
+    finally:
+        batcher.stop()
+    return worked, {"conversation": summaries[0]["conversation"], "prosody": [s["prosody"] for s in summaries[0]["speakers"]]}
+
+
+async def test_a_live_call_works_through_its_audio_a_block_at_a_time_with_the_same_figures():
+    """A live call in 20 ms messages is worked through once 100 ms has queued (after every fifth message, all five at
+    once; the rest at the end), and its summary's conversation and prosody figures are those of working through every
+    message."""
+    audio = generated_call(1)[: 6 * RATE + 3 * RATE // 50]  # 6.06 s: 303 messages
+    worked, blocks = await _live_call(audio, 100)
+    assert worked == [(k // 5) * 800 for k in range(1, len(worked) + 1)]
+    each, every_message = await _live_call(audio, 0)
+    assert each == [k * 160 for k in range(1, len(each) + 1)]
+    assert blocks == every_message
