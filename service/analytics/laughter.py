@@ -9,7 +9,7 @@ run was long enough to tell), and the summary reports the laughs and their time.
 
 No trained laughter detector that ships its weights in a package can be installed here (the speech detectors that
 do, silero-vad among them, take laughter for speech), so this is a signal rule; its thresholds come from the
-measurements in README "What is speech to the service" (`python -m clients.eval_signal --vocal DIR`). It does not
+measurements in README "Laughter is not syllables" (`python -m clients.eval_signal --vocal-dir DIR`). It does not
 tell a cough, a sigh or a single chuckle from speech: they are not repeated.
 """
 
