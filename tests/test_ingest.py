@@ -140,3 +140,31 @@ def test_track_chunks_out_of_order_and_duplicated():
     mono = np.concatenate(out)[:, 0]
     assert list(mono[::160]) == [1, 2, 3, 4]
     assert [n.kind for n in notices] == ["duplicate"]
+
+
+def test_the_intake_hands_out_queued_chunks_joined_up_to_a_hole_and_the_budget():
+    """Five queued 20 ms chunks come out as one array with the first chunk's arrival; a budget cuts it and leaves the
+    rest first in line; a stepped-over hole (a skip) is never joined to the audio around it."""
+    from service.audio.intake import CallIntake
+    from service.audio.ingest import Silence
+    from service.config import IngestConfig
+    from service.domain import AudioFormat, Encoding, Role
+
+    intake = CallIntake(AudioFormat(Encoding.PCM16LE, 8000, (Role.CUSTOMER, Role.AGENT)), IngestConfig())
+    for seq in range(1, 6):
+        intake.interleaved(seq, chunk(seq).astype("<i2").tobytes(), arrival=float(seq))
+    block, arrival = intake.take(10_000)
+    assert block.shape == (800, 2) and arrival == 1.0 and block[::160, 0].tolist() == [1, 2, 3, 4, 5]
+    assert intake.queued_samples == 0 and not intake
+    for seq in range(6, 9):
+        intake.interleaved(seq, chunk(seq).astype("<i2").tobytes(), arrival=float(seq))
+    intake.skip(100, arrival=9.0)
+    intake.interleaved(9, chunk(9).astype("<i2").tobytes(), arrival=10.0)
+    block, arrival = intake.take(400)
+    assert len(block) == 400 and arrival == 6.0 and intake.queued_samples == 80 + 160
+    block, arrival = intake.take(10_000)
+    assert len(block) == 80 and block[0, 0] == 8 and arrival == 8.0
+    hole, arrival = intake.take(10_000)
+    assert type(hole) is Silence and hole.frames == 800 and arrival == 9.0
+    block, arrival = intake.take(10_000)
+    assert len(block) == 160 and block[0, 0] == 9 and arrival == 10.0 and intake.take(10_000) is None

@@ -107,18 +107,30 @@ class CallIntake:
         return notices
 
     def take(self, max_frames: int) -> tuple[np.ndarray | Silence, float] | None:
-        """The next block, an array cut to at most `max_frames` frames (the rest stays first in line)."""
+        """The next block: a hole, or the audio queued up to the next hole joined into one array of at most
+        `max_frames` frames (the rest stays first in line), with the arrival of its first chunk (so a latency measured
+        from it is never shorter than the audio's)."""
         if not self._queue:
             return None
         block, arrival = self._queue[0]
         if type(block) is Silence:
             self._queue.popleft()
             return block, arrival
-        if len(block) <= max_frames:
-            self._queue.popleft()
-        else:
-            self._queue[0] = (block[max_frames:], arrival)
-            block = block[:max_frames]
+        parts: list[np.ndarray] = []
+        room = max_frames
+        queue = self._queue
+        while queue and room > 0:
+            block = queue[0][0]
+            if type(block) is Silence:
+                break
+            if len(block) <= room:
+                queue.popleft()
+            else:
+                queue[0] = (block[room:], queue[0][1])
+                block = block[:room]
+            parts.append(block)
+            room -= len(block)
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts)
         self.queued_samples -= len(block)
         return block, arrival
 
