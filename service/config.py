@@ -52,7 +52,7 @@ class IngestConfig:
     call with INVALID_ARGUMENT."""
     work_block_ms: int = 100
     """A live call's audio is worked through (VAD, windows, analysis) once this much of it has queued, not at every
-    message: the per-call overhead is paid per block (10-16% less server CPU per call-second with 20 ms messages),
+    message: the per-call overhead is paid per block (about 10% less server CPU per call-second with 20 ms messages),
     and updates come up to this much later. 0: at every message. Replays always work through each message."""
 
     def __post_init__(self) -> None:

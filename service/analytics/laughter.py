@@ -74,14 +74,14 @@ class LaughterRuns:
         self.nuclei = 0
         """Nuclei taken as laughter."""
 
-    def push(self, frames: np.ndarray, envelope: np.ndarray | None) -> list[int]:
+    def push(self, frames: np.ndarray, envelope: np.ndarray) -> list[int]:
         """The next confirmed nuclei (`envelope[i]` of `frames[i]`; a row of NaN where the audio was not held) ->
         the nuclei frames taken as laughter now: a whole run as it reaches `min_bursts`, each later nucleus of it
         as it comes."""
         taken: list[int] = []
         for i, frame in enumerate(frames.tolist()):
-            row = envelope[i] if envelope is not None else None
-            usable = row is not None and not np.isnan(row[0])
+            row = envelope[i]
+            usable = not np.isnan(row[0])
             follows = (usable and self._last is not None and frame - self._run[-1] <= self.max_gap
                        and float(np.linalg.norm(row - self._last)) <= self.max_distance)
             if follows:

@@ -655,17 +655,18 @@ class ProsodyTrack:
         self._store(first, level, f0, voiced)
         if self._laugh_until >= first:
             self._mark_laughing(np.arange(first, min(self._laugh_until + 1, first + n), dtype=np.int64))
-        recent = np.concatenate((self._recent, samples)) if len(self._recent) else samples
         if len(nuclei):
             slots = nuclei % self._capacity
             held = self._index[slots] == nuclei
             self._nucleus[slots[held]] = True
             self._nuclei += len(nuclei)
-            if self._laughter is not None:
+        if self._laughter is not None:
+            recent = np.concatenate((self._recent, samples)) if len(self._recent) else samples
+            if len(nuclei):
                 laughed = self._laughter.push(nuclei, self._envelopes(nuclei, recent))
                 if laughed:
                     self._uncount(np.array(laughed, np.int64))
-        self._recent = recent[max(0, len(recent) - self._keep_samples) :].copy()
+            self._recent = recent[max(0, len(recent) - self._keep_samples) :].copy()
         count = int(np.count_nonzero(voiced))
         if count:
             self._voiced_frames += count
@@ -683,7 +684,7 @@ class ProsodyTrack:
         ends = len(recent) - (self._next - 1 - nuclei) * self.frame_samples
         width = self._envelope_samples
         out = np.full((len(nuclei), CEPSTRA), np.nan)
-        usable = (ends >= width) & (ends <= len(recent))
+        usable = ends >= width  # a nucleus is never after the analysed frames: its end is in `recent`
         if usable.any():
             rows = np.stack([recent[end - width : end] for end in ends[usable].tolist()]).astype(np.float64)
             out[usable] = envelopes(rows, self.sample_rate)
