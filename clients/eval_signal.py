@@ -19,9 +19,9 @@ contested overlap, labelled by construction) as the batch analysis counts them, 
 `--check` (0.2 unless 0), every clip also runs as a call through the batch analysis (constant model), and it
 prints per class the windows sent to the emotion model without the engine's speech check and with it, and the alerts
 the Debian music raises on the scored customer channel with an always-angry test model (`music_alerts`).
-With `--transcribed DIR` (a Kaldi data directory of real Chinese recordings: `text`, and `wav.scp` or the audio
-beside it), the speech rate of each utterance against its transcript's characters (one syllable each) and beside
-the de Jong & Wempe reference. With voice clips (`--vocal-dir`, default the voice packs of the Debian package
+With `--transcribed DIR` (a Kaldi data directory of real recordings: `text`, and `wav.scp` or the audio beside it),
+the speech rate of each utterance against its transcript's syllables (a Chinese character is one; an English text's
+as espeak-ng pronounces it) and beside the de Jong & Wempe reference. With voice clips (`--vocal-dir`, default the voice packs of the Debian package
 hedgewars-data where installed: a laugh, a cough and short phrases per voice), per class the laughs the laughter check
 finds and the syllable nuclei counted with and without it.
 
@@ -302,12 +302,14 @@ def _ideographs(text: str) -> int:
 
 
 def transcribed_rate(dirs: list[str], work: str) -> dict | None:
-    """Speech rate on real Chinese recordings with transcripts, from Kaldi data directories (`text`: lines of
-    `utterance-id transcript`; the audio in `wav.scp`, lines of `utterance-id path` relative to the directory, or as
-    `utterance-id.wav` beside `text`). Per utterance: the transcript's ideographs (one syllable each; an utterance
-    with Latin letters or digits is left out, as their syllables are unknown), the service's syllable nuclei and the
-    de Jong & Wempe reference's, at 8 kHz; and each one's agreement with the characters (the same voiced time, so
-    the count ratio is the rate ratio). None when no directory holds a readable utterance."""
+    """Speech rate on real recordings with transcripts, from Kaldi data directories (`text`: lines of
+    `utterance-id transcript`; the audio in `wav.scp`, lines of `utterance-id path` relative to the directory or
+    absolute, or as `utterance-id.wav` beside `text`). The truth per utterance: a Chinese transcript's ideographs (one
+    syllable each; one that also holds Latin letters or digits is left out, as their syllables are unknown), an
+    English one's syllables as espeak-ng pronounces it (ipa_syllables; left out without espeak-ng). Per utterance the
+    service's syllable nuclei and the de Jong & Wempe reference's, at 8 kHz; per language each one's agreement with the
+    truth (the same voiced time, so the count ratio is the rate ratio). None when no directory holds a readable
+    utterance."""
     rows = []
     for directory in dirs:
         base = Path(directory)
@@ -325,23 +327,34 @@ def transcribed_rate(dirs: list[str], work: str) -> dict | None:
             key, _, transcript = line.partition(" ")
             path = audio.get(key, base / f"{key}.wav")
             chars = _ideographs(transcript)
-            if not chars or any(ch.isascii() and ch.isalnum() for ch in transcript) or not path.is_file():
+            latin = any(ch.isascii() and ch.isalnum() for ch in transcript)
+            if not path.is_file() or (chars and latin) or not (chars or latin):
+                continue
+            if chars:
+                language, syllables = "Mandarin", chars
+            elif shutil.which("espeak-ng"):
+                language, syllables = "English", ipa_syllables(transcript.lower())
+            else:
                 continue
             out = os.path.join(work, "transcribed8k.wav")
             if not _sox(str(path), out):
                 continue
             x = _mono8k(out)[0]
             nuclei, voiced_ms = service_nuclei(x)
-            rows.append({"utterance": key, "characters": chars, "service_nuclei": nuclei, "dejong_nuclei": dejong_nuclei(x),
-                         "voiced_ms": voiced_ms, "seconds": round(len(x) / RATE, 2)})
+            rows.append({"utterance": key, "language": language, "syllables": syllables, "service_nuclei": nuclei,
+                         "dejong_nuclei": dejong_nuclei(x), "voiced_ms": voiced_ms, "seconds": round(len(x) / RATE, 2)})
     if not rows:
         return None
-    truth = np.array([r["characters"] for r in rows], float)
-    summary = {"utterances": len(rows), "characters": int(truth.sum()),
-               "service": _agreement(np.array([r["service_nuclei"] for r in rows], float), truth)}
-    if all(r["dejong_nuclei"] is not None for r in rows):
-        summary["dejong"] = _agreement(np.array([r["dejong_nuclei"] for r in rows], float), truth)
-    return {"summary": summary, "utterances": rows}
+    languages = {}
+    for language in sorted({r["language"] for r in rows}):
+        mine = [r for r in rows if r["language"] == language]
+        truth = np.array([r["syllables"] for r in mine], float)
+        entry = {"utterances": len(mine), "syllables": int(truth.sum()),
+                 "service": _agreement(np.array([r["service_nuclei"] for r in mine], float), truth)}
+        if all(r["dejong_nuclei"] is not None for r in mine):
+            entry["dejong"] = _agreement(np.array([r["dejong_nuclei"] for r in mine], float), truth)
+        languages[language] = entry
+    return {"summary": {"utterances": len(rows), "languages": languages}, "utterances": rows}
 
 
 def _agreement(measured: np.ndarray, truth: np.ndarray) -> dict:
@@ -691,7 +704,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
         rate = speech_rate_error(work) if espeak else None
         scenes = conversation_scenes(work) if espeak else None
         real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
-        chinese = transcribed_rate(transcribed, work) if transcribed else None
+        transcribed_rates = transcribed_rate(transcribed, work) if transcribed else None
         vocal = vocal_sounds(vocal_dirs, work) if vocal_dirs else None
     summary = {}
     for kind, clips in rows.items():
@@ -703,7 +716,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
             summary[kind]["silero_speech_share"] = round(sum(c["silero"] for c in clips) / voiced, 4)
             summary[kind]["left_as_speech_share"] = round(sum(c["left"] for c in clips) / voiced, 4)
     return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes,
-            "windows": windows, "transcribed_rate": chinese, "hold_music": holds, "vocal": vocal,
+            "windows": windows, "transcribed_rate": transcribed_rates, "hold_music": holds, "vocal": vocal,
             "music_alerts": alerts}
 
 
@@ -727,8 +740,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run every clip as a call and count the windows that reach the emotion model without and with the "
                              "engine's speech check at this share (0: skip; default 0.2, the service's default)")
     parser.add_argument("--transcribed", action="append",
-                        help="Kaldi data directory of real Chinese recordings with transcripts (text, wav.scp): speech rate "
-                             "against the characters (repeatable)")
+                        help="Kaldi data directory of real recordings with transcripts (text, wav.scp), Chinese or English: "
+                             "speech rate against the transcripts' syllables (repeatable)")
     parser.add_argument("--vocal-dir", action="append",
                         help="directory of voice packs (VOICE/NAME.ogg: Laugh, *Cough*, Hmm, phrases), default hedgewars-data's "
                              "where installed: laughter found and syllables counted per class (repeatable)")
@@ -791,16 +804,19 @@ def main(argv: list[str] | None = None) -> int:
                       "alerts", "windows scored", "customer talk (s)"],
                      [[label, f["clips_with_alerts"], ", ".join(f"{rule} {count}" for rule, count in f["alerts"].items()) or "none",
                        f["windows_scored"], f["talk_s"]] for label, f in alerts["settings"].items()])
-    chinese = result.get("transcribed_rate")
-    if chinese:
-        _print_table(["utterance (real, transcribed)", "seconds", "characters", "the service", "de Jong & Wempe (Praat)"],
-                     [[r["utterance"], r["seconds"], r["characters"], r["service_nuclei"], r["dejong_nuclei"]]
-                      for r in chinese["utterances"]])
-        for who in ("service", "dejong"):
-            if who in chinese["summary"]:
-                figures = chinese["summary"][who]
-                print(f"{who} against the characters over {chinese['summary']['utterances']} utterances: mean ratio "
-                      f"{figures['mean_ratio']}, mean absolute error {100 * figures['mean_abs_error']:.0f}%, Pearson r {figures['pearson_r']}")
+    transcribed = result.get("transcribed_rate")
+    if transcribed:
+        _print_table(["utterance (real, transcribed)", "language", "seconds", "syllables (characters)", "the service",
+                      "de Jong & Wempe (Praat)"],
+                     [[r["utterance"], r["language"], r["seconds"], r["syllables"], r["service_nuclei"], r["dejong_nuclei"]]
+                      for r in transcribed["utterances"]])
+        for language, entry in transcribed["summary"]["languages"].items():
+            for who in ("service", "dejong"):
+                if who in entry:
+                    figures = entry[who]
+                    print(f"{language}, {who} against the transcripts over {entry['utterances']} utterances: mean ratio "
+                          f"{figures['mean_ratio']}, mean absolute error {100 * figures['mean_abs_error']:.0f}%, Pearson r "
+                          f"{figures['pearson_r']}")
     vocal = result.get("vocal")
     if vocal:
         _print_table(["voice clips (hedgewars-data)", "clips", "with a laugh found", "laughter (s)", "syllable nuclei",

@@ -89,12 +89,19 @@ class CallAnalytics:
             self._voiced_frames[index] += int(np.count_nonzero(column))
             self._crosstalk_frames[index] += int(np.count_nonzero(crosstalk[:, index]))
         if self.sounds:
-            self.sounds.mark(speaking)
+            latched = self.sounds.last_latched
+            latched_speaking = None
+            if latched is not None:
+                # What of the latched frames would have been the speaker's speech (a release may give it back): rare
+                # enough (only while a channel is latched) to decide who is speaking twice.
+                would, _ = speaking_frames(blocks, vad | latched, self.frame_samples, self._margin_db)
+                latched_speaking = would & latched
+            self.sounds.mark(speaking, latched_speaking)
         return self._conversation.push(speaking, present, state)
 
     def apply_answers(self) -> None:
         """Let the speech check's answers so far take effect (ChannelSounds.apply); the speech frames a new latch takes
-        back leave their speaker's talk time and voiced speech."""
+        back leave their speaker's talk time and voiced speech, and those a release gives back return to it."""
         if not self.sounds:
             return
         self.sounds.apply()
@@ -102,6 +109,10 @@ class CallAnalytics:
             if frames:
                 self._conversation.retract_talk(index, frames)
                 self._voiced_frames[index] = max(0, self._voiced_frames[index] - frames)
+        for index, frames in enumerate(self.sounds.take_restored()):
+            if frames:
+                self._conversation.restore_talk(index, frames)
+                self._voiced_frames[index] += frames
 
     def measure(self, windows: list[AnalysisWindow]) -> list[AnalysisWindow]:
         """The windows with what was measured over each when it was cut (WindowAnalytics; all of them see the

@@ -669,7 +669,7 @@ class CallSession:
         if speech is False:
             self._sounds.not_speech(*self._new_frames(window), window.analytics.prosody.loudness_dbfs)
         else:
-            self._sounds.heard(self._channel_of[window.role], answered=speech is True)
+            self._sounds.heard(self._channel_of[window.role], answered=speech is True, first=self._new_frames(window)[1])
         if self.config.realtime:
             self._analytics.apply_answers()
 

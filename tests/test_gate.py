@@ -234,11 +234,11 @@ def speech_rate(tmp_path_factory):
     return speech_rate_error(str(tmp_path_factory.mktemp("rate")))
 
 
-@pytest.mark.parametrize("language,max_error", [("English", 0.15), ("Mandarin", 0.25)])
+@pytest.mark.parametrize("language,max_error", [("English", 0.15), ("Mandarin", 0.15)])
 def test_speech_rate_on_espeak_ng_at_three_rates_orders_them_and_lands_within_the_stated_error(speech_rate, language, max_error):
     """The service's syllable rate of espeak-ng sentences spoken at 120, 170 and 230 words per minute rises with the
     speaking rate, follows the true rate per utterance (r >= 0.8) and is within the README's stated mean error of the
-    true syllable count (English 15%, Mandarin from pinyin 25%)."""
+    true syllable count (15%, English and Mandarin from pinyin)."""
     rows = [r for r in speech_rate["utterances"] if r["language"] == language]
     assert len(rows) == 9 and all(r["measured_spm"] > 0 for r in rows)
     measured = [np.mean([r["measured_spm"] for r in rows if r["wpm"] == wpm]) for wpm in (120, 170, 230)]
@@ -277,25 +277,31 @@ def test_interruptions_and_back_channels_of_labelled_scenes_are_counted_as_label
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="needs espeak-ng and sox (make sysdeps)")
-def test_the_transcribed_evaluation_reads_a_kaldi_directory_and_counts_a_syllable_per_character(tmp_path):
-    """clients.eval_signal --transcribed: utterances of a Kaldi data directory (audio through wav.scp or beside `text`)
-    are counted against their transcripts' Chinese characters; one with Latin letters is left out; a directory
-    without `text` is refused by name."""
-    from clients.eval_signal import transcribed_rate
+def test_the_transcribed_evaluation_reads_a_kaldi_directory_and_counts_syllables_per_language(tmp_path):
+    """clients.eval_signal's real-recording speech rate: utterances of a Kaldi data directory (from wav.scp or beside text)
+    are counted against their transcripts' syllables: a Chinese character each, an English text's as espeak-ng says it;
+    one mixing Chinese and Latin letters is left out; a directory without `text` is refused by name."""
+    from clients.eval_signal import ipa_syllables, transcribed_rate
 
     data = tmp_path / "data"
     (data / "audio").mkdir(parents=True)
     pinyin = "wo3 men5 jin1 tian1 xia4 wu3 qu4 gong1 yuan2 san4 bu4"
+    english = "we will walk in the park this afternoon"
     subprocess.run(["espeak-ng", "-v", "cmn-latn-pinyin", "-s", "150", "-w", str(data / "audio" / "a.wav"), pinyin], check=True)
+    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(data / "d.wav"), english], check=True)
     shutil.copy(data / "audio" / "a.wav", data / "b.wav")
     shutil.copy(data / "audio" / "a.wav", data / "c.wav")
     (data / "wav.scp").write_text("a audio/a.wav\n", encoding="utf-8")
-    (data / "text").write_text("a 我们 今天 下午 去 公园 散步\nb 我们今天下午去公园散步。\nc 我们去 KTV\n", encoding="utf-8")
+    (data / "text").write_text(f"a 我们 今天 下午 去 公园 散步\nb 我们今天下午去公园散步。\nc 我们去 KTV\nd {english.upper()}\n",
+                               encoding="utf-8")
     result = transcribed_rate([str(data)], str(tmp_path))
-    assert [row["utterance"] for row in result["utterances"]] == ["a", "b"]
-    assert all(row["characters"] == 11 and 6 <= row["service_nuclei"] <= 22 for row in result["utterances"])
-    assert result["summary"]["utterances"] == 2 and result["summary"]["characters"] == 22
-    assert 0.5 <= result["summary"]["service"]["mean_ratio"] <= 2.0
+    rows = result["utterances"]
+    assert [(row["utterance"], row["language"]) for row in rows] == [("a", "Mandarin"), ("b", "Mandarin"), ("d", "English")]
+    assert all(row["syllables"] == 11 and 6 <= row["service_nuclei"] <= 22 for row in rows[:2])
+    assert rows[2]["syllables"] == ipa_syllables(english) >= 9 and rows[2]["service_nuclei"] > 0
+    languages = result["summary"]["languages"]
+    assert result["summary"]["utterances"] == 3 and languages["Mandarin"]["syllables"] == 22 and languages["English"]["utterances"] == 1
+    assert 0.5 <= languages["Mandarin"]["service"]["mean_ratio"] <= 2.0
     (data / "text").unlink()
     with pytest.raises(FileNotFoundError, match="text"):
         transcribed_rate([str(data)], str(tmp_path))
@@ -353,3 +359,58 @@ def test_channel_sounds_take_a_tone_out_of_speech_mark_it_and_latch_on_two_loud_
     sounds.heard(1, answered=False)
     sounds.apply()
     assert not sounds.gates[1].unspoken  # no answer (a window dropped or failed): a voice counts as speech
+
+
+def test_a_release_by_speech_gives_back_what_the_latch_took_of_the_speakers_first_words():
+    """Two speech answers in a row release a latched channel and give back to speech the latched frames from the first
+    of those windows on that would have counted as speech (not those that would not, nor those before it); they leave
+    not_speech_ms and the hold, which stays a hold only while long enough without them."""
+    from service.analytics.sound import ChannelSounds
+
+    frame = RATE // 50
+    speech = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)
+    speech = np.pad(speech, (0, 4 * RATE - len(speech)))[: 4 * RATE]
+    flags = vad(speech)[:, None]
+    n = len(flags)
+    sounds = ChannelSounds(1, frame, 20, hold_min_ms=1000, history_frames=1000)
+    kept, _, _ = sounds.separate([speech[: n * frame]], flags)
+    sounds.mark(kept)
+    for _ in range(2):
+        sounds.not_speech(0, 0, n, loudness_dbfs=-20.0)
+    sounds.apply()
+    taken = sounds.take_retracted()[0]
+    assert sounds.gates[0].unspoken and taken > 50
+    kept, _, _ = sounds.separate([speech[: n * frame]], flags)
+    latched = sounds.last_latched
+    assert not kept.any() and latched is not None and np.array_equal(latched, flags)
+    would = latched.copy()
+    would[: n // 4] = False  # as if the first of them were the other side's bleed
+    sounds.mark(kept, would)
+    hold = sounds.summary(0)["hold"]
+    assert hold["count"] == 1 and hold["ms"] >= n * 20  # the latched block is a hold so far
+    not_speech = sounds.summary(0)["not_speech_ms"]
+    sounds.heard(0, first=n + n // 8)
+    sounds.apply()
+    assert sounds.gates[0].unspoken and sounds.take_restored() == [0]  # one speech answer is not enough
+    sounds.heard(0, first=n + n // 2)
+    sounds.apply()
+    expected = int(np.count_nonzero(would[n // 8 :]))
+    assert not sounds.gates[0].unspoken and sounds.take_restored() == [expected] and sounds.take_restored() == [0]
+    assert expected > 50 and sounds._marks[0].count(n, 2 * n)[0] == expected  # speech again, for the windows over them
+    assert sounds.summary(0)["not_speech_ms"] == not_speech - expected * 20
+    hold = sounds.summary(0)["hold"]  # the latched stretch less its last 7/8 (3.5 s): 0.5 s, no hold
+    assert hold == {"ms": 0, "count": 0}
+
+
+def test_a_gate_released_by_speech_keeps_a_hold_that_is_long_enough_without_the_speech():
+    """SteadyGate.give_back takes the given frames off the end of a latched stretch: a hold still long enough keeps its
+    count and loses their time; a negative count is refused."""
+    gate = SteadyGate(FRAME, hold_min_ms=1000)
+    gate.hear(speech=False)
+    x = signals.int16(np.random.default_rng(1).normal(0, 3000, 3 * RATE))
+    gate.push(x, len(x) // FRAME)
+    assert gate.holds == 1 and gate.hold_frames == 150
+    gate.give_back(50)
+    assert not gate.unspoken and gate.holds == 1 and gate.hold_frames == 100 and gate.hold_ms == 0
+    with pytest.raises(ValueError, match="negative"):
+        gate.give_back(-1)

@@ -53,9 +53,23 @@ def test_a_gap_or_an_unheard_envelope_breaks_a_run():
     assert runs.totals() == (0, 0)
 
 
-@pytest.mark.parametrize("kwargs", [{"min_bursts": 1}, {"max_gap_ms": 10}, {"max_distance": 0.0}])
+def test_a_run_whose_bursts_are_not_breathed_apart_is_no_laugh_until_half_its_gaps_are():
+    """Four similar nuclei with voicing unbroken in two of their three gaps are no laugh (connected speech keeps voicing
+    through its consonants); a fifth after a broken gap makes half the gaps broken: the run is taken whole."""
+    runs = LaughterRuns(frame_ms=20)
+    same = np.zeros((1, CEPSTRA))
+    for frame, broken in ((10, True), (20, False), (30, False), (40, True)):
+        assert runs.push(np.array([frame]), same, np.array([broken])) == []
+    assert runs.totals() == (0, 0)
+    assert runs.push(np.array([50]), same, np.array([True])) == [10, 20, 30, 40, 50]
+    assert runs.push(np.array([60]), same, np.array([False])) == [60]  # a laugh already: every later burst is its
+    assert runs.totals()[0] == 1
+
+
+@pytest.mark.parametrize("kwargs", [{"min_bursts": 1}, {"max_gap_ms": 10}, {"max_distance": 0.0}, {"min_broken_share": 1.5}])
 def test_bad_laughter_parameters_are_refused(kwargs):
-    """A run of one burst, a gap shorter than a frame or a non-positive distance is refused with a clear error."""
+    """A run of one burst, a gap shorter than a frame, a non-positive distance or a share above 1 is refused with a
+    clear error."""
     with pytest.raises(ValueError):
         LaughterRuns(frame_ms=20, **kwargs)
 
@@ -83,6 +97,19 @@ def test_a_laugh_counts_no_syllables_and_speech_at_its_pace_counts_every_one(rat
     spoken = _track(speech, rate).totals()
     assert (spoken["laughs"], spoken["nuclei"]) == (0, len(SYLLABLES))
     assert _track(laugh, rate, laughter=False).totals()["nuclei"] == len(LAUGH)
+
+
+def test_one_vowel_swelling_five_times_a_second_without_a_breath_is_syllables_not_a_laugh():
+    """A held /a/ whose loudness swells five times a second but never stops being voiced has the envelope and pace of a
+    laugh but no breath between its swells: its nuclei stay syllables; the same swells with breaths between are a laugh."""
+    seconds = 1.8
+    t = np.arange(int(seconds * RATE)) / RATE
+    swell = 0.25 + 0.75 * (0.5 - 0.5 * np.cos(2 * np.pi * 5 * t))
+    held = signals.int16(np.concatenate([np.zeros(RATE // 4), 9000 * swell * signals.vowel("a", seconds, 240.0, 220.0),
+                                         np.zeros(RATE // 2)]))
+    track = _track(held, RATE)
+    assert track.totals()["laughs"] == 0 and track.totals()["nuclei"] >= 6
+    assert _track(signals.int16(signals.bursts(LAUGH)), RATE).totals()["laughs"] == 1
 
 
 def test_laughter_is_found_the_same_whatever_the_pushes():

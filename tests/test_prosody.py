@@ -12,6 +12,7 @@ from service.analytics.prosody import (
     SILENCE_DBFS,
     ProsodyFigures,
     ProsodyTrack,
+    SyllableNuclei,
     frame_levels_db,
     loudness_dbfs,
     pitch_jumps,
@@ -311,6 +312,25 @@ def test_intensity_peaks_need_a_dip_of_more_than_2_db_between_them(separation_ms
     track = ProsodyTrack(rate)
     track.push(to_int16(envelope * sawtooth(140.0, rate, seconds)), np.ones(seconds * 50, bool))
     assert track.totals()["nuclei"] == seconds * per_pair
+
+
+def test_a_peak_just_above_a_sag_in_the_same_vowel_is_no_second_nucleus():
+    """A contour that sags 2.5 dB inside a vowel and swells 0.4 dB above the sag before falling away counts one nucleus
+    (de Jong & Wempe's script alone counts two: only the dip after a peak is checked), a swell of 3 dB counts two, and
+    the result is the same pushed all at once or a frame at a time; a negative rise is refused."""
+    quiet = [-60.0] * 5
+    sag = quiet + [-30.0, -22.0, -20.0, -21.0, -22.5, -22.1, -24.0] + quiet  # peak -20, sag -22.5, second peak -22.1
+    swell = quiet + [-30.0, -22.0, -20.0, -21.0, -22.5, -19.5, -24.0] + quiet  # second peak 3 dB above the sag
+    for contour, expected, script in ((sag, 1, 2), (swell, 2, 2)):
+        contour = np.array(contour * 6)
+        pitched = np.ones(len(contour), bool)
+        at_once = SyllableNuclei().push(0, contour, pitched)
+        detector = SyllableNuclei()
+        one_by_one = np.concatenate([detector.push(i, contour[i : i + 1], pitched[i : i + 1]) for i in range(len(contour))])
+        assert len(at_once) == 6 * expected and np.array_equal(at_once, one_by_one)
+        assert len(SyllableNuclei(min_rise_db=0.0).push(0, contour, pitched)) == 6 * script
+    with pytest.raises(ValueError, match="min_rise_db"):
+        SyllableNuclei(min_rise_db=-1.0)
 
 
 @pytest.mark.parametrize("rate", [8000, 16000])

@@ -324,8 +324,8 @@ def test_a_not_speech_verdict_latches_the_channel_until_speech_quiet_or_a_gap():
 async def test_music_the_check_finds_latches_the_channel_out_of_talk_time_and_speech_after_it_counts(detector):
     """Fast music that webrtcvad and the gate take for speech counts as 12 s of talk without the check; with it the
     channel is latched as not speech after the first verdicts and the music before them is taken back (the music counts
-    as not_speech_ms and as a hold, not as talk), and the customer's speech after the music is still talk and still
-    alerts."""
+    as not_speech_ms and as a hold, not as talk), and the customer's speech after the music is still talk (the words the
+    latch held until the check heard speech twice given back) and still alerts."""
     music = signals.int16(np.concatenate([arpeggio(12.0), np.zeros(RATE // 2)]))
     speech = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)
     call = np.concatenate([music, speech])[:, None]
@@ -337,9 +337,9 @@ async def test_music_the_check_finds_latches_the_channel_out_of_talk_time_and_sp
     customer = summary.document["speakers"][0]
     assert talk(plain) > talk(alone) + 10_000  # the music counted as talk
     assert talk(summary) < talk(alone) + 500  # the music before the latch took effect is taken back too
-    assert talk(summary) > talk(alone) - 1_500  # the speech after it still counts (the latch ends on its first window)
+    assert talk(summary) > talk(alone) - 300  # the speech after it counts, its first words given back by the release
     assert customer["not_speech_ms"] >= 8_000 and customer["steady_sound_ms"] < 1_000
-    assert customer["hold"]["count"] == 1 and summary.document["conversation"]["hold"]["ms"] >= 5_000
+    assert customer["hold"]["count"] == 1 and 5_000 <= summary.document["conversation"]["hold"]["ms"] <= 12_000
     assert [a.rule_id for a in alerts] == ["angry"]
     assert all(u.window_end_ms > len(music) * 1000 // RATE for u in updates)
 

@@ -294,6 +294,13 @@ class ConversationTracker:
             raise ValueError(f"cannot retract a negative number of frames ({frames})")
         self._talk[index] = max(0, self._talk[index] - frames)
 
+    def restore_talk(self, index: int, frames: int) -> None:
+        """Give `frames` frames back to channel `index`'s talk time: the speech check's latch took them out of speech,
+        and they proved to be the speaker's voice after all. Over-talk, interruptions and dead air already measured stay."""
+        if frames < 0:
+            raise ValueError(f"cannot restore a negative number of frames ({frames})")
+        self._talk[index] += frames
+
     def snapshot(self) -> ConversationSnapshot:
         """The state at the end of the frames processed so far."""
         return self._snapshot(self.now_ms)

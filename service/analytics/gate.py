@@ -130,6 +130,26 @@ class SteadyGate:
         self._unspoken = not speech
         self._unspoken_quiet = 0
 
+    def give_back(self, frames: int) -> None:
+        """Release the latch (hear(speech=True)), the last `frames` frames of the channel having been speech after all:
+        they leave the current steady stretch, which stays a hold only if it is still hold_min_ms long without them.
+        The gate's own steady state (a tone or chord it heard) keeps its stretch."""
+        if frames < 0:
+            raise ValueError(f"cannot give back a negative number of frames ({frames})")
+        self.hear(speech=True)
+        if self._steady or not self._stretch:
+            return
+        frames = min(frames, self._stretch)
+        hold_min = max(1, -(-self.hold_min_ms // self.frame_ms))
+        if self._stretch >= hold_min:
+            if self._stretch - frames >= hold_min:
+                self.hold_frames -= frames
+            else:
+                self.holds -= 1
+                self.hold_frames -= self._stretch
+        self.steady_frames -= frames
+        self._stretch = 0  # the stretch ended where the speech began
+
     @property
     def deciding(self) -> bool:
         """Some of the last blocks look steady but not yet enough of them: the gate may still take them, and the
@@ -291,7 +311,9 @@ class FrameMarks:
     """Per-frame marks of one channel over its recent frames (a ring by absolute frame index): which frames
     were speech and which were steady sound, for the windows cut over them."""
 
-    NONE, SPEECH, STEADY, UNSPOKEN = 0, 1, 2, 3
+    NONE, SPEECH, STEADY, UNSPOKEN, UNSPOKEN_SPEECH = 0, 1, 2, 3, 4
+    """UNSPOKEN: a voiced frame the latch took out of speech; UNSPOKEN_SPEECH: one that would have counted as the speaker's
+    speech (not near silence, not the other side's bleed), which `give_back` can make speech again."""
 
     def __init__(self, capacity: int) -> None:
         if capacity <= 0:
@@ -300,9 +322,11 @@ class FrameMarks:
         self._index = np.full(capacity, -1, dtype=np.int64)
         self._next = 0
 
-    def push(self, speech: np.ndarray, steady: np.ndarray, unspoken: np.ndarray | None = None) -> None:
-        """The marks of the next frames (bool arrays of equal length): speech, steady sound, and voiced frames taken out
-        of speech because the engine's speech check latched the channel (SteadyGate.hear)."""
+    def push(self, speech: np.ndarray, steady: np.ndarray, unspoken: np.ndarray | None = None,
+             unspoken_speech: np.ndarray | None = None) -> None:
+        """The marks of the next frames (bool arrays of equal length): speech, steady sound, voiced frames taken out of
+        speech because the engine's speech check latched the channel (SteadyGate.hear), and those of them that would
+        have counted as speech."""
         n = len(speech)
         if not n:
             return
@@ -314,6 +338,8 @@ class FrameMarks:
         marks[np.asarray(steady[n - keep :], dtype=bool)] = self.STEADY
         if unspoken is not None:
             marks[np.asarray(unspoken[n - keep :], dtype=bool)] = self.UNSPOKEN
+        if unspoken_speech is not None:
+            marks[np.asarray(unspoken_speech[n - keep :], dtype=bool)] = self.UNSPOKEN_SPEECH
         self._marks[slots] = marks
         self._index[slots] = frames
         self._next += n
@@ -346,7 +372,15 @@ class FrameMarks:
     def mark_unspoken(self, first: int, end: int) -> int:
         """Held frames of [first, end) marked as speech become the latch's (the speech check found them not to be speech
         before the latch took effect); returns how many changed."""
-        return self._remark_speech(first, end, self.UNSPOKEN)
+        return self._remark_speech(first, end, self.UNSPOKEN_SPEECH)
+
+    def give_back(self, first: int, end: int) -> int:
+        """Held frames of [first, end) that the latch took out of speech and that would have counted as speech become
+        speech again (the check heard speech there after all); returns how many changed."""
+        slots = self._held(first, end)
+        slots = slots[self._marks[slots] == self.UNSPOKEN_SPEECH]
+        self._marks[slots] = self.SPEECH
+        return len(slots)
 
     @property
     def end(self) -> int:
@@ -360,4 +394,4 @@ class FrameMarks:
 
     def unspoken(self, first: int, end: int) -> int:
         """Voiced frames among the held frames of [first, end) taken out of speech by the speech check's latch."""
-        return int(np.count_nonzero(self._marks[self._held(first, end)] == self.UNSPOKEN))
+        return int(np.count_nonzero(self._marks[self._held(first, end)] >= self.UNSPOKEN))

@@ -54,18 +54,24 @@ class LaughterRuns:
     """Streaming laughter detector over one channel's confirmed syllable nuclei (frame indices, ascending) and
     their envelopes. State: the run in progress and whole-call counts."""
 
-    def __init__(self, frame_ms: int, min_bursts: int = 4, max_gap_ms: int = 250, max_distance: float = 6.0) -> None:
+    def __init__(self, frame_ms: int, min_bursts: int = 4, max_gap_ms: int = 250, max_distance: float = 6.0,
+                 min_broken_share: float = 0.5) -> None:
         if min_bursts < 2:
             raise ValueError(f"min_bursts must be >= 2, got {min_bursts}")
         if max_gap_ms < frame_ms:
             raise ValueError(f"max_gap_ms must be at least one frame ({frame_ms} ms), got {max_gap_ms}")
         if max_distance <= 0:
             raise ValueError(f"max_distance must be > 0, got {max_distance}")
+        if not 0.0 <= min_broken_share <= 1.0:
+            raise ValueError(f"min_broken_share must be within 0..1, got {min_broken_share}")
         self.frame_ms = frame_ms
         self.min_bursts = min_bursts
         self.max_gap = max_gap_ms // frame_ms
         self.max_distance = max_distance
+        self.min_broken_share = min_broken_share
         self._run: list[int] = []  # nuclei frames of the run in progress
+        self._broken = 0  # gaps of the run with an unpitched frame (the breath between bursts)
+        self._taken = False  # the run in progress is laughter
         self._last: np.ndarray | None = None  # the envelope of its last nucleus
         self.laughs = 0
         """Runs long enough to be laughter, closed so far."""
@@ -74,10 +80,13 @@ class LaughterRuns:
         self.nuclei = 0
         """Nuclei taken as laughter."""
 
-    def push(self, frames: np.ndarray, envelope: np.ndarray) -> list[int]:
-        """The next confirmed nuclei (`envelope[i]` of `frames[i]`; a row of NaN where the audio was not held) ->
-        the nuclei frames taken as laughter now: a whole run as it reaches `min_bursts`, each later nucleus of it
-        as it comes."""
+    def push(self, frames: np.ndarray, envelope: np.ndarray, broken: np.ndarray | None = None) -> list[int]:
+        """The next confirmed nuclei (`envelope[i]` of `frames[i]`; a row of NaN where the audio was not held; `broken[i]`:
+        an unpitched frame lies between it and the nucleus before it, all True if None) -> the nuclei frames taken as
+        laughter now: a whole run as it becomes laughter, each later nucleus of it as it comes. A run becomes laughter
+        once it has `min_bursts` nuclei and at least `min_broken_share` of its gaps are broken: a laugh breathes out
+        between its bursts ("ha-ha"), while connected speech often keeps voicing through its consonants (real read speech
+        whose consecutive syllables sounded alike: one of its three gaps broken)."""
         taken: list[int] = []
         for i, frame in enumerate(frames.tolist()):
             row = envelope[i]
@@ -86,10 +95,12 @@ class LaughterRuns:
                        and float(np.linalg.norm(row - self._last)) <= self.max_distance)
             if follows:
                 self._run.append(frame)
-                if len(self._run) == self.min_bursts:
-                    taken.extend(self._run)
-                elif len(self._run) > self.min_bursts:
+                self._broken += bool(broken is None or broken[i])
+                if self._taken:
                     taken.append(frame)
+                elif len(self._run) >= self.min_bursts and self._broken >= self.min_broken_share * (len(self._run) - 1):
+                    self._taken = True
+                    taken.extend(self._run)
             else:
                 self._close()
                 self._run = [frame]
@@ -103,10 +114,10 @@ class LaughterRuns:
         self._run, self._last = [], None
 
     def _close(self) -> None:
-        if len(self._run) >= self.min_bursts:
+        if self._taken:
             self.laughs += 1
             self.laughter_frames += self._span(self._run)
-        self._run = []
+        self._run, self._broken, self._taken = [], 0, False
 
     def _span(self, run: list[int]) -> int:
         return run[-1] - run[0] + (run[-1] - run[0]) // (len(run) - 1)
@@ -114,6 +125,6 @@ class LaughterRuns:
     def totals(self) -> tuple[int, int]:
         """(laughs, laughter ms) so far, the run in progress included when it is laughter already."""
         laughs, frames = self.laughs, self.laughter_frames
-        if len(self._run) >= self.min_bursts:
+        if self._taken:
             laughs, frames = laughs + 1, frames + self._span(self._run)
         return laughs, frames * self.frame_ms

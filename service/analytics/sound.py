@@ -33,6 +33,8 @@ class ChannelSounds:
         self._unheard_from = [0] * channels  # the first frame of the first of them
         self._retracted = [0] * channels  # speech frames taken back by the latch since take_retracted
         self._heard = [0] * channels  # windows in a row the check found to be speech
+        self._heard_from = [0] * channels  # the first frame of the first of them
+        self._restored = [0] * channels  # latched frames given back to speech since take_restored
         self._suspect_frames = SUSPECT_MS // frame_ms
         # Until apply(): (channel, kind, the window's first frame, end frame and loudness); kind is NOT_SPEECH, SPEECH
         # or UNANSWERED.
@@ -62,14 +64,22 @@ class ChannelSounds:
         self._last = (steady if latched is None else steady & ~latched, latched)
         return vad & ~steady, steady.any(axis=1), state
 
-    def mark(self, speaking: np.ndarray) -> None:
+    @property
+    def last_latched(self) -> np.ndarray | None:
+        """(frames, channels): the voiced frames that the last `separate` took out of speech only because the speech
+        check latched their channel (None if none)."""
+        return self._last[1]
+
+    def mark(self, speaking: np.ndarray, latched_speaking: np.ndarray | None = None) -> None:
         """Mark the frames `separate` just took: which counted as the speaker's speech (`speaking`, (frames, channels)
-        after near silence and crosstalk were removed), which were steady sound and which were latched."""
+        after near silence and crosstalk were removed), which were steady sound, which were latched, and which of those
+        would have counted as speech but for the latch (`latched_speaking`: those a release may give back)."""
         steady, latched = self._last
         none = np.zeros(len(speaking), dtype=bool)
         for index, marks in enumerate(self._marks):
             marks.push(speaking[:, index], none if steady is None else steady[:, index],
-                       None if latched is None else latched[:, index])
+                       None if latched is None else latched[:, index],
+                       None if latched_speaking is None else latched_speaking[:, index])
             for first, end in self.gates[index].take_entries():
                 marks.mark_steady(first, end)  # the start of a tone or music, taken for speech until the gate knew
         self._last = (None, None)
@@ -107,12 +117,14 @@ class ChannelSounds:
         the frames from the first of those windows on that counted as speech become the latch's (take_retracted)."""
         self._answers.append((index, NOT_SPEECH, first, end, loudness_dbfs))
 
-    def heard(self, index: int, answered: bool = True) -> None:
-        """The speech check heard speech on the channel (`answered`), or gave no answer (a window dropped or failed).
-        Once applied: release its latch after UNSPOKEN_VERDICTS speech answers in a row (one window of music that the
-        check takes for speech among windows it does not must not restart the music as talk), or at once when there
-        was no answer (a voice counts as speech when unsure)."""
-        self._answers.append((index, SPEECH if answered else UNANSWERED, 0, 0, 0.0))
+    def heard(self, index: int, answered: bool = True, first: int = 0) -> None:
+        """The speech check heard speech in a window whose new audio begins at frame `first` of the channel
+        (`answered`), or gave no answer (a window dropped or failed). Once applied: release its latch after
+        UNSPOKEN_VERDICTS speech answers in a row (one window of music that the check takes for speech among windows it
+        does not must not restart the music as talk), giving back to speech what the latch took since the first of them
+        that would have counted as speech (take_restored: the speaker's first words after the music); or at once
+        when there was no answer (a voice counts as speech when unsure), giving nothing back."""
+        self._answers.append((index, SPEECH if answered else UNANSWERED, first, 0, 0.0))
 
     @property
     def unsettled(self) -> bool:
@@ -129,20 +141,28 @@ class ChannelSounds:
         """Let the speech check's answers so far take effect, in the order they came."""
         answers, self._answers = self._answers, []
         for index, kind, first, end, loudness_dbfs in answers:
+            marks, gate = self._marks[index], self.gates[index]
             if kind != NOT_SPEECH:
                 self._unheard[index] = 0
+                if kind == SPEECH and not self._heard[index]:
+                    self._heard_from[index] = first
                 self._heard[index] += 1
-                if kind == UNANSWERED or self._heard[index] >= UNSPOKEN_VERDICTS or not self.gates[index].unspoken:
-                    self.gates[index].hear(speech=True)
+                if kind == SPEECH and gate.unspoken and self._heard[index] >= UNSPOKEN_VERDICTS:
+                    # The latch took the speaker's first words too: from the first of these windows on, what would have
+                    # been speech is given back (the session adds its talk back, take_restored).
+                    given = marks.give_back(self._heard_from[index], marks.end)
+                    self._latched[index] -= given
+                    self._restored[index] += given
+                    gate.give_back(max(0, marks.end - self._heard_from[index]))
+                elif kind == UNANSWERED or self._heard[index] >= UNSPOKEN_VERDICTS or not gate.unspoken:
+                    gate.hear(speech=True)
                 continue
-            marks = self._marks[index]
             if (marks.count(first, end)[0] or marks.unspoken(first, end)) and loudness_dbfs >= UNSPOKEN_MIN_DBFS:
                 self._heard[index] = 0
                 if not self._unheard[index]:
                     self._unheard_from[index] = first
                 self._unheard[index] += 1
                 if self._unheard[index] >= UNSPOKEN_VERDICTS:
-                    gate = self.gates[index]
                     if not gate.unspoken:
                         # The frames since the first of these windows counted as speech until now: they are the latch's
                         # too (the session takes their talk back, take_retracted).
@@ -156,6 +176,12 @@ class ChannelSounds:
         of the windows that latched it, and the frames decided since) since the last call."""
         retracted, self._retracted = self._retracted, [0] * len(self._retracted)
         return retracted
+
+    def take_restored(self) -> list[int]:
+        """Per channel, the latched frames given back to the speaker's speech by a release (see heard) since the last
+        call."""
+        restored, self._restored = self._restored, [0] * len(self._restored)
+        return restored
 
     def suspect(self, index: int) -> bool:
         """The channel may be playing music: windows of a speaker who is not scored go to the speech check."""
