@@ -112,6 +112,18 @@ def test_one_vowel_swelling_five_times_a_second_without_a_breath_is_syllables_no
     assert _track(signals.int16(signals.bursts(LAUGH)), RATE).totals()["laughs"] == 1
 
 
+def test_a_laugh_after_a_stretch_without_audio_is_still_a_laugh():
+    """A laugh, ten minutes of audio that never came (skip), and the same laugh: two laughs, as the first alone is one."""
+    laugh = signals.int16(signals.bursts(LAUGH))
+    once = _track(laugh, RATE).totals()
+    track = _track(laugh, RATE)
+    track.skip(30_000)
+    frame = RATE // 50
+    voiced = np.abs(laugh[: len(laugh) // frame * frame].reshape(-1, frame).astype(np.float64)).max(axis=1) > 300
+    track.push(laugh[: len(voiced) * frame], voiced)
+    assert once["laughs"] == 1 and track.totals()["laughs"] == 2 and track.totals()["nuclei"] == 2 * once["nuclei"]
+
+
 def test_laughter_is_found_the_same_whatever_the_pushes():
     """The laugh pushed 20 ms at a time gives the same totals as in one block."""
     laugh = signals.int16(np.concatenate([signals.bursts(LAUGH), signals.bursts(SYLLABLES, seed=1)]))

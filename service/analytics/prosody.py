@@ -730,18 +730,20 @@ class ProsodyTrack:
     def _broken(self, nuclei: np.ndarray) -> np.ndarray:
         """Per nucleus: an unpitched frame (not periodic, or not held any more) lies between it and the nucleus before it
         (True for the first since a gap)."""
-        out = np.ones(len(nuclei), bool)
-        previous = self._last_nucleus
-        for i, frame in enumerate(nuclei.tolist()):
-            if previous >= 0 and frame - previous > 1:
-                between = np.arange(previous + 1, frame, dtype=np.int64)
-                slots = between % self._capacity
-                out[i] = bool(np.any((self._index[slots] != between) | ~self._periodic[slots]))
-            elif previous >= 0:
-                out[i] = False
-            previous = frame
-        self._last_nucleus = previous
-        return out
+        previous = np.empty(len(nuclei), np.int64)
+        previous[0] = self._last_nucleus
+        previous[1:] = nuclei[:-1]
+        self._last_nucleus = int(nuclei[-1])
+        known = previous >= 0
+        low = int(previous[known].min()) if known.any() else int(nuclei[0])
+        frames = np.arange(low, int(nuclei[-1]), dtype=np.int64)
+        slots = frames % self._capacity
+        unpitched = np.zeros(len(frames) + 1, np.int64)
+        np.cumsum((self._index[slots] != frames) | ~self._periodic[slots], out=unpitched[1:])
+        # Unpitched frames strictly between the two nuclei: frames previous+1 .. nucleus-1.
+        start = np.clip(previous + 1 - low, 0, len(frames))
+        end = np.clip(nuclei - low, 0, len(frames))
+        return (previous < 0) | (unpitched[np.maximum(end, start)] > unpitched[start])
 
     def _uncount(self, nuclei: np.ndarray) -> None:
         """Nuclei found to be bursts of laughter are no syllables: out of the count and of the frames' marks; the voiced
