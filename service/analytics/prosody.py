@@ -454,7 +454,9 @@ class SyllableNuclei:
         if len(peaks):
             rises[0] = min(self._floor, float(ext[1 : peaks[0]].min())) if peaks[0] > 1 else self._floor
             if len(peaks) > 1:
-                rises[1:] = np.minimum.reduceat(ext, np.stack((peaks[:-1] + 1, peaks[1:])).T.ravel())[::2]
+                bounds = np.empty(2 * len(peaks) - 2, np.intp)
+                bounds[0::2], bounds[1::2] = peaks[:-1] + 1, peaks[1:]
+                rises[1:] = np.minimum.reduceat(ext, bounds)[::2]
             self._floor = float(ext[peaks[-1] + 1 : n + 1].min()) if peaks[-1] < n else math.inf
         else:
             self._floor = min(self._floor, float(ext[1 : n + 1].min()))
@@ -741,8 +743,8 @@ class ProsodyTrack:
         unpitched = np.zeros(len(frames) + 1, np.int64)
         np.cumsum((self._index[slots] != frames) | ~self._periodic[slots], out=unpitched[1:])
         # Unpitched frames strictly between the two nuclei: frames previous+1 .. nucleus-1.
-        start = np.clip(previous + 1 - low, 0, len(frames))
-        end = np.clip(nuclei - low, 0, len(frames))
+        start = np.minimum(np.maximum(previous + 1 - low, 0), len(frames))  # np.clip costs more on a few values
+        end = np.minimum(np.maximum(nuclei - low, 0), len(frames))
         return (previous < 0) | (unpitched[np.maximum(end, start)] > unpitched[start])
 
     def _uncount(self, nuclei: np.ndarray) -> None:
