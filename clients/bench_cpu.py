@@ -159,7 +159,7 @@ class StageClock:
 def _hooks() -> list[tuple[Any, str, str]]:
     """(owner, attribute, stage) of every function the timed runs wrap (time in a hooked function nested in
     another counts for the inner one's stage); missing ones are skipped."""
-    from service import call_analytics, call_scoring
+    from service import call_analytics, call_rules, call_scoring
     from service import session as session_module
     from service.analytics import conversation, prosody
     from service.audio import channel, intake
@@ -193,7 +193,7 @@ def _hooks() -> list[tuple[Any, str, str]]:
         (call_scoring.CallScoring, "check", "scoring: resample + submit"),
         (call_scoring, "to_model_input", "scoring: resample + submit"),
         (call_scoring.CallScoring, "_handle_scores", "scoring: results + timeline"),
-        (S, "_on_ticks", "rules"),
+        (call_rules.CallRules, "on_ticks", "rules"),
         (engine.RuleEngine, "evaluate_window", "rules"),
         (engine.RuleEngine, "evaluate_tick", "rules"),
         (session_module.EventBuffer, "put", "events (buffer + gRPC serialisation)"),

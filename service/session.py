@@ -12,7 +12,8 @@ nothing); scoring happens on the inference worker, and results are handled in wi
 (service/call_scoring.py). Each window carries what was measured over
 it when it was cut (prosody, the conversation at that moment), so rule outcomes do not depend on how
 fast the model answers; conversation rules run on the call clock (ticks of the turn-taking tracker).
-Windows of speakers who are not scored skip the model and go to the rules with their prosody.
+Windows of speakers who are not scored skip the model and go to the rules with their prosody. The rules and the
+alerts they raise are the call's CallRules (service/call_rules.py); its summary is built in service/call_summary.py.
 
 Live calls (`realtime`) are paced: past a burst allowance they are read at most `pacing_factor` x
 real time; when the model is behind they shed load instead of falling behind (service/call_scoring.py,
@@ -33,17 +34,18 @@ from typing import AsyncIterator, Callable
 import numpy as np
 
 from service import metrics
-from service.alerts import EventSink, build_alert, wall_time_iso
+from service.alerts import EventSink
 from service.analytics.conversation import ConversationSnapshot
 from service.analytics.gate import BLOCK_FRAMES
 from service.audio.channel import AnalysisWindow, ChannelPipeline
 from service.audio.ingest import Notice, Silence
 from service.audio.intake import CallIntake
-from service.call_analytics import CallAnalytics, WindowAnalytics
+from service.call_analytics import CallAnalytics
+from service.call_rules import CallRules
 from service.call_scoring import CallScoring
+from service.call_summary import build_summary, lifecycle_document
 from service.config import AnalyticsConfig, IngestConfig, VadConfig, WindowConfig
 from service.domain import (
-    Alert,
     CallConfig,
     CallEvent,
     CallSummary,
@@ -54,7 +56,7 @@ from service.domain import (
 )
 from service.errors import CallLimitExceeded, CallPulseError, InvalidArgument, ServiceUnavailable
 from service.inference.scoring import ScoringClient
-from service.rules import CallRuleState, RuleEngine, RuleMatch, ScoredWindow
+from service.rules import RuleEngine
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,6 @@ _STREAM_IDS = itertools.count(1)
 
 EVENT_BUFFER = 256
 SHUTDOWN_MESSAGE = "the server is shutting down; the call was ended and its summary published (reconnect to go on)"
-SUMMARY_SCHEMA_VERSION = 2
-MAX_SUMMARY_ALERTS = 1000  # the summary lists at most this many (the newest); the count is exact
 WARNING_INTERVAL_MS = 5000  # at most one warning of a kind per this much call time
 SLICE_MS = 500  # audio worked through between yields to the event loop (a few ms of CPU)
 # A replay whose model checks for speech waits for every answer each this much of its audio and applies them there
@@ -172,9 +172,10 @@ class CallSession:
             for role in fmt.channel_roles
         ]
         self._events = EventBuffer()
+        self._rules = CallRules(config, ctx.rules, ctx.publisher, ctx.model_name, self._events.put)
         self._scoring = CallScoring(
             fmt.channel_roles, {role: next(_STREAM_IDS) for role in fmt.channel_roles}, ctx.scorer, ctx.windows, ctx.labels,
-            ctx.deadline_s, config.realtime, evaluate=self._evaluate, answered=self._answered, emit=self._events.put,
+            ctx.deadline_s, config.realtime, evaluate=self._rules.evaluate, answered=self._answered, emit=self._events.put,
         )
         analytics, frame_ms = ctx.analytics, ctx.vad.frame_ms
         self._analytics = CallAnalytics(fmt.channel_roles, fmt.sample_rate, frame_ms, ctx.windows, analytics)
@@ -184,7 +185,6 @@ class CallSession:
         # Scored windows of a channel whose gate is still deciding whether what it hears is steady sound wait
         # here (in order) until it has decided; at most a few blocks of 80 ms.
         self._deferred: list[deque[AnalysisWindow]] = [deque() for _ in fmt.channel_roles]
-        self._rule_state = CallRuleState()
         self._segments_seen = [0] * len(self._pipelines)
         # Added to their metrics about once a second of audio (_report_ingested): audio frames ingested, and
         # how long each push took.
@@ -211,8 +211,6 @@ class CallSession:
         self._first_audio_at: float | None = None
         self._pacing_warned = False
         self.stats = {"gaps": 0, "gap_frames": 0, "duplicates": 0, "late": 0, "pacing_delays": 0}
-        self._alerts: deque[Alert] = deque(maxlen=MAX_SUMMARY_ALERTS)
-        self._alert_count = 0
         self._state = "new"  # new -> open -> ending (finish runs) -> closed
         self._watchdog: asyncio.Task | None = None
         self._finishing: asyncio.Future | None = None
@@ -399,7 +397,7 @@ class CallSession:
             if any(self._deferred):  # a window cut just now waits: feed the gate a block at a time from here
                 self._analyse_at = min(self._analyse_at, BLOCK_FRAMES)
         if ticks:
-            self._on_ticks(ticks, arrival)
+            self._rules.on_ticks(ticks, arrival)
 
     def _plan_analysis(self) -> None:
         """After an analysis: how many decided frames may be held before the next one (CallAnalytics.hold_limit)."""
@@ -407,7 +405,7 @@ class CallSession:
 
     def _step_over(self, samples: int, arrival: float) -> None:
         """A stretch with no audio: open segments end, the clocks advance; no sample is made."""
-        self._on_ticks(self._analyse_held(), arrival)
+        self._rules.on_ticks(self._analyse_held(), arrival)
         cut: list[AnalysisWindow] = []
         for index, pipeline in enumerate(self._pipelines):
             cut.extend(pipeline.skip(samples, arrival))
@@ -417,7 +415,7 @@ class CallSession:
         self._take_windows(cut)
         if self._sounds:
             self._release_deferred(final=True)  # nothing carries across a stretch with no audio
-        self._on_ticks(self._analytics.skip_conversation(frames), arrival)
+        self._rules.on_ticks(self._analytics.skip_conversation(frames), arrival)
         self._plan_analysis()
         self._audio_frames += samples
 
@@ -545,7 +543,7 @@ class CallSession:
                 await asyncio.sleep(0)
         except CallLimitExceeded:
             pass  # the call is ending anyway
-        self._on_ticks(self._analyse_held(), arrival)
+        self._rules.on_ticks(self._analyse_held(), arrival)
         self._report_ingested()
         self._state = "ending"
         self._scoring.ending()
@@ -617,7 +615,7 @@ class CallSession:
             "queued_samples": self._intake.queued_samples,
             **self._scoring.memory_report(),
             "queued_events": len(self._events),
-            "summary_alerts": len(self._alerts),
+            "summary_alerts": len(self._rules.alerts),
         }
 
     # -- analytics and rules ---------------------------------------------------------------
@@ -629,7 +627,7 @@ class CallSession:
             return
         for window in self._analytics.measure(windows):
             if not window.scored:
-                self._evaluate(window, None, degraded=False)
+                self._rules.evaluate(window, None, degraded=False)
                 # Its channel may be playing music (carry_audio); the windows cut as the call ends are not checked:
                 # no audio is left for an answer to change.
                 if len(window.samples) and self._state == "open":
@@ -680,41 +678,6 @@ class CallSession:
             while deferred and (final or not self._sounds.deciding(*self._new_frames(deferred[0]))):
                 self._route(deferred.popleft())
 
-    def _evaluate(self, window: AnalysisWindow, scores: dict[str, float] | None, degraded: bool, heard: bool = True) -> None:
-        """The rules on one window (`heard` False: the engine's speech check found no speech in it, so no prosody)."""
-        analytics: WindowAnalytics = window.analytics
-        observed = ScoredWindow(
-            speaker=window.role,
-            start_ms=window.start_ms,
-            end_ms=window.end_ms,
-            new_from_ms=window.new_from_sample * 1000 // window.sample_rate,
-            scores=scores,
-            degraded=degraded,
-            prosody=analytics.prosody if heard else None,
-            conversation=analytics.conversation,
-            speech_ms=analytics.speech_ms,
-        )
-        for match in self._ctx.rules().evaluate_window(self._rule_state, observed):
-            self._raise(match, window.arrival)
-
-    def _on_ticks(self, ticks: list[ConversationSnapshot], arrival: float) -> None:
-        if not ticks:
-            return
-        engine = self._ctx.rules()
-        if not engine.needs_ticks:
-            return
-        for snapshot in ticks:
-            for match in engine.evaluate_tick(self._rule_state, snapshot):
-                self._raise(match, arrival)
-
-    def _raise(self, match: RuleMatch, arrival: float) -> None:
-        alert = build_alert(match, self.config, self._ctx.model_name, (time.monotonic() - arrival) * 1000)
-        self._alerts.append(alert)
-        self._alert_count += 1
-        metrics.alert_raised(alert.rule_id, alert.severity.label)
-        self._ctx.publisher.publish_alert(alert, self.config, arrival)
-        self._events.put(alert)
-
     # -- VAD segments ----------------------------------------------------------------------
 
     def _count_segments(self, index: int) -> None:
@@ -726,75 +689,9 @@ class CallSession:
     # -- documents -------------------------------------------------------------------------
 
     def _lifecycle_document(self, kind: str, **extra) -> dict:
-        return {
-            "schema_version": SUMMARY_SCHEMA_VERSION,
-            "type": kind,
-            "call_id": self.config.call_id,
-            "agent_id": self.config.agent_id,
-            "team": self.config.team,
-            "tenant": self.config.tenant,
-            "wall_time": wall_time_iso(),
-            **extra,
-        }
+        return lifecycle_document(self.config, kind, **extra)
 
     def _summary(self, reason: str) -> CallSummary:
-        rate = self.config.audio.sample_rate
-        duration_ms = self._audio_frames * 1000 // rate
-        labels = self._ctx.labels
-        speakers = tuple(
-            self._scoring.timeline(p.role).summary(speech_ms=p.speech_ms, segments=p.segments) for p in self._pipelines
-        )
-        separation_ms = self._ctx.windows.window_ms
-        speaker_documents = []
-        for s in speakers:
-            timeline = self._scoring.timeline(s.speaker)
-            speaker_documents.append({
-                "speaker": s.speaker.value,
-                "scored": s.speaker in self.config.score_roles,
-                "speech_ms": s.speech_ms,
-                "segments": s.segments,
-                "windows_scored": s.windows_scored,
-                "windows_merged": s.windows_merged,
-                "windows_dropped": s.windows_dropped,
-                "windows_skipped": self._scoring.skipped_windows(s.speaker),
-                "windows_not_speech": self._scoring.not_speech_windows(s.speaker),
-                "top_labels": dict(s.top_labels),
-                **self._analytics.speaker_summary(s.speaker),
-                "trajectory": {
-                    "resolution_ms": 1000,
-                    "points": [{"t_ms": t_ms, "scores": [round(float(x), 4) for x in scores]} for t_ms, scores in timeline.trajectory()],
-                },
-                "peaks": timeline.peaks(labels, self._ctx.analytics.peaks, separation_ms),
-            })
-        document = self._lifecycle_document(
-            "call_summary",
-            reason=reason,
-            duration_ms=duration_ms,
-            model=self._ctx.model_name,
-            alert_count=self._alert_count,
-            labels=list(labels),
-            speakers=speaker_documents,
-            conversation=self._analytics.conversation_summary(),
-            alerts=[
-                {
-                    "alert_id": a.alert_id,
-                    "rule_id": a.rule_id,
-                    "severity": a.severity.label,
-                    "speaker": a.speaker.value if a.speaker else None,
-                    "start_ms": a.start_ms,
-                    "fired_ms": a.fired_ms,
-                    "message": a.message,
-                    "reason": a.document["evidence"]["reason"],
-                    "escalated": a.document["escalated"],
-                }
-                for a in self._alerts
-            ],
-        )
-        return CallSummary(
-            call_id=self.config.call_id,
-            duration_ms=duration_ms,
-            speakers=speakers,
-            alert_ids=tuple(a.alert_id for a in self._alerts),
-            reason=reason,
-            document=document,
-        )
+        duration_ms = self._audio_frames * 1000 // self.config.audio.sample_rate
+        return build_summary(self.config, self._ctx, reason, duration_ms, self._pipelines, self._scoring, self._analytics,
+                             self._rules)
