@@ -16,7 +16,7 @@ import numpy as np
 
 from service.analytics.conversation import ConversationSnapshot, ConversationTracker
 from service.analytics.crosstalk import speaking_frames
-from service.analytics.gate import BLOCK_FRAMES
+from service.analytics.gate import BLOCK_FRAMES, FLAT_RANGE_DB, FLAT_SPAN_MS
 from service.analytics.prosody import ProsodyFigures, ProsodyTrack
 from service.analytics.sound import ChannelSounds
 from service.analytics.transcript import TranscriptRate, count_characters
@@ -127,6 +127,13 @@ class CallAnalytics:
             speech_ms = self._voiced_frames[self._channel_of[window.role]] * self.frame_ms
             measured.append(dataclasses.replace(window, analytics=WindowAnalytics(figures, snapshot, speech_ms)))
         return measured
+
+    def level_steady(self, window: AnalysisWindow) -> bool:
+        """The level of the window's channel moved less than FLAT_RANGE_DB over the window's last FLAT_SPAN_MS (music
+        on a channel suspect of it: see service/analytics/gate.py)."""
+        span = FLAT_SPAN_MS * window.sample_rate // 1000
+        moved = self._prosody[window.role].level_range_db(max(0, window.end_sample - span), window.end_sample)
+        return moved is not None and moved < FLAT_RANGE_DB
 
     def skip_tracks(self, frames: int) -> None:
         """A stretch of `frames` frames without audio, for the prosody tracks and the gates (before the windows it cut

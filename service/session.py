@@ -642,9 +642,13 @@ class CallSession:
     def _route(self, window: AnalysisWindow) -> None:
         """A scored window to the model, or to the rules alone when it holds no speech of the speaker's own."""
         sounds = self._sounds
-        steady = sounds is not None and sounds.mostly_steady(*self._new_frames(window))
+        index, first, end = self._new_frames(window)
+        # Mostly a tone or music the gate held; or, on a channel where music was just playing, audio whose level holds
+        # still (loudness-compressed music the gate cannot hold and a speech check may take for speech).
+        steady = sounds is not None and (sounds.mostly_steady(index, first, end)
+                                          or (sounds.suspect(index) and self._analytics.level_steady(window)))
         # A window whose speech the check's latch took out still goes to the check, which is what can release it.
-        latched = sounds is not None and sounds.latched(*self._new_frames(window))
+        latched = sounds is not None and sounds.latched(index, first, end)
         if (window.analytics.prosody.voiced_ms == 0 and not latched) or steady:
             # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
             # in, or near silence), or its new audio is mostly a tone or music: the model would score

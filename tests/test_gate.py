@@ -414,3 +414,33 @@ def test_a_gate_released_by_speech_keeps_a_hold_that_is_long_enough_without_the_
     assert not gate.unspoken and gate.holds == 1 and gate.hold_frames == 100 and gate.hold_ms == 0
     with pytest.raises(ValueError, match="negative"):
         gate.give_back(-1)
+
+
+def flat_notes(seconds: float, seed: int = 5) -> np.ndarray:
+    """Fast notes (60-90 ms each, harmonic) at one loudness, one after another: each 80 ms block sounds unlike the last,
+    so the gate cannot hold it, but its level hardly moves (loudness-compressed hold music)."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * RATE)
+    out, pos = np.zeros(n), 0
+    while pos < n:
+        m = min(n - pos, int(rng.uniform(0.06, 0.09) * RATE))
+        f = 220 * 2 ** (rng.integers(0, 24) / 12)
+        t = np.arange(m) / RATE
+        out[pos : pos + m] = sum(np.sin(2 * np.pi * f * k * t) / k for k in range(1, 6))
+        pos += m
+    return out / np.abs(out).max() * 8000
+
+
+async def test_fast_music_at_one_loudness_on_a_channel_that_played_music_is_not_scored():
+    """On a channel whose gate held music in the last 30 s, fast notes at one loudness that the gate cannot hold are not
+    sent to the model (their level moves less than 10 dB in a second; speech's moves about 36), the customer's speech
+    after them still alerts; the same notes on a channel that played no music before are scored."""
+    notes = flat_notes(8.0)
+    speech = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)
+    call = np.concatenate([signals.int16(np.concatenate([signals.music(6.0), notes, np.zeros(RATE // 2)])), speech])[:, None]
+    alerts, updates, summary = await run_session(call, rules_text=ANGRY_RULE)
+    notes_end_ms = 14_000
+    assert not [u for u in updates if u.window_end_ms <= notes_end_ms], [u.window_end_ms for u in updates]
+    assert [a.rule_id for a in alerts] == ["angry"] and summary.document["speakers"][0]["windows_skipped"] > 10
+    _, alone, _ = await run_session(signals.int16(np.concatenate([notes, np.zeros(RATE // 2)]))[:, None], rules_text=ANGRY_RULE)
+    assert len(alone) > 10  # not suspected of music: scored (a speech check would decide)

@@ -333,6 +333,23 @@ def test_a_peak_just_above_a_sag_in_the_same_vowel_is_no_second_nucleus():
         SyllableNuclei(min_rise_db=-1.0)
 
 
+def test_the_level_range_of_a_span_is_small_for_a_held_tone_and_large_for_speech():
+    """level_range_db: a steady tone moves under 1 dB in a second, the speech fixture far more than 10 dB; a span of
+    fewer than five held frames has none."""
+    rate = 8000
+    tone = to_int16(0.3 * sawtooth(140.0, rate, 2.0))
+    track = ProsodyTrack(rate)
+    track.push(tone, np.ones(100, bool))
+    assert track.level_range_db(rate // 2, 3 * rate // 2) < 1.0
+    assert track.level_range_db(0, 4 * rate // 50) is None
+    from tests.test_analytics_pipeline import speech_8k
+
+    speech = np.clip(speech_8k(), -32768, 32767).astype(np.int16)[: 3 * rate]
+    track = ProsodyTrack(rate)
+    track.push(speech, np.ones(len(speech) // 160, bool))
+    assert track.level_range_db(rate, 2 * rate) > 10.0
+
+
 @pytest.mark.parametrize("rate", [8000, 16000])
 def test_unvoiced_noise_bursts_give_no_nuclei(rate):
     """Noise bursts at a syllable rate have intensity peaks but no pitch, so they are not syllable nuclei."""

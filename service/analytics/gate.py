@@ -66,6 +66,13 @@ audio, or the check latched it (most music the gate misses comes between the pas
 SUSPECT_STRETCH_MS = 1000
 """Steady stretches shorter than this make no channel suspect: real speech is steady in 0.5% of its frames, in
 stretches of a few hundred ms (a held vowel, a hum)."""
+FLAT_RANGE_DB = 10.0
+"""A scored window on a channel suspect of music (see SUSPECT_MS) whose level moved less than this over its last
+FLAT_SPAN_MS (the 10th to the 90th percentile of its frame levels) is taken as music and not sent to the model: speech
+pauses between words and dips at its consonants (36 dB median over a second of the speech of the development set, 2% of
+its seconds below 10 dB), while loudness-compressed music holds its level (8.8 dB median in the Debian game music that
+silero-vad takes for speech). Only on a suspect channel, where music has just been playing."""
+FLAT_SPAN_MS = 1000
 _FULL_SCALE = 32768.0
 
 

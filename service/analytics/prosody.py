@@ -848,6 +848,19 @@ class ProsodyTrack:
             self._level_hist[_level_bins(_positive_power_db(np.array([block.mean()])))[0]] += 1
             self._baseline = None
 
+    def level_range_db(self, start_sample: int, end_sample: int) -> float | None:
+        """How far the level moved over [start_sample, end_sample): the 10th to the 90th percentile of the frame levels
+        still held (voiced or not), in dB; None for fewer than MIN_RANGE_FRAMES of them."""
+        self._flush()
+        fs = self.frame_samples
+        low, high = max(start_sample // fs, self._next - self._capacity, 0), min(end_sample // fs, self._next)
+        frames = np.arange(low, max(low, high), dtype=np.int64)
+        slots = frames % self._capacity
+        levels = np.sort(self._level[slots[self._index[slots] == frames]])
+        if len(levels) < MIN_RANGE_FRAMES:
+            return None
+        return sorted_quantile(levels, 0.9) - sorted_quantile(levels, 0.1)
+
     def figures(self, start_sample: int, end_sample: int, new_from_sample: int) -> ProsodyFigures:
         """Figures for the span [start_sample, end_sample) of this channel (native samples from the call
         start; loudness over [new_from_sample, end_sample)) from the frames still held: frames older than
