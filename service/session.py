@@ -631,7 +631,10 @@ class CallSession:
                 # Its channel may be playing music (carry_audio); the windows cut as the call ends are not checked:
                 # no audio is left for an answer to change.
                 if len(window.samples) and self._state == "open":
-                    self._scoring.check(window)
+                    if self._music_level(window):
+                        self._answer_music(window)  # the level test answers for the check
+                    else:
+                        self._scoring.check(window)
                 continue
             index = self._channel_of[window.role]
             if self._sounds and (self._deferred[index] or self._sounds.deciding(*self._new_frames(window))):
@@ -645,8 +648,10 @@ class CallSession:
         index, first, end = self._new_frames(window)
         # Mostly a tone or music the gate held; or, on a channel where music was just playing, audio whose level holds
         # still (loudness-compressed music the gate cannot hold and a speech check may take for speech).
-        steady = sounds is not None and (sounds.mostly_steady(index, first, end)
-                                          or (sounds.suspect(index) and self._analytics.level_steady(window)))
+        flat = self._music_level(window)
+        steady = sounds is not None and (sounds.mostly_steady(index, first, end) or flat)
+        if flat:
+            self._answer_music(window)
         # A window whose speech the check's latch took out still goes to the check, which is what can release it.
         latched = sounds is not None and sounds.latched(index, first, end)
         if (window.analytics.prosody.voiced_ms == 0 and not latched) or steady:
@@ -656,6 +661,16 @@ class CallSession:
             self._scoring.skip(window, "skipped_steady_sound" if steady else "skipped_no_speech")
         else:
             self._scoring.enqueue(window)
+
+    def _music_level(self, window: AnalysisWindow) -> bool:
+        """On a channel suspect of music, the window's level held still (CallAnalytics.level_steady): music."""
+        return self._sounds is not None and self._sounds.suspect(self._channel_of[window.role]) and self._analytics.level_steady(window)
+
+    def _answer_music(self, window: AnalysisWindow) -> None:
+        """The level test found a window to be music: with the engine's speech check on, that is a not-speech answer to
+        the channel's latch, as the check's own would be (its answers are applied where the check's are)."""
+        if self._ctx.speech_check:
+            self._answered(window, False)
 
     def _new_frames(self, window: AnalysisWindow) -> tuple[int, int, int]:
         """(channel, first frame, end frame) of the window's new audio."""

@@ -444,3 +444,26 @@ async def test_fast_music_at_one_loudness_on_a_channel_that_played_music_is_not_
     assert [a.rule_id for a in alerts] == ["angry"] and summary.document["speakers"][0]["windows_skipped"] > 10
     _, alone, _ = await run_session(signals.int16(np.concatenate([notes, np.zeros(RATE // 2)]))[:, None], rules_text=ANGRY_RULE)
     assert len(alone) > 10  # not suspected of music: scored (a speech check would decide)
+
+
+def test_the_answers_about_a_channel_take_effect_in_the_order_of_its_audio():
+    """Answers applied together take effect in the order of their windows' audio, whatever order they came in (the
+    level test answers when a window is cut, the check when the engine has run it): a not-speech answer that came
+    between two speech answers but is about an earlier window does not break them: they release the latch."""
+    from service.analytics.sound import ChannelSounds
+
+    frame = RATE // 50
+    speech = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)[: 2 * RATE]
+    flags = vad(speech)[:, None]
+    n = len(flags)
+    sounds = ChannelSounds(1, frame, 20, hold_min_ms=1000, history_frames=1000)
+    sounds.mark(sounds.separate([speech[: n * frame]], flags)[0])
+    for _ in range(2):
+        sounds.not_speech(0, 0, n, loudness_dbfs=-20.0)
+    sounds.apply()
+    assert sounds.gates[0].unspoken
+    sounds.heard(0, first=n // 2)
+    sounds.not_speech(0, n // 4, n // 2, loudness_dbfs=-20.0)  # came second, about the earliest audio
+    sounds.heard(0, first=3 * n // 4)
+    sounds.apply()
+    assert not sounds.gates[0].unspoken

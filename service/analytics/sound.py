@@ -140,6 +140,9 @@ class ChannelSounds:
     def apply(self) -> None:
         """Let the speech check's answers so far take effect, in the order they came."""
         answers, self._answers = self._answers, []
+        # In the order of the channel's audio: the level test answers when a window is cut, the check when the engine
+        # has run it, so the arrival order of the two kinds depends on the engine's speed.
+        answers.sort(key=lambda answer: (answer[0], answer[2]))
         for index, kind, first, end, loudness_dbfs in answers:
             marks, gate = self._marks[index], self.gates[index]
             if kind != NOT_SPEECH:
