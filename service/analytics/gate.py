@@ -67,11 +67,13 @@ SUSPECT_STRETCH_MS = 1000
 """Steady stretches shorter than this make no channel suspect: real speech is steady in 0.5% of its frames, in
 stretches of a few hundred ms (a held vowel, a hum)."""
 FLAT_RANGE_DB = 10.0
-"""A scored window on a channel suspect of music (see SUSPECT_MS) whose level moved less than this over its last
-FLAT_SPAN_MS (the 10th to the 90th percentile of its frame levels) is taken as music and not sent to the model: speech
-pauses between words and dips at its consonants (36 dB median over a second of the speech of the development set, 2% of
-its seconds below 10 dB), while loudness-compressed music holds its level (8.8 dB median in the Debian game music that
-silero-vad takes for speech). Only on a suspect channel, where music has just been playing."""
+"""A window on a channel suspect of music (see SUSPECT_MS) whose level moved less than this over its last FLAT_SPAN_MS
+(the 10th to the 90th percentile of its frame levels) is taken as music: not sent to the model, and with the engine's
+speech check on, a not-speech answer to the channel's latch (an unscored speaker's window is answered so instead of
+going to the check). Speech pauses between words and dips at its consonants (36 dB median over a second of the speech
+of the development set, 2% of its seconds below 10 dB), while loudness-compressed music holds its level (8.8 dB median
+in the Debian game music that silero-vad takes for speech). Only on a suspect channel, where music has just been
+playing: a held vowel or a hum elsewhere is speech."""
 FLAT_SPAN_MS = 1000
 _FULL_SCALE = 32768.0
 
@@ -378,7 +380,8 @@ class FrameMarks:
 
     def mark_unspoken(self, first: int, end: int) -> int:
         """Held frames of [first, end) marked as speech become the latch's (the speech check found them not to be speech
-        before the latch took effect); returns how many changed."""
+        before the latch took effect), marked as frames that were speech (a release may give them back); returns how
+        many changed."""
         return self._remark_speech(first, end, self.UNSPOKEN_SPEECH)
 
     def give_back(self, first: int, end: int) -> int:

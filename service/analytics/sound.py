@@ -111,7 +111,8 @@ class ChannelSounds:
         return self._marks[index].unspoken(first, end) > 0
 
     def not_speech(self, index: int, first: int, end: int, loudness_dbfs: float) -> None:
-        """The speech check found a window over frames [first, end) not to be speech. Once applied: latch the channel
+        """The speech check (or, on a channel suspect of music, the level test: CallAnalytics.level_steady) found a window
+        over frames [first, end) not to be speech. Once applied: latch the channel
         when UNSPOKEN_VERDICTS such windows in a row had new audio that counted as speech (or was latched already) and
         was at least UNSPOKEN_MIN_DBFS loud (near silence and the other side's bleed, which it also holds back, never);
         the frames from the first of those windows on that counted as speech become the latch's (take_retracted)."""
@@ -138,7 +139,7 @@ class ChannelSounds:
         return len(self._answers)
 
     def apply(self) -> None:
-        """Let the speech check's answers so far take effect, in the order they came."""
+        """Let the answers so far take effect, each channel's in the order of its audio (by the window's first frame)."""
         answers, self._answers = self._answers, []
         # In the order of the channel's audio: the level test answers when a window is cut, the check when the engine
         # has run it, so the arrival order of the two kinds depends on the engine's speed.
