@@ -59,6 +59,23 @@ def music(seconds: float, seed: int = 0, rate: int = RATE) -> np.ndarray:
     return out
 
 
+def fast_notes(seconds: float, seed: int = 3, shortest_s: float = 0.05, longest_s: float = 0.09, decay_per_s: float = 8.0,
+               rate: int = RATE) -> np.ndarray:
+    """Fast notes (each `shortest_s`..`longest_s`, five harmonics, decaying at `decay_per_s`; 0: at one loudness), one after
+    another on random semitones over two octaves from 220 Hz, peak 8000: each 80 ms block sounds unlike the last, so the
+    steady-sound gate cannot hold them."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate)
+    out, pos = np.zeros(n), 0
+    while pos < n:
+        m = min(n - pos, int(rng.uniform(shortest_s, longest_s) * rate))
+        f = 220 * 2 ** (rng.integers(0, 24) / 12)
+        t = np.arange(m) / rate
+        out[pos : pos + m] = sum(np.sin(2 * np.pi * f * k * t) / k for k in range(1, 6)) * np.exp(-t * decay_per_s)
+        pos += m
+    return out / np.abs(out).max() * 8000
+
+
 def int16(x: np.ndarray, noise: float = 30.0, seed: int = 1) -> np.ndarray:
     """`x` with a little line noise, as int16."""
     noisy = x + np.random.default_rng(seed).normal(0, noise, len(x))

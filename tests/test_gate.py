@@ -419,16 +419,7 @@ def test_a_gate_released_by_speech_keeps_a_hold_that_is_long_enough_without_the_
 def flat_notes(seconds: float, seed: int = 5) -> np.ndarray:
     """Fast notes (60-90 ms each, harmonic) at one loudness, one after another: each 80 ms block sounds unlike the last,
     so the gate cannot hold it, but its level hardly moves (loudness-compressed hold music)."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * RATE)
-    out, pos = np.zeros(n), 0
-    while pos < n:
-        m = min(n - pos, int(rng.uniform(0.06, 0.09) * RATE))
-        f = 220 * 2 ** (rng.integers(0, 24) / 12)
-        t = np.arange(m) / RATE
-        out[pos : pos + m] = sum(np.sin(2 * np.pi * f * k * t) / k for k in range(1, 6))
-        pos += m
-    return out / np.abs(out).max() * 8000
+    return signals.fast_notes(seconds, seed, shortest_s=0.06, decay_per_s=0.0)
 
 
 async def test_fast_music_at_one_loudness_on_a_channel_that_played_music_is_not_scored():

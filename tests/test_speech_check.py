@@ -23,15 +23,7 @@ from tests.test_gate import ANGRY_RULE, vad
 def arpeggio(seconds: float, seed: int = 3) -> np.ndarray:
     """Fast notes (50-90 ms each, harmonic, decaying): each 80 ms block sounds unlike the last, so the steady-sound
     gate cannot tell it from speech."""
-    rng = np.random.default_rng(seed)
-    out, pos, n = np.zeros(int(seconds * RATE)), 0, int(seconds * RATE)
-    while pos < n:
-        m = min(n - pos, int(rng.uniform(0.05, 0.09) * RATE))
-        f = 220 * 2 ** (rng.integers(0, 24) / 12)
-        t = np.arange(m) / RATE
-        out[pos:pos + m] = sum(np.sin(2 * np.pi * f * k * t) / k for k in range(1, 6)) * np.exp(-t * 8)
-        pos += m
-    return out / np.abs(out).max() * 8000
+    return signals.fast_notes(seconds, seed)
 
 
 def noise_bursts(seconds: float, seed: int = 3) -> np.ndarray:
