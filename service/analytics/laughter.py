@@ -3,7 +3,9 @@
 A laugh is a train of bursts of one and the same vowel, a few per second; speech moves from sound to sound, so the
 spectra of its consecutive syllables differ. Each confirmed syllable nucleus gets the spectral envelope of the 64 ms
 ending at its peak (12 mel-cepstral coefficients, the level left out); a run of at least `min_bursts` nuclei, each
-at most `max_gap_ms` after the last and with an envelope within `max_distance` of the last one's, is laughter.
+at most `max_gap_ms` after the last and with an envelope within `max_distance` of the last one's, is laughter when at
+least `min_broken_share` of its gaps hold an unpitched frame (a laugh breathes out between its bursts; connected
+speech keeps voicing through its consonants).
 Its nuclei are taken back from the speaker's syllable count (they were counted as they were confirmed, before the
 run was long enough to tell), and the summary reports the laughs and their time.
 
@@ -74,7 +76,7 @@ class LaughterRuns:
         self._taken = False  # the run in progress is laughter
         self._last: np.ndarray | None = None  # the envelope of its last nucleus
         self.laughs = 0
-        """Runs long enough to be laughter, closed so far."""
+        """Runs taken as laughter, closed so far."""
         self.laughter_frames = 0
         """Frames of those runs (first nucleus to last, plus one gap)."""
         self.nuclei = 0
