@@ -1,7 +1,8 @@
 """What the service takes for speech, evaluated on a labelled development set: music, tones, speech.
 
     python -m clients.eval_signal [--music-dir DIR ...] [--seconds 60] [--skip 20] [--no-espeak] [--check 0.2]
-                                  [--transcribed DIR ...] [--vocal-dir DIR ...] [--json FILE]
+                                  [--transcribed DIR ...] [--vocal-dir DIR ...] [--cough-dir DIR ...]
+                                  [--json FILE]
 
 Each clip is brought to 8 kHz mono 16-bit (telephone band, as a bridge sends it) and run through the
 service's per-channel front end: webrtcvad (aggressiveness 2, 20 ms frames), then the steady-sound gate
@@ -23,7 +24,8 @@ With `--transcribed DIR` (a Kaldi data directory of real recordings: `text`, and
 the speech rate of each utterance against its transcript's syllables (a Chinese character is one; an English text's
 as espeak-ng pronounces it) and beside the de Jong & Wempe reference. With voice clips (`--vocal-dir`, default the voice packs of the Debian package
 hedgewars-data where installed: a laugh, a cough and short phrases per voice), per class the laughs the laughter check
-finds and the syllable nuclei counted with and without it.
+finds and the syllable nuclei counted with and without it. With recordings of coughs alone (`--cough-dir`), the syllable
+nuclei counted on them (every one a false syllable).
 
 The set, all reachable here (nothing from Asterisk's sound or music-on-hold packages, kept apart as an
 independent check):
@@ -294,6 +296,44 @@ def vocal_sounds(dirs: list[str], work: str) -> dict | None:
         figures["nuclei_without_check"] += totals[False]["nuclei"]
         figures["voiced_ms"] += totals[True]["voiced_ms"]
     return classes or None
+
+
+def cough_sounds(dirs: list[str], limit: int | None = None) -> dict | None:
+    """Syllables counted on recordings of coughs alone (every .wav/.mp3/.ogg/.flac in `dirs`, decoded with soundfile, at 8
+    kHz; at most `limit` clips): the clips, their audio and voiced time, the service's syllable nuclei and the de Jong &
+    Wempe reference's, and the clips with any nucleus. Every nucleus counted is a false one. None when there are no clips."""
+    import soundfile
+    import soxr
+
+    paths = sorted(p for d in dirs for pattern in ("*.wav", "*.mp3", "*.ogg", "*.flac") for p in glob.glob(os.path.join(d, pattern)))
+    figures = {"clips": 0, "audio_s": 0.0, "voiced_ms": 0, "nuclei": 0, "clips_with_nuclei": 0, "dejong_nuclei": None}
+    dejong = []
+    for path in paths[:limit]:
+        try:
+            samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        except (RuntimeError, soundfile.LibsndfileError):
+            continue
+        mono = samples.mean(axis=1)
+        if rate != RATE:
+            mono = soxr.resample(mono, rate, RATE)
+        x = np.clip(np.round(mono * 32768.0), -32768, 32767).astype(np.int16)
+        if len(x) < FRAME:
+            continue
+        nuclei, voiced_ms = service_nuclei(x)
+        figures["clips"] += 1
+        figures["audio_s"] += len(x) / RATE
+        figures["voiced_ms"] += voiced_ms
+        figures["nuclei"] += nuclei
+        figures["clips_with_nuclei"] += int(nuclei > 0)
+        reference = dejong_nuclei(x)
+        if reference is not None:
+            dejong.append(reference)
+    if not figures["clips"]:
+        return None
+    figures["audio_s"] = round(figures["audio_s"], 1)
+    if len(dejong) == figures["clips"]:
+        figures["dejong_nuclei"] = int(sum(dejong))
+    return figures
 
 
 def _ideographs(text: str) -> int:
@@ -675,7 +715,8 @@ def _row(name: str, voiced: int, steady: int, extra: dict | None) -> dict:
 
 
 def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, silero: bool = False,
-             check: float | None = None, transcribed: list[str] | None = None, vocal_dirs: list[str] | None = None) -> dict:
+             check: float | None = None, transcribed: list[str] | None = None, vocal_dirs: list[str] | None = None,
+             cough_dirs: list[str] | None = None) -> dict:
     """Per class: clips, voiced frames and the share of them taken as steady sound, with the per-clip figures (with
     `silero`, also the share silero-vad calls speech and the share left as speech by the gate and silero-vad together;
     with `check`, the windows that reach the emotion model without and with the engine's speech check at that share)."""
@@ -706,6 +747,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
         real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
         transcribed_rates = transcribed_rate(transcribed, work) if transcribed else None
         vocal = vocal_sounds(vocal_dirs, work) if vocal_dirs else None
+        coughs = cough_sounds(cough_dirs) if cough_dirs else None
     summary = {}
     for kind, clips in rows.items():
         voiced = sum(c["voiced"] for c in clips)
@@ -716,7 +758,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
             summary[kind]["silero_speech_share"] = round(sum(c["silero"] for c in clips) / voiced, 4)
             summary[kind]["left_as_speech_share"] = round(sum(c["left"] for c in clips) / voiced, 4)
     return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes,
-            "windows": windows, "transcribed_rate": transcribed_rates, "hold_music": holds, "vocal": vocal,
+            "windows": windows, "transcribed_rate": transcribed_rates, "hold_music": holds, "vocal": vocal, "coughs": coughs,
             "music_alerts": alerts}
 
 
@@ -745,11 +787,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocal-dir", action="append",
                         help="directory of voice packs (VOICE/NAME.ogg: Laugh, *Cough*, Hmm, phrases), default hedgewars-data's "
                              "where installed: laughter found and syllables counted per class (repeatable)")
+    parser.add_argument("--cough-dir", action="append",
+                        help="directory of recordings of coughs alone (.wav/.mp3/.ogg/.flac; e.g. the call-center clips of "
+                             "github.com/covid19-cough/dataset): the syllables counted on them, all false (repeatable)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     result = evaluate(args.music_dir or [d for d in DEFAULT_MUSIC_DIRS if os.path.isdir(d)], args.skip, args.seconds, not args.no_espeak,
                       silero=args.silero, check=args.check, transcribed=args.transcribed,
-                      vocal_dirs=args.vocal_dir or [d for d in DEFAULT_VOCAL_DIRS if os.path.isdir(d)])
+                      vocal_dirs=args.vocal_dir or [d for d in DEFAULT_VOCAL_DIRS if os.path.isdir(d)], cough_dirs=args.cough_dir)
     with_silero = any("silero_speech_share" in f for f in result["classes"].values())
     print("| class | clips | voiced frames (webrtcvad) | share the gate takes as steady sound | clips >= 80% steady |"
           + (" silero-vad: share it calls speech | left as speech by the gate and silero-vad |" if with_silero else ""))
@@ -823,6 +868,12 @@ def main(argv: list[str] | None = None) -> int:
                       "without the laughter check", "voiced (s)"],
                      [[kind, f["clips"], f["with_laugh"], f"{f['laughter_ms'] / 1000:.1f}", f["nuclei"], f["nuclei_without_check"],
                        f"{f['voiced_ms'] / 1000:.1f}"] for kind, f in vocal.items()])
+    coughs = result.get("coughs")
+    if coughs:
+        _print_table(["coughs alone (--cough-dir)", "clips", "audio (s)", "voiced (s)", "syllable nuclei (all false)",
+                      "clips with a nucleus", "de Jong & Wempe (Praat)"],
+                     [["coughs", coughs["clips"], coughs["audio_s"], f"{coughs['voiced_ms'] / 1000:.1f}", coughs["nuclei"],
+                       coughs["clips_with_nuclei"], "-" if coughs["dejong_nuclei"] is None else coughs["dejong_nuclei"]]])
     scenes = result.get("conversation")
     if scenes:
         print("\n| scene (espeak-ng voices, labelled by construction) | interruptions by customer / agent | back-channels by customer / agent |")

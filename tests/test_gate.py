@@ -307,6 +307,26 @@ def test_the_transcribed_evaluation_reads_a_kaldi_directory_and_counts_syllables
         transcribed_rate([str(data)], str(tmp_path))
 
 
+def test_the_cough_evaluation_counts_the_syllables_of_every_readable_clip(tmp_path):
+    """clients.eval_signal's coughs-alone figures: every readable clip of the directories is counted, at 8 kHz whatever its
+    rate, with the syllable nuclei the service's tracker finds in it; silence has none and a file that is no audio is left
+    out, not counted."""
+    import soundfile
+
+    from clients.eval_signal import cough_sounds, service_nuclei
+
+    speech = np.clip(np.round(speech_8k()), -32768, 32767).astype(np.int16)
+    soundfile.write(tmp_path / "a.wav", speech, RATE, subtype="PCM_16")
+    soundfile.write(tmp_path / "b.flac", np.zeros(RATE * 2, np.int16), RATE, subtype="PCM_16")
+    (tmp_path / "c.mp3").write_bytes(b"not audio")
+    result = cough_sounds([str(tmp_path)])
+    nuclei, voiced_ms = service_nuclei(speech)
+    assert nuclei > 0
+    assert result["clips"] == 2 and result["nuclei"] == nuclei and result["clips_with_nuclei"] == 1
+    assert result["voiced_ms"] == voiced_ms and result["audio_s"] == round(len(speech) / RATE + 2, 1)
+    assert cough_sounds([str(tmp_path / "missing")]) is None
+
+
 def test_channel_sounds_take_a_tone_out_of_speech_mark_it_and_latch_on_two_loud_not_speech_answers():
     """ChannelSounds over a stereo block (a held tone on one channel, speech on the other): the tone's voiced frames
     leave the VAD flags, sound on the line and are marked steady for its windows; two loud not-speech answers on the
