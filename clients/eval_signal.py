@@ -19,7 +19,8 @@ back-channels of two-speaker scenes voiced with espeak-ng (SCENES: turns, back-c
 contested overlap, labelled by construction) as the batch analysis counts them, against the labels. With
 `--check` (0.2 unless 0), every clip also runs as a call through the batch analysis (constant model), and it
 prints per class the windows sent to the emotion model without the engine's speech check and with it, and the alerts
-the Debian music raises on the scored customer channel with an always-angry test model (`music_alerts`).
+the Debian music raises on the scored customer channel with an always-angry test model (`music_alerts`), and with the
+constant model when it comes 10 dB louder after the customer's own speech (`music_after_speech_alerts`).
 With `--transcribed DIR` (a Kaldi data directory of real recordings: `text`, and `wav.scp` or the audio beside it),
 the speech rate of each utterance against its transcript's syllables (a Chinese character is one; an English text's
 as espeak-ng pronounces it) and beside the de Jong & Wempe reference. With voice clips (`--vocal-dir`, default the voice packs of the Debian package
@@ -691,6 +692,40 @@ def music_alerts(music: list[tuple[str, np.ndarray]], work: str, share: float) -
     return out
 
 
+def music_after_speech_alerts(music: list[tuple[str, np.ndarray]], work: str, share: float, gain_db: float = 10.0,
+                              speech_s: float = 25.0) -> dict:
+    """Music after the customer's own speech, louder than it by `gain_db` (the customer's side puts the call on hold, or
+    a radio comes on): per clip a stereo call whose customer channel holds `speech_s` of a real caller's speech (the
+    real call's caller when present, else the bundled call's customer) and then the clip at the speech's level plus
+    `gain_db` (both measured over their samples above -36 dBFS), the agent's channel silent. Through the batch analysis
+    with the constant model and the default rules (their loudness rule is warm after 10 s of speech), without the speech
+    check and with it at `share`: every alert here is one the music raised."""
+    from clients.wavfile import write_wav
+    from service.inference.constant import ConstantEmotionModel
+    from service.inference.speech import SpeechCheckedModel, SpeechDetector
+
+    source = REAL_CALL if REAL_CALL.exists() else ROOT / "clients" / "samples" / "call_stereo_8k.wav"
+    caller = _mono8k(str(source))[1 if source == REAL_CALL else 0].astype(np.float64)  # the caller's channel
+    caller = np.tile(caller, int(np.ceil(speech_s * RATE / len(caller))))[: int(speech_s * RATE)]
+
+    def level(x: np.ndarray) -> float:
+        loud = x[np.abs(x) > 500.0]
+        return float(np.sqrt(np.mean(loud * loud))) if len(loud) else 1.0
+
+    target = level(caller) * 10 ** (gain_db / 20)
+    paths = []
+    for index, (_, x) in enumerate(music):
+        loud = np.clip(np.round(x.astype(np.float64) * target / level(x.astype(np.float64))), -32768, 32767)
+        customer = np.concatenate([caller, loud]).astype(np.int16)
+        paths.append(os.path.join(work, f"music-after-speech-{index}.wav"))
+        write_wav(paths[-1], RATE, np.stack([customer, np.zeros(len(customer), np.int16)], axis=1))
+    out = {"calls": len(paths), "gain_db": gain_db, "settings": {}}
+    for check, model in (("without the check", ConstantEmotionModel()),
+                         (f"check {share:g}", SpeechCheckedModel(ConstantEmotionModel(), SpeechDetector(), share))):
+        out["settings"][check] = _alerts_of(paths, work, 100 + len(out["settings"]), model, {})
+    return out
+
+
 def _alerts_of(paths: list[str], work: str, index: int, model, environ: dict) -> dict:
     """The calls through the batch analysis (the customer scored) with `model` and the settings in `environ`: the calls
     with an alert, the alerts per rule, the customer's windows scored and talk time."""
@@ -742,6 +777,8 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
         windows = windows_to_the_model(calls, work, check) if check else None
         holds = hold_music_calls(calls["music (Debian packages)"], work, check) if check and calls["music (Debian packages)"] else None
         alerts = music_alerts(calls["music (Debian packages)"], work, check) if check and calls["music (Debian packages)"] else None
+        after_speech = (music_after_speech_alerts(calls["music (Debian packages)"], work, check)
+                        if check and calls["music (Debian packages)"] else None)
         rate = speech_rate_error(work) if espeak else None
         scenes = conversation_scenes(work) if espeak else None
         real = real_call_against_dejong(str(REAL_CALL)) if rate is not None else None
@@ -759,7 +796,7 @@ def evaluate(music_dirs: list[str], skip: float, seconds: float, espeak: bool, s
             summary[kind]["left_as_speech_share"] = round(sum(c["left"] for c in clips) / voiced, 4)
     return {"classes": summary, "clips": rows, "speech_rate": rate, "real_call_rate": real, "conversation": scenes,
             "windows": windows, "transcribed_rate": transcribed_rates, "hold_music": holds, "vocal": vocal, "coughs": coughs,
-            "music_alerts": alerts}
+            "music_alerts": alerts, "music_after_speech": after_speech}
 
 
 def _print_table(header: list[str], rows: list[list]) -> None:
@@ -849,6 +886,12 @@ def main(argv: list[str] | None = None) -> int:
                       "alerts", "windows scored", "customer talk (s)"],
                      [[label, f["clips_with_alerts"], ", ".join(f"{rule} {count}" for rule, count in f["alerts"].items()) or "none",
                        f["windows_scored"], f["talk_s"]] for label, f in alerts["settings"].items()])
+    after = result.get("music_after_speech")
+    if after:
+        _print_table([f"music {after['gain_db']:+g} dB over the customer's own speech before it, constant model ({after['calls']} calls)",
+                      "calls with an alert", "alerts", "windows scored", "customer talk (s)"],
+                     [[label, f["clips_with_alerts"], ", ".join(f"{rule} {count}" for rule, count in f["alerts"].items()) or "none",
+                       f["windows_scored"], f["talk_s"]] for label, f in after["settings"].items()])
     transcribed = result.get("transcribed_rate")
     if transcribed:
         _print_table(["utterance (real, transcribed)", "language", "seconds", "syllables (characters)", "the service",

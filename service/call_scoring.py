@@ -279,12 +279,13 @@ class CallScoring:
 
     def _skip(self, window: AnalysisWindow, outcome: str, heard: bool = True) -> None:
         """A scored speaker's window that is not scored: its new audio counts as never encoded, and the rules see
-        it without scores (and without prosody when the speech check did not hear speech in it)."""
+        it without scores (and without prosody when the speech check did not hear speech in it, or when its audio is
+        mostly a tone or music: the level of music is no raised voice)."""
         self._skipped[window.role] += 1
         step = window.frame_samples
         self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
         metrics.window(outcome)
-        self._evaluate(window, None, degraded=False, heard=heard)
+        self._evaluate(window, None, degraded=False, heard=heard and outcome != "skipped_steady_sound")
 
     def _not_speech_window(self, window: AnalysisWindow) -> None:
         """A window the engine's speech check found not to be speech (music the gate let through): skipped, the rules

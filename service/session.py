@@ -627,11 +627,14 @@ class CallSession:
             return
         for window in self._analytics.measure(windows):
             if not window.scored:
-                self._rules.evaluate(window, None, degraded=False)
+                music = self._music_level(window)
+                # Mostly a tone or music: the rules see no prosody of it (as of a scored window skipped as steady sound).
+                steady = music or (self._sounds is not None and self._sounds.mostly_steady(*self._new_frames(window)))
+                self._rules.evaluate(window, None, degraded=False, heard=not steady)
                 # Its channel may be playing music (carry_audio); the windows cut as the call ends are not checked:
                 # no audio is left for an answer to change.
                 if len(window.samples) and self._state == "open":
-                    if self._music_level(window):
+                    if music:
                         self._answer_music(window)  # the level test answers for the check
                     else:
                         self._scoring.check(window)

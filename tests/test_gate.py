@@ -457,6 +457,40 @@ async def test_fast_music_at_one_loudness_on_a_channel_that_played_music_is_not_
     assert len(alone) > 10  # not suspected of music: scored (a speech check would decide)
 
 
+LOUD_AGENT_RULE = """rules:
+  - id: agent-loud
+    speaker: agent
+    loudness_over_baseline_db: {ge: 8, for: 1s, warmup: 5s}
+    severity: low
+    notify: [supervisor]
+    cooldown: 60s
+    message: agent loud
+"""
+
+
+async def test_music_taken_for_music_shows_no_loudness_to_the_rules_on_an_unscored_channel():
+    """On the agent's channel (not scored), loud fast notes at one loudness after steady music are music by the level
+    test, so a rule on the agent's loudness over their baseline does not fire on them; the same notes after speech alone
+    (no music before: nothing suspects them) do fire it, so the rule would see them."""
+    speech = np.clip(speech_8k() * 3, -32768, 32767).astype(np.int16)
+    voice = np.concatenate([speech] * 3)  # about 10 s of the agent's speech: their loudness baseline
+    level = np.sqrt(np.mean(voice[np.abs(voice) > 300].astype(np.float64) ** 2))
+    notes = flat_notes(8.0)
+    notes = notes / np.sqrt(np.mean(notes[np.abs(notes) > 0.01 * np.abs(notes).max()] ** 2)) * level * 10 ** (14 / 20)
+
+    def call(*parts: np.ndarray) -> np.ndarray:
+        agent = np.concatenate([np.asarray(p, np.float64) for p in parts] + [np.zeros(RATE // 2)])
+        agent = np.clip(np.round(agent), -32768, 32767).astype(np.int16)
+        return np.stack([np.zeros(len(agent), np.int16), agent], axis=1)
+
+    roles = (Role.CUSTOMER, Role.AGENT)
+    music = signals.int16(signals.music(6.0)).astype(np.float64) * 4
+    alerts, _, _ = await run_session(call(voice, music, notes), rules_text=LOUD_AGENT_RULE, roles=roles)
+    assert [a.rule_id for a in alerts] == []
+    alerts, _, _ = await run_session(call(voice, notes), rules_text=LOUD_AGENT_RULE, roles=roles)
+    assert [a.rule_id for a in alerts] == ["agent-loud"]
+
+
 def test_the_answers_about_a_channel_take_effect_in_the_order_of_its_audio():
     """Answers applied together take effect in the order of their windows' audio, whatever order they came in (the
     level test answers when a window is cut, the check when the engine has run it): a not-speech answer that came

@@ -435,6 +435,20 @@ def test_the_signal_evaluation_counts_the_alerts_music_raises_with_an_always_ang
     assert settings["anger for 5 s alone, check 0.2"]["windows_scored"] < settings["anger for 5 s alone, without the check"]["windows_scored"]
 
 
+def test_the_signal_evaluation_counts_the_alerts_of_music_louder_than_the_customers_speech_before_it(tmp_path):
+    """clients.eval_signal's music after speech: fast notes 10 dB over the customer's own speech before them pass the
+    gate as speech and raise the shipped loudness rule without the check; the check holds most of them back (fewer
+    windows scored, less talk), though not their first seconds, which it still hears as the speech before them."""
+    from clients.eval_signal import music_after_speech_alerts
+
+    result = music_after_speech_alerts([("fast notes", signals.int16(arpeggio(20.0)))], str(tmp_path), 0.2)
+    settings = result["settings"]
+    assert result["calls"] == 1 and result["gain_db"] == 10.0
+    assert settings["without the check"]["alerts"] == {"customer-raised-voice": 1}
+    assert settings["check 0.2"]["windows_scored"] < 0.6 * settings["without the check"]["windows_scored"]
+    assert settings["check 0.2"]["talk_s"] < settings["without the check"]["talk_s"] - 10
+
+
 async def test_music_at_one_loudness_is_latched_by_the_level_test_where_the_check_hears_speech(detector):
     """A speech check that hears speech in nearly everything (any chunk above 0.5) stands for silero-vad misreading music: fast notes at
     one loudness after steady music, on the customer's channel, are then not scored (the level test), and its answers
