@@ -153,6 +153,10 @@ class InferenceConfig:
     carrying each channel's detector state from window to window: a window in which less than this share of the
     32 ms chunks are speech is not scored (music the steady-sound gate let through, near silence, the other side's
     bleed). 0 turns the check off."""
+    speech_check_refresh_ms: int = 0
+    """The speech check starts a channel's detector state afresh once it has run this long while it hears speech
+    (warmed up on the window's left context; 0: never): carried on for good, speech leaves silero-vad hearing speech in
+    music that follows it, while a fresh state misses some narrowband speech (README "The engine's speech check")."""
 
     def __post_init__(self) -> None:
         _check(bool(self.model), "model must not be empty")
@@ -162,6 +166,8 @@ class InferenceConfig:
         _check(self.precision in ("auto", "fp32") or self.device.startswith("cuda"), f"precision {self.precision} needs a CUDA device")
         _check(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be true or false, got {self.cuda_graphs!r}")
         _check(0.0 <= self.speech_check <= 1.0, f"speech_check must be 0 (off) to 1, got {self.speech_check}")
+        _check(0 <= self.speech_check_refresh_ms <= 3_600_000,
+               f"speech_check_refresh_ms must be 0 (never) to 3600000, got {self.speech_check_refresh_ms}")
         _check(self.threads >= 0, "threads must be >= 0")
         _check(0 <= self.max_batch <= 1024, f"max_batch must be 0 (auto) or 1..1024, got {self.max_batch}")
         _check(0 <= self.max_wait_ms <= 1000, f"max_wait_ms must be 0..1000, got {self.max_wait_ms}")
@@ -476,6 +482,7 @@ ENV_VARS: dict[str, tuple[str, str, Callable[[str], Any]]] = {
     "CALLPULSE_DEADLINE_MS": ("inference", "deadline_ms", int),
     "CALLPULSE_CUDA_GRAPHS": ("inference", "cuda_graphs", _parse_bool),
     "CALLPULSE_SPEECH_CHECK": ("inference", "speech_check", float),
+    "CALLPULSE_SPEECH_CHECK_REFRESH_MS": ("inference", "speech_check_refresh_ms", int),
     "CALLPULSE_REDIS_URL": ("redis", "url", str),
     "CALLPULSE_REDIS_PREFIX": ("redis", "prefix", str),
     "CALLPULSE_PUBLISH_QUEUE": ("redis", "publish_queue", int),

@@ -14,7 +14,7 @@ from service.config import AnalyticsConfig
 from service.domain import Role
 from service.errors import ConfigError
 from service.inference.base import NotSpeech, Spoken, StreamSpan, WindowScores
-from service.inference.speech import CHUNK, SPEECH_PROBABILITY, SpeechCheckedModel, SpeechDetector
+from service.inference.speech import CHUNK, HISTORY_CHUNKS, SPEECH_PROBABILITY, SpeechCheckedModel, SpeechDetector
 from tests.fakes import FakeEmotionModel, one_hot
 from tests.test_analytics_pipeline import RATE, run_session, scripted_model, speech_8k
 from tests.test_gate import ANGRY_RULE, vad
@@ -135,6 +135,9 @@ def test_the_speech_check_is_configured_by_its_share_and_wraps_the_loaded_model(
     assert not isinstance(unchecked, SpeechCheckedModel)
     checked = load_emotion_model(load_config({"model": "builtin:constant"}, environ={"CALLPULSE_SPEECH_CHECK": "0.4"}))
     assert isinstance(checked, SpeechCheckedModel) and checked.min_share == 0.4 and checked.labels == unchecked.labels
+    assert checked.detector.refresh_samples == 0
+    refreshed = load_emotion_model(load_config({"model": "builtin:constant"}, environ={"CALLPULSE_SPEECH_CHECK_REFRESH_MS": "3000"}))
+    assert refreshed.detector.refresh_samples == 3 * 16000
 
 
 def speech_16k() -> np.ndarray:
@@ -166,16 +169,52 @@ def whole_channel_shares(y: np.ndarray, windows) -> list[float]:
 def test_a_channel_checked_window_by_window_reads_as_one_run_over_the_whole_channel():
     """Overlapping 1 s windows of one channel, checked one after another with their spans, get exactly the shares that
     silero-vad gives when it runs over the whole channel (each window runs only its new chunks, from the state the
-    channel's earlier windows left); the same windows without spans, each from a fresh state, read differently."""
+    channel's earlier windows left, never started afresh: refresh_s 0); the same windows without spans, each from a fresh
+    state, read differently."""
     music = soxr.resample(signals.int16(arpeggio(3.0)).astype(np.float32) / 32768, RATE, 16000).astype(np.float32)
     y = np.concatenate([speech_16k(), music])
     windows = channel_windows(y, stream=7)
-    detector = SpeechDetector()
+    detector = SpeechDetector(refresh_s=0.0)
     streamed = [detector.speech_shares([audio], [span])[0] for audio, span in windows]
     assert streamed == whole_channel_shares(y, windows)
     alone = [detector.speech_shares([audio])[0] for audio, _ in windows]
     assert alone != streamed
     assert detector.streams == 1
+
+
+def test_a_channels_state_is_started_afresh_while_it_hears_speech_and_left_alone_on_music():
+    """With a refresh every second, a channel of speech gets the answers of a state carried on for good until a second
+    has run, and others after it (the state was started afresh while it heard speech); a channel of music it never
+    heard as speech gets exactly the carried state's answers (a state that hears no speech is left as it is)."""
+    speech = speech_16k()  # 3.5 s: every answer still kept
+    music = soxr.resample(signals.int16(signals.music(4.0)).astype(np.float32) / 32768, RATE, 16000).astype(np.float32)
+    answers = {}
+    for refresh_s in (1.0, 0.0):
+        detector = SpeechDetector(refresh_s=refresh_s)
+        for stream, audio in (("speech", speech), ("music", music)):
+            for window, span in channel_windows(audio, stream):
+                detector.speech_shares([window], [span])
+            answers[stream, refresh_s] = dict(detector.recent_answers(stream))
+    assert max(p for p in answers["music", 0.0].values()) < SPEECH_PROBABILITY
+    assert answers["music", 1.0] == answers["music", 0.0]
+    refreshed, carried = answers["speech", 1.0], answers["speech", 0.0]
+    assert refreshed.keys() == carried.keys() and min(refreshed) == 0 and len(refreshed) < HISTORY_CHUNKS
+    assert all(refreshed[at] == carried[at] for at in refreshed if at < 16000)
+    assert any(refreshed[at] != carried[at] for at in refreshed if at >= 16000)
+    assert SpeechDetector().recent_answers("never seen") == []
+
+
+def test_the_speech_checks_refresh_is_configured_and_refused_below_zero():
+    """CALLPULSE_SPEECH_CHECK_REFRESH_MS sets how often the check starts a channel's state afresh (0 by default:
+    never); a negative value is refused by name, and so is a negative refresh given to the detector."""
+    from service.config import load_config
+
+    assert load_config(environ={}).inference.speech_check_refresh_ms == 0
+    assert load_config(environ={"CALLPULSE_SPEECH_CHECK_REFRESH_MS": "3000"}).inference.speech_check_refresh_ms == 3000
+    with pytest.raises(ConfigError, match="speech_check_refresh_ms"):
+        load_config(environ={"CALLPULSE_SPEECH_CHECK_REFRESH_MS": "-5"})
+    with pytest.raises(ValueError, match="refresh_s"):
+        SpeechDetector(refresh_s=-1.0)
 
 
 def test_channels_batched_together_keep_their_own_state():

@@ -27,7 +27,8 @@ def load_emotion_model(config: ServiceConfig) -> EmotionModel:
     if inf.speech_check > 0:
         from service.inference.speech import SpeechCheckedModel, SpeechDetector
 
-        model = SpeechCheckedModel(model, SpeechDetector(inf.device), inf.speech_check)
+        model = SpeechCheckedModel(model, SpeechDetector(inf.device, refresh_s=inf.speech_check_refresh_ms / 1000),
+                                   inf.speech_check)
     return model
 
 

@@ -15,7 +15,12 @@ detector keeps each channel's recurrent state (a StreamSpan names the channel an
 a window runs only its audio the channel's earlier windows did not cover, from the state they left, and its share
 is read over all its chunks, the earlier ones from the channel's recent answers. Audio between two windows that
 no window carried (silence, the other side talking) is skipped: the state goes on from where it was. A window
-without a span runs alone from a fresh state.
+without a span runs alone from a fresh state. Carried on for good, though, the state keeps hearing speech in music
+that follows speech at once (on some real music for as long as it plays, where run afresh it hears none). With
+`refresh_s` set, a channel's state that hears speech starts afresh once it has run that long, warmed up on the
+window's audio before its new part (a state that hears no speech is left as it is: on music it is steadier than a
+fresh one). Off by default: a fresh state misses some narrowband speech that the carried one hears (README "The
+engine's speech check" has the figures both ways).
 
 The windows of a batch are grouped by how many new 512-sample chunks they bring; each group runs through the
 detector as one batch of rows (each chunk with the 64 samples before it, as silero-vad's own wrapper feeds it),
@@ -26,6 +31,7 @@ chunk by chunk.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -49,6 +55,14 @@ MAX_STREAMS = 20_000
 """Channels whose state is kept; past it the least recently used is forgotten (it starts afresh if it comes back)."""
 STREAM_IDLE_S = 300.0
 """A channel with no window for this long is forgotten (its call has most likely ended)."""
+REFRESH_S = 0.0
+"""A channel's state that hears speech is started afresh once it has run this long since it last was (0: never):
+carried on for good, speech leaves silero-vad hearing speech in music that follows it at once, for seconds and on some
+music for as long as it plays; started afresh, it misses some narrowband speech (README "The engine's speech check")."""
+REFRESH_LOOK = 8
+"""A state is refreshed only while one of the channel's last this many chunks (256 ms) was heard as speech."""
+WARM_UP_MAX = 16
+"""At most this many chunks (0.5 s) of a window's audio before its new part warm a fresh state up."""
 
 
 @dataclass
@@ -64,6 +78,8 @@ class _Stream:
     used: float
     answers: collections.deque = field(default_factory=lambda: collections.deque(maxlen=HISTORY_CHUNKS))
     """(chunk start, speech probability) of the channel's latest chunks, oldest first."""
+    since_fresh: int = 0
+    """Samples run since the state was last started afresh."""
 
 
 @dataclass
@@ -76,6 +92,8 @@ class _Plan:
     offset: int
     chunks: int
     context: np.ndarray
+    warm_up: int = 0
+    """Leading chunks run only to warm a fresh state up (audio the channel's earlier windows answered for already)."""
 
 
 class SpeechDetector:
@@ -83,9 +101,14 @@ class SpeechDetector:
     state from one of its windows to the next."""
 
     def __init__(self, device: str = "cpu", max_streams: int = MAX_STREAMS, idle_s: float = STREAM_IDLE_S,
-                 split: bool = True) -> None:
+                 split: bool = True, refresh_s: float = REFRESH_S) -> None:
         """`split`: run the network's stateless parts once over all chunks and only its recurrent cell chunk by chunk
-        (silero-vad 6's network; where its parts are not found, or with False, the whole network runs step by step)."""
+        (silero-vad 6's network; where its parts are not found, or with False, the whole network runs step by step).
+        `refresh_s`: start a channel's state afresh once it has run this long while it hears speech (0: never),
+        warmed up on the audio its window holds before the new part (the left context)."""
+        if refresh_s < 0:
+            raise ValueError(f"refresh_s must be >= 0, got {refresh_s}")
+        self.refresh_samples = int(refresh_s * MODEL_SAMPLE_RATE)
         import torch
         from silero_vad import load_silero_vad
 
@@ -111,6 +134,12 @@ class SpeechDetector:
     def streams(self) -> int:
         """Channels whose state is kept now."""
         return len(self._streams)
+
+    def recent_answers(self, stream: Hashable) -> list[tuple[int, float]]:
+        """(chunk start at 16 kHz, speech probability) of a channel's latest chunks, oldest first (HISTORY_CHUNKS of
+        them at most; none for a channel not kept)."""
+        kept = self._streams.get(stream)
+        return list(kept.answers) if kept is not None else []
 
     def speech_shares(self, windows: Sequence[np.ndarray], spans: Sequence[StreamSpan | None] | None = None) -> list[float]:
         """For each 16 kHz float window, the share of its whole 32 ms chunks that are speech (0.0 for a window
@@ -177,7 +206,22 @@ class SpeechDetector:
             offset, context = 0, np.zeros(CONTEXT, np.float32)
             stream.position = span.start
         chunks = max(0, (end - stream.position) // CHUNK)
+        refresh = self.refresh_samples
+        if chunks and refresh and stream.since_fresh >= refresh and self._hearing_speech(stream):
+            # Start afresh, warmed up on the window's audio before its new part (answered for already: those answers stay).
+            warm_up = min(offset // CHUNK, WARM_UP_MAX)
+            offset -= warm_up * CHUNK
+            context = window[offset - CONTEXT:offset] if offset >= CONTEXT else np.zeros(CONTEXT, np.float32)
+            stream.state, stream.since_fresh = self._fresh, 0
+            return _Plan(i, stream, stream.position - warm_up * CHUNK, offset, warm_up + chunks, context, warm_up)
         return _Plan(i, stream, stream.position, offset, chunks, context)
+
+    @staticmethod
+    def _hearing_speech(stream: _Stream) -> bool:
+        """The channel's state hears speech now (one of its last REFRESH_LOOK chunks): what a fresh state is to confirm.
+        A state that hears none is left as it is: on music it is steadier than a fresh one."""
+        answers = stream.answers
+        return any(p >= SPEECH_PROBABILITY for _, p in itertools.islice(reversed(answers), REFRESH_LOOK))
 
     def _run(self, windows, group: list[_Plan], chunks: int) -> list[np.ndarray]:
         """Each plan's new chunks through the detector from its channel's state: their speech probabilities, (plans,
@@ -202,8 +246,10 @@ class SpeechDetector:
                 continue
             stream.state = state[:, row].clone()
             stream.context = audio[row, -CONTEXT:].copy()
-            stream.answers.extend(zip(range(plan.start, plan.start + chunks * CHUNK, CHUNK), speech[row].tolist()))
+            first = plan.start + plan.warm_up * CHUNK
+            stream.answers.extend(zip(range(first, plan.start + chunks * CHUNK, CHUNK), speech[row, plan.warm_up:].tolist()))
             stream.position = plan.start + chunks * CHUNK
+            stream.since_fresh += (chunks - plan.warm_up) * CHUNK
         return list(speech)
 
     def _split_steps(self, x, state, chunks: int):
