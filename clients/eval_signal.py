@@ -560,7 +560,7 @@ def windows_to_the_model(clips: dict[str, list[tuple[str, np.ndarray]]], work: s
     from service.config import load_config
     from service.domain import Role
     from service.inference.constant import ConstantEmotionModel
-    from service.inference.speech import SpeechCheckedModel, SpeechDetector
+    from service.inference.speech import SpeechCheckedModel
 
     figures = {}
     config = load_config(environ={})
@@ -571,7 +571,7 @@ def windows_to_the_model(clips: dict[str, list[tuple[str, np.ndarray]]], work: s
             write_wav(paths[-1], RATE, x if x.ndim == 2 else x[:, None])
         counts = {}
         for label, model in (("without", ConstantEmotionModel()),
-                             ("with", SpeechCheckedModel(ConstantEmotionModel(), SpeechDetector(), share))):
+                             ("with", SpeechCheckedModel(ConstantEmotionModel(), _detector(), share))):
             options = AnalyzeOptions(out_dir=os.path.join(work, f"windows-{len(figures)}-{label}"),
                                      roles=(Role.CUSTOMER, Role.AGENT), jobs=2, progress=False)
             summaries = [result.summary for result in analyze(paths, options, config, model=model) if result.status == "ok"]
@@ -598,7 +598,7 @@ def hold_music_calls(music: list[tuple[str, np.ndarray]], work: str, share: floa
     from service.config import load_config
     from service.domain import Role
     from service.inference.constant import ConstantEmotionModel
-    from service.inference.speech import SpeechCheckedModel, SpeechDetector
+    from service.inference.speech import SpeechCheckedModel
 
     speech = _mono8k(str(ROOT / "clients" / "samples" / "customer_16k.wav"))[0]
     paths = []
@@ -612,7 +612,7 @@ def hold_music_calls(music: list[tuple[str, np.ndarray]], work: str, share: floa
         paths.append(os.path.join(work, f"hold-{index}.wav"))
         write_wav(paths[-1], RATE, np.stack([customer, x], axis=1))
     settings = [("without the check", "suspect", ConstantEmotionModel())]
-    settings += [(f"check {share:g}, unscored: {mode}", mode, SpeechCheckedModel(ConstantEmotionModel(), SpeechDetector(), share))
+    settings += [(f"check {share:g}, unscored: {mode}", mode, SpeechCheckedModel(ConstantEmotionModel(), _detector(), share))
                  for mode in ("suspect", "all")]
     out = {"calls": len(paths), "settings": {}}
     for label, mode, model in settings:
@@ -629,6 +629,14 @@ def hold_music_calls(music: list[tuple[str, np.ndarray]], work: str, share: floa
             "alerts": dict(sorted(Counter(a["rule_id"] for summary in summaries for a in summary["alerts"]).items())),
         }
     return out
+
+
+def _detector():
+    """The engine's speech detector as the configuration sets it up (CALLPULSE_SPEECH_CHECK_REFRESH_MS)."""
+    from service.config import load_config
+    from service.inference.speech import SpeechDetector
+
+    return SpeechDetector(refresh_s=load_config().inference.speech_check_refresh_ms / 1000)
 
 
 def _angry_test_model():
@@ -676,7 +684,7 @@ def music_alerts(music: list[tuple[str, np.ndarray]], work: str, share: float) -
     the speech check and with it at `share`. Per setting the clips with an alert, the alerts per rule, the windows
     scored and the customer's talk time: every alert here is one the music raised."""
     from clients.wavfile import write_wav
-    from service.inference.speech import SpeechCheckedModel, SpeechDetector
+    from service.inference.speech import SpeechCheckedModel
 
     paths = []
     for index, (_, x) in enumerate(music):
@@ -687,7 +695,7 @@ def music_alerts(music: list[tuple[str, np.ndarray]], work: str, share: float) -
     out = {"calls": len(paths), "settings": {}}
     for rules, environ in (("default rules", {}), ("anger for 5 s alone", {"CALLPULSE_RULES": anger_only})):
         for check, model in (("without the check", _angry_test_model()),
-                             (f"check {share:g}", SpeechCheckedModel(_angry_test_model(), SpeechDetector(), share))):
+                             (f"check {share:g}", SpeechCheckedModel(_angry_test_model(), _detector(), share))):
             out["settings"][f"{rules}, {check}"] = _alerts_of(paths, work, len(out["settings"]), model, environ)
     return out
 
@@ -702,7 +710,7 @@ def music_after_speech_alerts(music: list[tuple[str, np.ndarray]], work: str, sh
     check and with it at `share`: every alert here is one the music raised."""
     from clients.wavfile import write_wav
     from service.inference.constant import ConstantEmotionModel
-    from service.inference.speech import SpeechCheckedModel, SpeechDetector
+    from service.inference.speech import SpeechCheckedModel
 
     source = REAL_CALL if REAL_CALL.exists() else ROOT / "clients" / "samples" / "call_stereo_8k.wav"
     caller = _mono8k(str(source))[1 if source == REAL_CALL else 0].astype(np.float64)  # the caller's channel
@@ -721,7 +729,7 @@ def music_after_speech_alerts(music: list[tuple[str, np.ndarray]], work: str, sh
         write_wav(paths[-1], RATE, np.stack([customer, np.zeros(len(customer), np.int16)], axis=1))
     out = {"calls": len(paths), "gain_db": gain_db, "settings": {}}
     for check, model in (("without the check", ConstantEmotionModel()),
-                         (f"check {share:g}", SpeechCheckedModel(ConstantEmotionModel(), SpeechDetector(), share))):
+                         (f"check {share:g}", SpeechCheckedModel(ConstantEmotionModel(), _detector(), share))):
         out["settings"][check] = _alerts_of(paths, work, 100 + len(out["settings"]), model, {})
     return out
 
