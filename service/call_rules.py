@@ -37,7 +37,8 @@ class CallRules:
         """Alerts raised in all."""
 
     def evaluate(self, window: AnalysisWindow, scores: dict[str, float] | None, degraded: bool, heard: bool = True) -> None:
-        """The rules on one window (`heard` False: the engine's speech check found no speech in it, so no prosody)."""
+        """The rules on one window (`heard` False: no prosody, as the engine's speech check found no speech in it, or its
+        audio is mostly a tone or music)."""
         analytics: WindowAnalytics = window.analytics
         observed = ScoredWindow(
             speaker=window.role,
