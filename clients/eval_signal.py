@@ -696,7 +696,7 @@ def music_alerts(music: list[tuple[str, np.ndarray]], work: str, share: float) -
     for rules, environ in (("default rules", {}), ("anger for 5 s alone", {"CALLPULSE_RULES": anger_only})):
         for check, model in (("without the check", _angry_test_model()),
                              (f"check {share:g}", SpeechCheckedModel(_angry_test_model(), _detector(), share))):
-            out["settings"][f"{rules}, {check}"] = _alerts_of(paths, work, len(out["settings"]), model, environ)
+            out["settings"][f"{rules}, {check}"] = _alerts_of(paths, os.path.join(work, f"music-alerts-{len(out['settings'])}"), model, environ)
     return out
 
 
@@ -730,18 +730,18 @@ def music_after_speech_alerts(music: list[tuple[str, np.ndarray]], work: str, sh
     out = {"calls": len(paths), "gain_db": gain_db, "settings": {}}
     for check, model in (("without the check", ConstantEmotionModel()),
                          (f"check {share:g}", SpeechCheckedModel(ConstantEmotionModel(), _detector(), share))):
-        out["settings"][check] = _alerts_of(paths, work, 100 + len(out["settings"]), model, {})
+        out["settings"][check] = _alerts_of(paths, os.path.join(work, f"music-after-speech-alerts-{len(out['settings'])}"), model, {})
     return out
 
 
-def _alerts_of(paths: list[str], work: str, index: int, model, environ: dict) -> dict:
+def _alerts_of(paths: list[str], out_dir: str, model, environ: dict) -> dict:
     """The calls through the batch analysis (the customer scored) with `model` and the settings in `environ`: the calls
     with an alert, the alerts per rule, the customer's windows scored and talk time."""
     from service.batch import AnalyzeOptions, analyze
     from service.config import load_config
     from service.domain import Role
 
-    options = AnalyzeOptions(out_dir=os.path.join(work, f"music-alerts-{index}"), roles=(Role.CUSTOMER, Role.AGENT),
+    options = AnalyzeOptions(out_dir=out_dir, roles=(Role.CUSTOMER, Role.AGENT),
                              score_roles=(Role.CUSTOMER,), jobs=2, progress=False)
     summaries = [r.summary for r in analyze(paths, options, load_config(environ=environ), model=model) if r.status == "ok"]
     customers = [speaker for summary in summaries for speaker in summary["speakers"] if speaker["speaker"] == "customer"]

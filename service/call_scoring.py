@@ -51,6 +51,7 @@ class _Skipped:
 
     window: AnalysisWindow
     outcome: str
+    heard: bool = True
 
 
 class CallScoring:
@@ -100,13 +101,14 @@ class CallScoring:
         """A scored window for the model, sent with `submit_ready`."""
         self._ready.append(window)
 
-    def skip(self, window: AnalysisWindow, outcome: str) -> None:
+    def skip(self, window: AnalysisWindow, outcome: str, heard: bool = True) -> None:
         """A scored speaker's window that the model will not see (`outcome` its metric): it goes to the rules behind
-        the windows cut before it, at once when none is waiting."""
+        the windows cut before it, at once when none is waiting (`heard` False: without its prosody, as for a window
+        that is mostly a tone or music)."""
         if self._ready or self._in_flight:
-            self._ready.append(_Skipped(window, outcome))
+            self._ready.append(_Skipped(window, outcome, heard))
         else:
-            self._skip(window, outcome)
+            self._skip(window, outcome, heard)
 
     @property
     def has_ready(self) -> bool:
@@ -279,13 +281,13 @@ class CallScoring:
 
     def _skip(self, window: AnalysisWindow, outcome: str, heard: bool = True) -> None:
         """A scored speaker's window that is not scored: its new audio counts as never encoded, and the rules see
-        it without scores (and without prosody when the speech check did not hear speech in it, or when its audio is
-        mostly a tone or music: the level of music is no raised voice)."""
+        it without scores (and without prosody when it was not `heard` as speech: the speech check found none in it, or
+        its audio is mostly a tone or music, whose level is no raised voice)."""
         self._skipped[window.role] += 1
         step = window.frame_samples
         self._unspoken[window.role].append((window.new_from_sample // step, window.end_sample // step))
         metrics.window(outcome)
-        self._evaluate(window, None, degraded=False, heard=heard and outcome != "skipped_steady_sound")
+        self._evaluate(window, None, degraded=False, heard=heard)
 
     def _not_speech_window(self, window: AnalysisWindow) -> None:
         """A window the engine's speech check found not to be speech (music the gate let through): skipped, the rules
@@ -300,7 +302,7 @@ class CallScoring:
             if item is None:
                 return
             if isinstance(item, _Skipped):
-                self._skip(item.window, item.outcome)
+                self._skip(item.window, item.outcome, item.heard)
                 continue
             window, future = item
             outcome = "failed"

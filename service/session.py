@@ -661,7 +661,7 @@ class CallSession:
             # The VAD cut it, but none of it is this speaker's own speech (the other side leaking
             # in, or near silence), or its new audio is mostly a tone or music: the model would score
             # someone else's voice or no voice at all.
-            self._scoring.skip(window, "skipped_steady_sound" if steady else "skipped_no_speech")
+            self._scoring.skip(window, "skipped_steady_sound" if steady else "skipped_no_speech", heard=not steady)
         else:
             self._scoring.enqueue(window)
 

@@ -127,17 +127,17 @@ async def test_a_skipped_window_reaches_the_rules_after_the_window_being_scored_
 
 
 async def test_a_window_skipped_as_steady_sound_reaches_the_rules_without_prosody_and_one_without_speech_with_it():
-    """A window skipped as mostly a tone or music is no speech to the rules (not heard: its level is no raised voice),
-    at once or behind a window being scored; a window skipped for holding none of the speaker's speech keeps its prosody."""
+    """A window skipped as mostly a tone or music (not heard) is no speech to the rules, at once or behind a window being
+    scored; a window skipped for holding none of the speaker's speech keeps its prosody."""
     client, recorder = FakeHeldScoringClient(), _Recorder()
     scoring = _scoring(client, realtime=False, recorder=recorder)
     scoring.start()
     windows = [_window(0.0, 1.0, 0.0, 0.0), _window(0.5, 1.5, 0.5, 1.0), _window(1.0, 2.0, 1.0, 1.5), _window(1.5, 2.5, 1.5, 2.0)]
-    scoring.skip(windows[0], "skipped_steady_sound")
+    scoring.skip(windows[0], "skipped_steady_sound", heard=False)
     scoring.skip(windows[1], "skipped_no_speech")
     scoring.enqueue(windows[2])
     scoring.submit_ready()
-    scoring.skip(windows[3], "skipped_steady_sound")
+    scoring.skip(windows[3], "skipped_steady_sound", heard=False)
     client.submitted[0][3].set_result(_scores(client.submitted[0][0]))
     scoring.ending()
     await asyncio.wait_for(scoring.drain(), 5)
